@@ -1,0 +1,193 @@
+"""The ``rtlab`` command: ``train`` (Hydra overrides), ``plugins``, ``backbones`` and plugin-contributed commands.
+
+Bad input ends with exit code 2 and one line on stderr that names the problem and the fix.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import json
+import logging
+import os
+import sys
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+from framework import __version__
+from framework.errors import RtlabError
+
+_HYDRA_VALUE_FLAGS = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn",
+                      "--config-dir", "-cd", "--info", "--experimental-rerun"}
+_HYDRA_FLAGS = {"--multirun", "-m", "--resolve", "--help", "-h", "--hydra-help", "--version", "--run", "-r",
+                "--shell-completion", "-sc"}
+
+
+@dataclass
+class Command:
+    name: str
+    help: str
+    configure: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int | None]
+
+
+class CommandSet:
+    """Sub-commands; plugins add theirs through the ``rtlab_add_commands`` hook."""
+
+    def __init__(self) -> None:
+        self.commands: dict[str, Command] = {}
+
+    def add(self, name: str, help: str, configure: Callable[[argparse.ArgumentParser], None],
+            run: Callable[[argparse.Namespace], int | None]) -> None:
+        if name in self.commands:
+            raise RtlabError(f"command '{name}' is contributed twice")
+        self.commands[name] = Command(name, help, configure, run)
+
+
+def fail(message: str, code: int = 2) -> int:
+    print(f"rtlab: error: {' '.join(str(message).split())}", file=sys.stderr)
+    return code
+
+
+# ------------------------------------------------------------------------------------------------------- train
+def split_hydra_args(argv: Sequence[str]) -> tuple[list[str], bool]:
+    """(overrides, multirun?) from a ``rtlab train`` command line."""
+    overrides: list[str] = []
+    multirun = False
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+            continue
+        if arg in ("--multirun", "-m"):
+            multirun = True
+        elif arg in _HYDRA_VALUE_FLAGS:
+            skip = True
+        elif arg.startswith("-"):
+            continue
+        else:
+            overrides.append(arg)
+    return overrides, multirun
+
+
+def train_command(argv: Sequence[str]) -> int:
+    """``rtlab train [hydra overrides]``: compose, check, then hand over to Hydra for run dirs and sweeps."""
+    import hydra
+    from hydra.core.hydra_config import HydraConfig
+
+    from framework.config import check_config, check_overrides, compose, config_dir, register_configs
+    from framework.plugin_manager import get_plugin_manager
+    from framework.run import run_training
+
+    pm = get_plugin_manager()
+    register_configs(pm.registry)
+    overrides, multirun = split_hydra_args(argv)
+    if any(a in ("--help", "-h", "--hydra-help", "--cfg", "-c", "--info") for a in argv):
+        pass  # Hydra prints; nothing runs
+    elif multirun:
+        check_overrides(overrides, pm.registry)
+    else:
+        check_config(compose(overrides, pm.registry), pm.registry)
+
+    @hydra.main(config_path=str(config_dir()), config_name="config", version_base=None)
+    def app(cfg: Any) -> Any:
+        try:
+            check_config(cfg, pm.registry)
+            summary = run_training(cfg, HydraConfig.get().runtime.output_dir, pm)
+        except RtlabError as exc:
+            raise SystemExit(fail(str(exc)))
+        return summary.get("metrics")
+
+    saved = sys.argv
+    sys.argv = ["rtlab train", *argv]
+    try:
+        app()
+    finally:
+        sys.argv = saved
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------------- plugins
+def plugins_command(args: argparse.Namespace) -> int:
+    from framework.plugin_manager import get_plugin_manager
+
+    pm = get_plugin_manager()
+    listing = pm.listing()
+    if args.json:
+        print(json.dumps(listing, indent=2))
+        return 0
+    width = max(len(p["name"]) for p in listing)
+    for p in listing:
+        origin = "built-in" if p["builtin"] else "entry point"
+        print(f"{p['name']:{width}}  {p['version'] or '-':8}  {p['module']}  ({origin})")
+        by_kind: dict[str, list[str]] = {}
+        for c in p["components"]:
+            by_kind.setdefault(c["kind"], []).append(c["name"])
+        for kind, names in sorted(by_kind.items()):
+            print(f"{'':{width}}    {kind}: {', '.join(sorted(names))}")
+    return 0
+
+
+def backbones_command(args: argparse.Namespace) -> int:
+    import timm
+
+    from framework.models import adapter_for
+    from framework.plugin_manager import get_plugin_manager
+
+    registry = get_plugin_manager().registry
+    pattern = args.pattern or "*"
+    if not any(ch in pattern for ch in "*?["):
+        pattern = f"*{pattern}*"
+    names = [n for n in timm.list_models() if fnmatch.fnmatch(n, pattern)]
+    if not names:
+        return fail(f"no timm model matches '{args.pattern}'; try a shorter pattern such as 'resnet'")
+    for n in names:
+        print(f"{n}  ({adapter_for(registry, n).name})" if args.adapters else n)
+    print(f"{len(names)} backbones", file=sys.stderr)
+    return 0
+
+
+# -------------------------------------------------------------------------------------------------------- main
+def build_parser(commands: CommandSet) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rtlab", description="Teacher-student self-distillation studies on any "
+                                     "timm backbone and any Hugging Face image dataset.")
+    parser.add_argument("--version", action="version", version=f"rtlab {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.add_parser("train", help="train (Hydra overrides: backbone=NAME data=… teacher.seed=3 …; -m sweeps)",
+                   add_help=False)
+    p = sub.add_parser("plugins", help="list loaded plugins and the components each contributes")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p = sub.add_parser("backbones", help="list backbone names (any timm model)")
+    p.add_argument("pattern", nargs="?", help="glob or substring, e.g. 'resnet*' or vit")
+    p.add_argument("--adapters", action="store_true", help="show the family adapter of each backbone")
+    for cmd in commands.commands.values():
+        cmd.configure(sub.add_parser(cmd.name, help=cmd.help))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=os.environ.get("RTLAB_LOG_LEVEL", "WARNING"), format="%(levelname)s %(message)s")
+    try:
+        if argv and argv[0] == "train":
+            return train_command(argv[1:])
+        from framework.plugin_manager import get_plugin_manager
+
+        commands = CommandSet()
+        builtin = {"plugins": plugins_command, "backbones": backbones_command}
+        get_plugin_manager().hook.rtlab_add_commands(commands=commands)
+        args = build_parser(commands).parse_args(argv)
+        if args.command is None:
+            build_parser(commands).print_help()
+            return 0
+        if args.command in builtin:
+            return builtin[args.command](args)
+        return commands.commands[args.command].run(args) or 0
+    except RtlabError as exc:
+        return fail(str(exc), exc.exit_code)
+    except KeyboardInterrupt:
+        return fail("interrupted", 130)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

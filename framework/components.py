@@ -1,0 +1,100 @@
+"""What the core expects from each kind of component (``factory(options)`` returns one of these).
+
+These protocols are the documentation of the component contract; ``docs/plugins.md`` walks through them.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Protocol
+
+import torch
+from torch import nn
+
+if TYPE_CHECKING:
+    from framework.evaluation import Features
+    from framework.run import Run
+
+
+class DatasetSource(Protocol):
+    """Kind ``dataset`` (config group ``data``). Options subclass :class:`framework.options.DataOptions`."""
+
+    def load(self) -> Mapping[str, Any]:
+        """The dataset's splits as Hugging Face ``datasets.Dataset`` objects, by split name."""
+
+
+class HeadFactory(Protocol):
+    """Kind ``head``: ``factory(options, in_dim=D)`` returns the ``nn.Module`` put on top of the encoder."""
+
+
+class TeacherInit(Protocol):
+    """Kind ``teacher``."""
+
+    frozen: bool  # whether the teacher's weights never change on their own (updaters may still change them)
+
+    def build(self, run: "Run") -> nn.Module:
+        """The teacher network (use ``run.new_network(seed)`` for a fresh one); the run moves it to its device."""
+
+
+class StudentInit(Protocol):
+    """Kind ``student``."""
+
+    def build(self, run: "Run", teacher: nn.Module) -> nn.Module:
+        """The student network, initialised from (or independently of) ``teacher``; never an alias of it."""
+
+
+class Updater(Protocol):
+    """Kind ``updater``."""
+
+    frozen: bool  # True when the teacher never changes during training (its probes then run once)
+
+    def update(self, run: "Run") -> None:
+        """After every optimiser step."""
+
+    def epoch_end(self, run: "Run") -> None:
+        """After every epoch."""
+
+
+class Objective(Protocol):
+    """Kind ``objective``: decides what to run and returns the loss."""
+
+    def setup(self, run: "Run") -> Iterable[nn.Parameter]:
+        """Called once before training; returns extra trainable parameters (predictors, …) or nothing."""
+
+    def loss(self, run: "Run", views: list[torch.Tensor], index: torch.Tensor
+             ) -> tuple[torch.Tensor, Mapping[str, torch.Tensor]]:
+        """The scalar loss for normalised ``views`` of the images ``index`` (train-split positions), and
+        detached tensors to log (no host synchronisation here)."""
+
+
+class Loss(Protocol):
+    """Kind ``loss``: a distance between student and teacher outputs of one view pair."""
+
+    def __call__(self, student: torch.Tensor, teacher: torch.Tensor
+                 ) -> tuple[torch.Tensor, Mapping[str, torch.Tensor]]:
+        """Scalar loss and detached tensors to log."""
+
+
+class Augment(Protocol):
+    """Kind ``augment``: batched views on the training device."""
+
+    deterministic: bool  # same image → same views every time (enables teacher-output caching)
+
+    def views(self, images: torch.Tensor, generator: torch.Generator) -> list[torch.Tensor]:
+        """Views of float images in [0, 1], shape (B, C, H, W); the run normalises them afterwards."""
+
+
+class OptimizerFactory(Protocol):
+    """Kind ``optimizer``."""
+
+    def build(self, params: Iterable[nn.Parameter], run: "Run") -> torch.optim.Optimizer:
+        """The optimiser over ``params``."""
+
+    def schedule(self, optimizer: torch.optim.Optimizer, run: "Run") -> None:
+        """Before every step: set learning rate / weight decay for ``run.step`` (no-op when constant)."""
+
+
+class Evaluator(Protocol):
+    """Kind ``evaluator`` (several may be selected: ``evaluator=[knn,linear]``)."""
+
+    def evaluate(self, features: "Features", run: "Run") -> Mapping[str, float]:
+        """Metrics (e.g. ``{"knn": 0.81}``) for one target's train/test embeddings; rtlab appends ``/target``."""

@@ -1,0 +1,186 @@
+"""Hydra configuration: the run schema, component nodes in the ConfigStore, composition and override checks.
+
+Config groups mirror component kinds (``teacher=random``, ``loss=ce``, ``evaluator=[knn,linear]``). Every
+component's options dataclass is stored as a typed node, so struct mode catches typos for third-party
+components too. ``backbone=NAME`` accepts any timm model name: each gets a node of its family adapter's options.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, List, Optional, Sequence
+
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+from framework.errors import RtlabError, unknown_name
+from framework.registry import Registry, node_class
+
+SCHEMA_NAME = "rtlab_schema"
+BACKBONE_GROUP = "backbone"
+
+
+def config_dir() -> Path:
+    """The directory of rtlab's YAML configs (works for source checkouts and installed wheels)."""
+    import configs
+
+    return Path(configs.__file__).resolve().parent
+
+
+@dataclass
+class TrainConfig:
+    """The training loop. Defaults are the paper's (PAPER.md §2.5)."""
+
+    epochs: int = 100
+    batch_size: int = 256
+    seed: int = 0  # data order and augmentation streams
+    precision: str = "auto"  # auto (bf16 autocast where supported) | fp32 | bf16 | fp16
+    channels_last: bool = True
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+    log_every: int = 50  # optimiser steps between logged (host-synchronised) train metrics
+    max_steps: Optional[int] = None  # stop after this many steps (smoke tests, benchmarks)
+    drop_last: bool = False  # the paper keeps the last partial batch (196 steps/epoch on CIFAR-10)
+    compile: bool = False  # torch.compile the student and teacher
+    threads: Optional[int] = None  # CPU threads (torch.set_num_threads); None keeps torch's default
+
+
+@dataclass
+class EvalConfig:
+    """When and on what the evaluators run."""
+
+    every: int = 1  # epochs between evaluations; 0 = only before and after training
+    before: bool = True  # evaluate at epoch 0 (before training)
+    batch_size: int = 1024  # feature-extraction batch
+    seed: int = 0  # probe stream (linear-probe init and order)
+    targets: List[str] = field(default_factory=lambda: ["teacher", "teacher_bn", "student", "input"])
+
+
+def build_schema(registry: Registry) -> type:
+    """The top-level config dataclass: fixed sections, one ``Any`` slot per component group, plugin settings."""
+    fields: list[tuple[str, Any, Any]] = [
+        ("name", str, field(default="default")),
+        ("train", TrainConfig, field(default_factory=TrainConfig)),
+        ("eval", EvalConfig, field(default_factory=EvalConfig)),
+        (BACKBONE_GROUP, Any, field(default=MISSING)),
+    ]
+    for kind in registry.kinds:
+        if kind.group is None:
+            continue
+        default = field(default_factory=dict) if kind.multi else field(default=None)
+        fields.append((kind.group, Any, default))
+    for section, cls in registry.settings.items():
+        fields.append((section, cls, field(default_factory=cls)))
+    return dataclasses.make_dataclass("RtlabConfig", fields)
+
+
+_stored: set[int] = set()
+
+
+def register_configs(registry: Registry) -> None:
+    """Store the schema, every component's node and every timm backbone's node in Hydra's ConfigStore."""
+    from hydra.core.config_store import ConfigStore
+
+    if id(registry) in _stored:
+        return
+    cs = ConfigStore.instance()
+    cs.store(name=SCHEMA_NAME, node=build_schema(registry))
+    for kind in registry.kinds:
+        if kind.group is None:
+            continue
+        for comp in registry.components(kind.name):
+            package = f"{kind.group}.{comp.name}" if kind.multi else None
+            cs.store(group=kind.group, name=comp.name, node=node_class(comp), package=package)
+    from framework.models import backbone_nodes
+
+    for name, node in backbone_nodes(registry):
+        cs.store(group=BACKBONE_GROUP, name=name, node=node)
+    _stored.add(id(registry))
+
+
+# ----------------------------------------------------------------------------------------------- override checks
+_HYDRA_FLAGS = re.compile(r"^(hydra/|hydra\.|\+hydra|~hydra)")
+
+
+def check_overrides(overrides: Sequence[str], registry: Registry) -> None:
+    """Fail early, with close matches, on a component or backbone name no plugin provides."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(list(overrides))
+    except HydraException as exc:
+        raise RtlabError(f"cannot parse overrides: {_one_line(str(exc))}") from None
+    groups = {k.group: k for k in registry.kinds if k.group}
+    for ov in parsed:
+        key = ov.key_or_group
+        if ov.is_delete() or (key not in groups and key != BACKBONE_GROUP) or ov.package is not None:
+            continue
+        try:
+            values = list(ov.sweep_string_iterator()) if ov.is_sweep_override() else [ov.value()]
+        except Exception:  # glob sweeps and the like are expanded by Hydra itself
+            continue
+        for value in values:
+            names = value if isinstance(value, list) else [value]
+            for name in names:
+                if not isinstance(name, str):
+                    continue
+                if key == BACKBONE_GROUP:
+                    from framework.models import known_backbones
+
+                    known = known_backbones()
+                    if name not in known:
+                        raise unknown_name("backbone", name, known, "(list them with: rtlab backbones PATTERN)")
+                else:
+                    registry.get(groups[key].name, name)
+
+
+def _one_line(text: str) -> str:
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    keep = [ln for ln in lines if not ln.startswith(("full_key", "object_type", "reference_type", "Set the env"))]
+    return " ".join(keep or lines)
+
+
+def compose(overrides: Sequence[str] = (), registry: Registry | None = None, config_name: str = "config"
+            ) -> DictConfig:
+    """Compose the run config like ``rtlab train`` would, without running anything (tests, tools)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    if registry is None:
+        from framework.plugin_manager import get_plugin_manager
+
+        registry = get_plugin_manager().registry
+    register_configs(registry)
+    check_overrides(overrides, registry)
+    try:
+        with initialize_config_dir(config_dir=str(config_dir()), version_base=None):
+            cfg = hydra_compose(config_name=config_name, overrides=list(overrides))
+    except (HydraException, OmegaConfBaseException, ValueError) as exc:
+        raise RtlabError(f"invalid configuration: {_one_line(str(exc))}") from None
+    return cfg
+
+
+def check_config(cfg: DictConfig, registry: Registry) -> None:
+    """Every selected component exists and every value is of its declared type."""
+    groups = {k.group: k for k in registry.kinds if k.group}
+    for group, kind in groups.items():
+        node = cfg.get(group)
+        if node is None:
+            continue
+        if kind.multi:
+            for name in node:
+                registry.get(kind.name, name)
+        elif isinstance(node, DictConfig) and "name" in node:
+            registry.get(kind.name, node.name)
+    try:
+        OmegaConf.resolve(cfg)
+    except Exception as exc:
+        raise RtlabError(f"invalid configuration: {_one_line(str(exc))}") from None
+
+
+def to_yaml(cfg: DictConfig) -> str:
+    return OmegaConf.to_yaml(cfg, resolve=True)

@@ -1,0 +1,112 @@
+"""The rtlab hook contract.
+
+Every hook is a do-nothing function whose docstring is its documentation; ``docs/hooks.md`` repeats each one and
+a test fails when a hook here is missing there. Plugins implement hooks with ``@framework.hookimpl``.
+
+Two kinds of extension go through these hooks:
+
+* **components** — things a config selects by name (a teacher initialiser, a loss, an evaluator, …) are
+  contributed once through :func:`rtlab_register`;
+* **life-cycle hooks** — broadcast to every plugin while a run goes: trackers, checkpointing, TensorBoard and
+  the progress bar are plugins on these hooks, not code in the loop.
+
+Hooks never depend on the order in which plugins were registered.
+"""
+
+from __future__ import annotations
+
+import pluggy
+
+PROJECT = "rtlab"
+
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+# --------------------------------------------------------------------------------------------------------- setup
+@hookspec(historic=True)
+def rtlab_register(registry):
+    """Contribute named components to ``registry`` (a :class:`framework.registry.Registry`).
+
+    Call ``registry.add(kind, name, factory, options)`` once per component. ``options`` is a dataclass whose
+    defaults are the component's defaults; rtlab stores it in Hydra's ConfigStore under the kind's config group,
+    so ``teacher=my_teacher teacher.seed=3`` works with no YAML. ``factory(options)`` builds the component when a
+    run selects it. New kinds can be declared with ``registry.add_kind``. Historic: plugins registered late are
+    still asked.
+    """
+
+
+@hookspec
+def rtlab_add_commands(commands):
+    """Contribute ``rtlab <name>`` sub-commands.
+
+    ``commands`` is a :class:`framework.cli.CommandSet`; call
+    ``commands.add(name, help, configure, run)`` where ``configure(parser)`` adds argparse arguments and
+    ``run(args) -> int | None`` executes the command (its return value is the exit code).
+    """
+
+
+# ---------------------------------------------------------------------------------------------------- a run goes
+@hookspec
+def rtlab_run_start(run):
+    """The run is built — data on its device, teacher, student, objective, optimiser — and nothing has trained yet.
+
+    ``run`` is a :class:`framework.run.Run`: read ``run.cfg``, ``run.out_dir``, ``run.data``, ``run.teacher``,
+    ``run.student``; keep what you need. Use it to open trackers or print the setup.
+    """
+
+
+@hookspec
+def rtlab_step_end(run, metrics):
+    """Every ``train.log_every`` optimiser steps (and at each epoch's last step).
+
+    ``metrics`` is a dict of host floats averaged over the steps since the last call: ``train/loss`` plus
+    whatever the objective and loss logged (``train/kl``, …), ``train/lr``, ``step`` and ``epoch`` (fractional).
+    Only here does the loop synchronise with the device, so keep implementations cheap.
+    """
+
+
+@hookspec
+def rtlab_epoch_end(run, epoch):
+    """After epoch ``epoch`` (1-based) finished its last step and before any evaluation of that epoch."""
+
+
+@hookspec
+def rtlab_evaluate_end(run, epoch, results):
+    """After the evaluators ran at ``epoch`` (0 = before training).
+
+    ``results`` is a flat dict ``{"<metric>/<target>": value}``, e.g. ``knn/student`` or ``linear_std/teacher``,
+    accuracies as fractions in [0, 1]. Frozen targets (teacher, its BN control, the input) are evaluated once
+    and appear only in the first results.
+    """
+
+
+@hookspec
+def rtlab_checkpoint_save(run, tensors, meta):
+    """A checkpoint is being written: add tensors (``tensors[key] = tensor``) or JSON-able ``meta`` entries.
+
+    Keys should be prefixed with the plugin's name. Checkpoints are safetensors + JSON and never pickled.
+    """
+
+
+@hookspec
+def rtlab_checkpoint_load(run, tensors, meta):
+    """A checkpoint was read into ``run``; restore what your :func:`rtlab_checkpoint_save` added."""
+
+
+@hookspec
+def rtlab_summarize(run, summary):
+    """Training and the final evaluation are done: add entries to ``summary`` before ``summary.json`` is written.
+
+    ``summary["metrics"]`` holds the final flat metrics (``knn/student``, ``linear/teacher``, …).
+    """
+
+
+@hookspec
+def rtlab_run_end(run, summary):
+    """``summary.json`` was written. Close trackers, print tables, write plots."""
+
+
+@hookspec
+def rtlab_run_error(run, error):
+    """The run stopped with ``error`` (an exception). Finished work on disk must stay intact; flush and close."""

@@ -1,0 +1,176 @@
+"""Networks: a timm backbone (through its family adapter) followed by a head, built reproducibly from a seed."""
+
+from __future__ import annotations
+
+import copy
+import functools
+from typing import Any, Iterator, Protocol
+
+import torch
+from torch import nn
+
+from framework.errors import RtlabError
+from framework.options import BackboneOptions
+from framework.registry import Component, Registry, to_options
+
+
+class BackboneAdapter(Protocol):
+    """Adapts one family of timm models (component kind ``backbone_adapter``).
+
+    The adapter with the highest ``priority`` whose ``matches`` accepts a model name handles that backbone.
+    """
+
+    priority: int
+
+    def matches(self, model_name: str, module: str) -> bool:
+        """Whether this adapter handles ``model_name`` (``module`` is the timm module that defines it)."""
+
+    def create(self, options: Any, in_chans: int, input_size: tuple[int, int]) -> nn.Module:
+        """A timm model without classifier (``num_classes=0``) whose forward returns (B, D) embeddings."""
+
+    def hint(self, options: Any, input_size: tuple[int, int]) -> str:
+        """The option that makes this backbone accept ``input_size`` when it does not."""
+
+
+def timm_module(model_name: str) -> str:
+    """The timm module that defines ``model_name`` (its family), e.g. ``resnet`` or ``vision_transformer``."""
+    import timm
+
+    return timm.models.model_entrypoint(model_name).__module__.rsplit(".", 1)[-1]
+
+
+@functools.lru_cache(maxsize=1)
+def _timm_names() -> tuple[str, ...]:
+    import timm
+
+    return tuple(timm.list_models())
+
+
+def known_backbones() -> set[str]:
+    """Every timm model name registered in this process (built-in plugins add the paper's CIFAR nets)."""
+    import timm
+
+    return set(timm.list_models())
+
+
+def adapters(registry: Registry) -> list[Component]:
+    return sorted(registry.components("backbone_adapter"), key=lambda c: -c.factory.priority)
+
+
+def adapter_for(registry: Registry, model_name: str) -> Component:
+    module = timm_module(model_name)
+    for comp in adapters(registry):
+        if comp.factory.matches(model_name, module):
+            return comp
+    raise RtlabError(f"no backbone adapter handles '{model_name}' (timm module {module}); "
+                     "install or write a plugin that registers a backbone_adapter")
+
+
+def backbone_nodes(registry: Registry) -> Iterator[tuple[str, Any]]:
+    """(name, typed node) for every timm model: the node is its adapter's options with ``name`` filled in."""
+    import timm
+
+    comps = adapters(registry)
+    if not comps:
+        return
+    for name in timm.list_models():
+        module = timm_module(name)
+        for comp in comps:
+            if comp.factory.matches(name, module):
+                yield name, comp.options(name=name)
+                break
+
+
+def create_backbone(registry: Registry, options: Any, in_chans: int, input_size: tuple[int, int]
+                    ) -> tuple[nn.Module, int]:
+    """The backbone for ``options`` and its embedding width, checked with a dry forward pass."""
+    opts: BackboneOptions = to_options(options)
+    if opts.name not in known_backbones():
+        from framework.errors import unknown_name
+
+        raise unknown_name("backbone", opts.name, known_backbones(), "(list them with: rtlab backbones PATTERN)")
+    comp = adapter_for(registry, opts.name)
+    adapter = comp.factory
+    h, w = input_size
+    try:
+        model = adapter.create(opts, in_chans, input_size)
+    except RtlabError:
+        raise
+    except (TypeError, ValueError, AssertionError, RuntimeError) as exc:
+        raise RtlabError(f"backbone '{opts.name}' could not be built for {in_chans}x{h}x{w} inputs "
+                         f"({_short(exc)}); {adapter.hint(opts, input_size)}") from None
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(torch.zeros(2, in_chans, h, w))
+    except (RuntimeError, AssertionError, ValueError, IndexError) as exc:
+        raise RtlabError(f"backbone '{opts.name}' cannot take {in_chans}x{h}x{w} inputs ({_short(exc)}); "
+                         f"{adapter.hint(opts, input_size)}") from None
+    model.train(was_training)
+    if out.ndim != 2:
+        raise RtlabError(f"backbone '{opts.name}' returns {tuple(out.shape[1:])}-shaped features, not a vector; "
+                         "choose a model with global pooling or set backbone.kwargs.global_pool=avg")
+    return model, int(out.shape[1])
+
+
+def _short(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text[:160]}"
+
+
+class Network(nn.Module):
+    """An encoder (timm backbone, no classifier) followed by a head; ``embed`` is what probes measure."""
+
+    def __init__(self, encoder: nn.Module, head: nn.Module, embed_dim: int) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.head = head
+        self.embed_dim = embed_dim
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encoder(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.encoder(x))
+
+
+def build_network(registry: Registry, backbone: Any, head: Any, in_chans: int, input_size: tuple[int, int],
+                  seed: int) -> Network:
+    """Backbone + head initialised under ``seed`` alone (the global RNG is left untouched), on the CPU."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        encoder, dim = create_backbone(registry, backbone, in_chans, input_size)
+        head_module = registry.build("head", head, in_dim=dim)
+    return Network(encoder, head_module, dim)
+
+
+def freeze(net: nn.Module) -> nn.Module:
+    """No gradients, eval mode (BatchNorm uses its running statistics)."""
+    net.requires_grad_(False)
+    net.eval()
+    return net
+
+
+def clone(net: nn.Module) -> nn.Module:
+    """An independent deep copy (never an alias)."""
+    return copy.deepcopy(net)
+
+
+def has_batchnorm(net: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in net.modules())
+
+
+def _named_params(x: "nn.Module | dict[str, torch.Tensor]") -> dict[str, torch.Tensor]:
+    return dict(x.named_parameters()) if isinstance(x, nn.Module) else dict(x)
+
+
+def parameter_distance(a: "nn.Module | dict[str, torch.Tensor]", b: "nn.Module | dict[str, torch.Tensor]"
+                       ) -> float:
+    """‖θ_a − θ_b‖₂ over the parameters both share by name (modules or name → tensor mappings)."""
+    pa, pb = _named_params(a), _named_params(b)
+    total = torch.zeros((), dtype=torch.float64)
+    for name, p in pa.items():
+        if name in pb:
+            total += (p.detach().double().cpu() - pb[name].detach().double().cpu()).pow(2).sum()
+    return float(total.sqrt())

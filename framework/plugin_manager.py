@@ -1,0 +1,162 @@
+"""Loads plugins: the built-in ones from one list, then the ``rtlab`` entry-point group.
+
+Built-in plugins are registered exactly the way third-party ones are; the core never imports them directly.
+Environment variables:
+
+* ``RTLAB_DISABLE_PLUGIN_AUTOLOAD=1`` — skip the entry-point group (built-ins still load);
+* ``RTLAB_BLOCK_PLUGINS=name,name`` — do not load the named plugins (built-in or third-party).
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata as md
+import os
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+import pluggy
+
+from framework import __version__, hookspecs
+from framework.errors import RtlabError
+from framework.registry import Registry
+
+ENTRY_POINT_GROUP = "rtlab"
+DISABLE_AUTOLOAD_ENV = "RTLAB_DISABLE_PLUGIN_AUTOLOAD"
+BLOCK_ENV = "RTLAB_BLOCK_PLUGINS"
+
+# The built-in plugins, in no meaningful order: hooks never depend on it.
+DEFAULT_PLUGINS = (
+    "plugins.backbones",
+    "plugins.cifar_nets",
+    "plugins.datasets",
+    "plugins.heads",
+    "plugins.teachers",
+    "plugins.students",
+    "plugins.updaters",
+    "plugins.distillation",
+    "plugins.augmentations",
+    "plugins.optimizers",
+    "plugins.knn",
+    "plugins.linear_probe",
+    "plugins.metrics_log",
+    "plugins.tensorboard_log",
+    "plugins.progress",
+    "plugins.checkpointing",
+    "plugins.results_table",
+)
+
+
+@dataclass(frozen=True)
+class PluginInfo:
+    name: str
+    version: str
+    module: str
+    builtin: bool
+
+
+class PluginManager(pluggy.PluginManager):
+    """pluggy's manager plus the component registry the plugins fill."""
+
+    def __init__(self) -> None:
+        super().__init__(hookspecs.PROJECT)
+        self.add_hookspecs(hookspecs)
+        self.registry = Registry()
+        self.infos: dict[str, PluginInfo] = {}
+
+    def register(self, plugin: Any, name: str | None = None, *, version: str = "", builtin: bool = False
+                 ) -> str | None:
+        """Register ``plugin`` and ask it for its components right away (registration is historic)."""
+        name = super().register(plugin, name)
+        if name is None:
+            return None
+        module = getattr(plugin, "__name__", None) or type(plugin).__module__
+        self.infos[name] = PluginInfo(name, version or _version_of(plugin), module, builtin)
+        for impl in self.hook.rtlab_register.get_hookimpls():
+            if impl.plugin is plugin:
+                self.registry.current_plugin = name
+                try:
+                    impl.function(registry=self.registry)
+                finally:
+                    self.registry.current_plugin = "?"
+        return name
+
+    def plugin_infos(self) -> list[PluginInfo]:
+        return [self.infos[n] for n, _ in self.list_name_plugin() if n in self.infos]
+
+    def listing(self) -> list[dict[str, Any]]:
+        """Loaded plugins with the components each contributes (what ``plugins.json`` records)."""
+        by_plugin = self.registry.by_plugin()
+        return [
+            {
+                "name": info.name,
+                "version": info.version,
+                "module": info.module,
+                "builtin": info.builtin,
+                "components": [{"kind": c.kind, "name": c.name} for c in by_plugin.get(info.name, [])],
+            }
+            for info in self.plugin_infos()
+        ]
+
+
+def _version_of(plugin: Any) -> str:
+    version = getattr(plugin, "__version__", None)
+    if version:
+        return str(version)
+    top = (getattr(plugin, "__name__", None) or type(plugin).__module__).split(".")[0]
+    try:
+        dists = md.packages_distributions().get(top, [])
+        return md.version(dists[0]) if dists else ""
+    except Exception:
+        return ""
+
+
+def _blocked() -> set[str]:
+    return {n.strip() for n in os.environ.get(BLOCK_ENV, "").split(",") if n.strip()}
+
+
+def create_plugin_manager(extra_plugins: Iterable[Any] = (), builtins: Iterable[str] = DEFAULT_PLUGINS,
+                          autoload: bool | None = None) -> PluginManager:
+    """A manager with the built-in plugins, the ``rtlab`` entry points (unless disabled) and ``extra_plugins``."""
+    pm = PluginManager()
+    blocked = _blocked()
+    for modname in builtins:
+        short = modname.rsplit(".", 1)[-1]
+        if short in blocked or modname in blocked:
+            continue
+        module = importlib.import_module(modname)
+        pm.register(module, name=short, version=__version__, builtin=True)
+    if autoload is None:
+        autoload = os.environ.get(DISABLE_AUTOLOAD_ENV, "").strip().lower() not in ("1", "true", "yes")
+    if autoload:
+        for ep in md.entry_points(group=ENTRY_POINT_GROUP):
+            if ep.name in blocked or ep.name in pm.infos:
+                continue
+            try:
+                plugin = ep.load()
+            except Exception as exc:  # a broken third-party package must say who it is
+                raise RtlabError(f"plugin '{ep.name}' ({ep.value}) failed to import: "
+                                 f"{type(exc).__name__}: {exc}; fix it or block it with {BLOCK_ENV}={ep.name}"
+                                 ) from exc
+            version = ep.dist.version if ep.dist is not None else ""
+            pm.register(plugin, name=ep.name, version=version)
+    for plugin in extra_plugins:
+        pm.register(plugin)
+    return pm
+
+
+_default: PluginManager | None = None
+
+
+def get_plugin_manager() -> PluginManager:
+    """The process-wide manager (created on first use)."""
+    global _default
+    if _default is None:
+        _default = create_plugin_manager()
+    return _default
+
+
+def set_plugin_manager(pm: PluginManager | None) -> None:
+    """Replace the process-wide manager (tests use this to add plugins)."""
+    global _default
+    _default = pm

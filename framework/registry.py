@@ -1,0 +1,196 @@
+"""The component registry: every name a config can select, who contributed it, and its options dataclass."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+from framework.errors import RtlabError, unknown_name
+from framework.options import BackboneOptions, DataOptions
+
+
+@dataclass(frozen=True)
+class Kind:
+    """A kind of component. ``group`` is its Hydra config group; ``multi`` kinds select a list (evaluators)."""
+
+    name: str
+    doc: str
+    group: str | None = None
+    options_base: type | None = None
+    multi: bool = False
+
+
+@dataclass(frozen=True)
+class Component:
+    """One named component: ``factory(options)`` builds it; ``options`` is the dataclass of its settings."""
+
+    kind: str
+    name: str
+    factory: Any
+    options: type
+    plugin: str
+    doc: str = ""
+
+
+@dataclass
+class NoOptions:
+    """A component without settings."""
+
+
+# The kinds the core loop calls. Plugins may add more with Registry.add_kind.
+CORE_KINDS = (
+    Kind("backbone_adapter", "adapts a family of timm models to small inputs and an init scheme; chosen "
+         "automatically from the backbone name", None, BackboneOptions),
+    Kind("dataset", "a source of image datasets (hub id, local folder, built-in data)", "data", DataOptions),
+    Kind("head", "the projection head on top of the encoder (student and teacher)", "head"),
+    Kind("teacher", "builds the teacher network (random init, a checkpoint, …)", "teacher"),
+    Kind("student", "initialises the student from the teacher (copy, interpolation, independent, …)", "student"),
+    Kind("updater", "updates the teacher after each step (frozen, EMA, …)", "updater"),
+    Kind("objective", "turns a batch of views into a loss, running student and teacher as it needs", "objective"),
+    Kind("loss", "a distance between student and teacher outputs, used by distillation objectives", "loss"),
+    Kind("augment", "turns a batch of images into views, batched on the training device", "augment"),
+    Kind("optimizer", "builds the optimiser and its learning-rate schedule", "optimizer"),
+    Kind("evaluator", "measures representations (k-NN, linear probe, …); several can be selected", "evaluator",
+         multi=True),
+)
+
+
+class Registry:
+    """Named components by kind. Filled by the ``rtlab_register`` hook of every plugin."""
+
+    def __init__(self) -> None:
+        self._kinds: dict[str, Kind] = {}
+        self._components: dict[str, dict[str, Component]] = {}
+        self.current_plugin = "?"
+        self.settings: dict[str, type] = {}
+        self.settings_owner: dict[str, str] = {}
+        for kind in CORE_KINDS:
+            self.add_kind(kind.name, kind.doc, group=kind.group, options_base=kind.options_base, multi=kind.multi)
+
+    # ----------------------------------------------------------------------------------------------------- kinds
+    def add_kind(self, name: str, doc: str, group: str | None = None, options_base: type | None = None,
+                 multi: bool = False) -> Kind:
+        """Declare a kind of component (idempotent for identical declarations)."""
+        kind = Kind(name, doc, group, options_base, multi)
+        old = self._kinds.get(name)
+        if old is not None and (old.group, old.multi) != (group, multi):
+            raise RtlabError(f"kind '{name}' is declared twice with different settings "
+                             f"(by {self.current_plugin})")
+        if old is None or options_base is not None:
+            self._kinds[name] = kind if old is None else dataclasses.replace(old, options_base=options_base)
+        self._components.setdefault(name, {})
+        return self._kinds[name]
+
+    def kind(self, name: str) -> Kind:
+        if name not in self._kinds:
+            raise unknown_name("component kind", name, self._kinds)
+        return self._kinds[name]
+
+    @property
+    def kinds(self) -> list[Kind]:
+        return list(self._kinds.values())
+
+    def add_settings(self, section: str, options: type) -> None:
+        """Contribute a top-level config section (``section.key=value``) for a plugin's own settings."""
+        if not dataclasses.is_dataclass(options):
+            raise TypeError(f"settings '{section}' must be a dataclass")
+        reserved = {"name", "train", "eval", "backbone"} | {k.group for k in self._kinds.values() if k.group}
+        if section in reserved or section in self.settings:
+            owner = self.settings_owner.get(section, "rtlab")
+            raise RtlabError(f"config section '{section}' is already taken (by {owner}); "
+                             f"{self.current_plugin} must choose another name")
+        self.settings[section] = options
+        self.settings_owner[section] = self.current_plugin
+
+    # ------------------------------------------------------------------------------------------------ components
+    def add(self, kind: str, name: str, factory: Any, options: type | None = None, doc: str | None = None
+            ) -> Component:
+        """Register ``factory`` as component ``name`` of ``kind``; ``options`` is its settings dataclass."""
+        k = self.kind(kind)
+        options = options or NoOptions
+        if not dataclasses.is_dataclass(options):
+            raise TypeError(f"options of {kind} '{name}' must be a dataclass, got {options!r}")
+        if k.options_base is not None and not issubclass(options, k.options_base):
+            raise TypeError(f"options of {kind} '{name}' must subclass {k.options_base.__name__}")
+        if name in self._components[kind]:
+            prev = self._components[kind][name]
+            raise RtlabError(f"{kind} '{name}' is contributed twice: by {prev.plugin} and by "
+                             f"{self.current_plugin}; rename one or block a plugin with RTLAB_BLOCK_PLUGINS")
+        if doc is None:
+            doc = (getattr(factory, "__doc__", None) or "").strip().split("\n")[0]
+        comp = Component(kind, name, factory, options, self.current_plugin, doc)
+        self._components[kind][name] = comp
+        return comp
+
+    def get(self, kind: str, name: str) -> Component:
+        """The component, or an :class:`RtlabError` listing the known names and close matches."""
+        comps = self._components[self.kind(kind).name]
+        if name not in comps:
+            what = kind.replace("_", " ")
+            group = self._kinds[kind].group
+            raise unknown_name(what, name, comps, f"(select with {group}=NAME)" if group else "")
+        return comps[name]
+
+    def names(self, kind: str) -> list[str]:
+        return sorted(self._components[self.kind(kind).name])
+
+    def components(self, kind: str | None = None) -> Iterator[Component]:
+        kinds = [kind] if kind else list(self._kinds)
+        for k in kinds:
+            yield from self._components[k].values()
+
+    def by_plugin(self) -> dict[str, list[Component]]:
+        out: dict[str, list[Component]] = {}
+        for comp in self.components():
+            out.setdefault(comp.plugin, []).append(comp)
+        return out
+
+    def build(self, kind: str, options: Any, **kwargs: Any) -> Any:
+        """Build the component a config node selects: ``options`` is the node (with its ``name``) or a dataclass."""
+        opts = to_options(options)
+        name = getattr(opts, "name", None)
+        if name is None:
+            raise RtlabError(f"the {kind} settings name no component (missing 'name')")
+        comp = self.get(kind, name)
+        return comp.factory(opts, **kwargs)
+
+
+def to_options(node: Any) -> Any:
+    """A Hydra/OmegaConf node as the dataclass instance it was made from (dataclasses pass through)."""
+    if dataclasses.is_dataclass(node) and not isinstance(node, type):
+        return node
+    from omegaconf import DictConfig, OmegaConf
+
+    if isinstance(node, DictConfig):
+        return OmegaConf.to_object(node)
+    raise TypeError(f"expected a config node or options dataclass, got {type(node).__name__}")
+
+
+def node_class(comp: Component) -> type:
+    """The options dataclass extended with a ``name`` field set to the component's name (its config node)."""
+    if "name" in {f.name for f in dataclasses.fields(comp.options)}:
+        return comp.options  # e.g. backbone options, whose name is the timm model's
+    return dataclasses.make_dataclass(
+        comp.options.__name__, [("name", str, field(default=comp.name))], bases=(comp.options,))
+
+
+def describe_options(options: type) -> list[tuple[str, str, Any]]:
+    """(name, type, default) of every option of a dataclass, for listings and docs."""
+    out = []
+    for f in dataclasses.fields(options):
+        if f.name == "name":
+            continue
+        default: Any
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+            default = f.default_factory()  # type: ignore[misc]
+        else:
+            default = "???"
+        tname = getattr(f.type, "__name__", str(f.type))
+        out.append((f.name, tname, default))
+    return out
+
+
+Factory = Callable[..., Any]

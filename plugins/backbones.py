@@ -1,0 +1,238 @@
+"""Backbone adapters: how each timm family takes small inputs and how it is initialised.
+
+Init schemes (``backbone.init``):
+
+* ``paper`` (default) — the paper's torchvision-style init: every conv Kaiming-normal (fan-out, ReLU) with zero
+  bias, every norm layer weight 1 / bias 0, and no zero-initialised residual branches (timm's
+  ``zero_init_last`` is turned off; ConvNeXt layer scale starts at 1 instead of 1e-6). Linear layers keep the
+  family's init. A zero-initialised last BN makes every residual block an identity map, which turns a random
+  teacher into a near-identity of the stem.
+* ``timm`` — the family's own timm init, unchanged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import timm
+from torch import nn
+
+from framework import hookimpl
+from framework.errors import RtlabError
+from framework.options import BackboneOptions
+
+SMALL_INPUT = 64  # inputs up to this many pixels a side get the small-input adaptations under "auto"
+
+
+def paper_init_(model: nn.Module) -> None:
+    """Kaiming-normal (fan-out, ReLU) convs with zero bias; norm layers weight 1, bias 0."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm,
+                            nn.modules.instancenorm._InstanceNorm)):
+            if getattr(m, "weight", None) is not None:
+                nn.init.ones_(m.weight)
+            if getattr(m, "bias", None) is not None:
+                nn.init.zeros_(m.bias)
+
+
+def _check_init(opts: BackboneOptions) -> None:
+    if opts.init not in ("paper", "timm"):
+        raise RtlabError(f"backbone.init must be 'paper' or 'timm', got '{opts.init}'")
+
+
+def _create(name: str, in_chans: int, **kwargs: Any) -> nn.Module:
+    return timm.create_model(name, pretrained=False, num_classes=0, in_chans=in_chans, **kwargs)
+
+
+def _create_without_zero_init(name: str, in_chans: int, **kwargs: Any) -> nn.Module:
+    """Create with ``zero_init_last=False`` where the family has that switch."""
+    try:
+        return _create(name, in_chans, zero_init_last=False, **kwargs)
+    except TypeError as exc:
+        if "zero_init_last" not in str(exc):
+            raise
+        return _create(name, in_chans, **kwargs)
+
+
+def _upsample_hint(input_size: tuple[int, int]) -> str:
+    side = max(input_size)
+    bigger = next((s for s in (32, 64, 96, 128, 160, 224) if s > side), 224)
+    return f"upsample the images with data.image_size={bigger} (or larger) or pick another backbone"
+
+
+# ----------------------------------------------------------------------------------------------------- generic
+@dataclass
+class TimmBackboneOptions(BackboneOptions):
+    pass
+
+
+class GenericAdapter:
+    """Any timm model: no small-input changes; ``init=paper`` re-initialises convs and norms."""
+
+    priority = 0
+
+    def matches(self, model_name: str, module: str) -> bool:
+        return True
+
+    def create(self, opts: BackboneOptions, in_chans: int, input_size: tuple[int, int]) -> nn.Module:
+        _check_init(opts)
+        kwargs = dict(opts.kwargs)
+        if opts.init == "timm":
+            return _create(opts.name, in_chans, **kwargs)
+        model = _create_without_zero_init(opts.name, in_chans, **kwargs)
+        paper_init_(model)
+        return model
+
+    def hint(self, opts: BackboneOptions, input_size: tuple[int, int]) -> str:
+        return _upsample_hint(input_size)
+
+
+# ------------------------------------------------------------------------------------------------------ ResNet
+@dataclass
+class ResNetBackboneOptions(BackboneOptions):
+    # auto: "cifar" for inputs up to 64 px, else "timm" | cifar: 3x3 stride-1 first conv, no max-pool | timm
+    stem: str = "auto"
+
+
+class ResNetAdapter:
+    """timm ResNets (resnet18, resnet10t, seresnet, resnext, …): CIFAR stem for small inputs."""
+
+    priority = 10
+
+    def matches(self, model_name: str, module: str) -> bool:
+        return module == "resnet"
+
+    def create(self, opts: ResNetBackboneOptions, in_chans: int, input_size: tuple[int, int]) -> nn.Module:
+        _check_init(opts)
+        if opts.stem not in ("auto", "cifar", "timm"):
+            raise RtlabError(f"backbone.stem must be auto, cifar or timm, got '{opts.stem}'")
+        kwargs = dict(opts.kwargs)
+        if opts.init == "paper":
+            kwargs.setdefault("zero_init_last", False)
+        model = _create(opts.name, in_chans, **kwargs)
+        stem = opts.stem
+        if stem == "auto":
+            stem = "cifar" if max(input_size) <= SMALL_INPUT else "timm"
+        if stem == "cifar":
+            self._cifar_stem(model, in_chans)
+        if opts.init == "paper":
+            paper_init_(model)
+        return model
+
+    @staticmethod
+    def _cifar_stem(model: nn.Module, in_chans: int) -> None:
+        conv1 = model.conv1
+        if isinstance(conv1, nn.Conv2d):
+            model.conv1 = nn.Conv2d(in_chans, conv1.out_channels, 3, 1, 1, bias=False)
+        else:  # deep stems (resnet10t, resnet50d, …): keep the 3x3 convs, drop the first stride
+            first = next(m for m in conv1.modules() if isinstance(m, nn.Conv2d))
+            first.stride = (1, 1)
+        model.maxpool = nn.Identity()
+
+    def hint(self, opts: ResNetBackboneOptions, input_size: tuple[int, int]) -> str:
+        if opts.stem != "cifar":
+            return "set backbone.stem=cifar (3x3 stride-1 stem, no max-pool) or " + _upsample_hint(input_size)
+        return _upsample_hint(input_size)
+
+
+# --------------------------------------------------------------------------------------------------------- ViT
+@dataclass
+class ViTBackboneOptions(BackboneOptions):
+    # None: the largest divisor of the input size, at most the model's patch size, that leaves >= 4 patches a
+    # side (32 px -> 8 as in the paper, 28 px -> 7, 224 px -> the model's 16)
+    patch_size: Optional[int] = None
+    dynamic_img_size: bool = False  # accept any input size (position embeddings interpolated)
+
+
+class ViTAdapter:
+    """timm Vision Transformers (vit_*, deit_*): image size and patch size follow the input."""
+
+    priority = 10
+    modules = ("vision_transformer", "deit")
+
+    def matches(self, model_name: str, module: str) -> bool:
+        return module in self.modules
+
+    @staticmethod
+    def auto_patch(model_patch: int, input_size: tuple[int, int]) -> int:
+        h, w = input_size
+        for p in range(min(model_patch, h, w), 0, -1):
+            if h % p == 0 and w % p == 0 and h // p >= 4 and w // p >= 4:
+                return p
+        return 1
+
+    def create(self, opts: ViTBackboneOptions, in_chans: int, input_size: tuple[int, int]) -> nn.Module:
+        _check_init(opts)
+        model_patch = _model_patch_size(opts.name)
+        patch = opts.patch_size or self.auto_patch(model_patch, input_size)
+        kwargs = {"img_size": tuple(input_size), "patch_size": patch, **opts.kwargs}
+        if opts.dynamic_img_size:
+            kwargs["dynamic_img_size"] = True
+        return _create(opts.name, in_chans, **kwargs)  # transformers: paper and timm init coincide
+
+    def hint(self, opts: ViTBackboneOptions, input_size: tuple[int, int]) -> str:
+        return (f"set backbone.patch_size to a divisor of {input_size[0]} (e.g. "
+                f"{self.auto_patch(16, input_size)}) or backbone.dynamic_img_size=true")
+
+
+def _model_patch_size(name: str) -> int:
+    try:
+        cfg = timm.models.get_pretrained_cfg(name)
+        size = getattr(cfg, "input_size", (3, 224, 224))[-1]
+    except Exception:
+        size = 224
+    import re
+
+    m = re.search(r"patch(\d+)", name)
+    return int(m.group(1)) if m else max(1, size // 14)
+
+
+# ---------------------------------------------------------------------------------------------------- ConvNeXt
+@dataclass
+class ConvNeXtBackboneOptions(BackboneOptions):
+    # stem stride; None: 4 (timm), lowered to 2 or 1 until the 32x-downsampled map keeps >= 1 pixel
+    patch_size: Optional[int] = None
+
+
+class ConvNeXtAdapter:
+    """timm ConvNeXt: a smaller patchify stem for small inputs; ``init=paper`` starts layer scale at 1."""
+
+    priority = 10
+
+    def matches(self, model_name: str, module: str) -> bool:
+        return module == "convnext"
+
+    @staticmethod
+    def auto_patch(input_size: tuple[int, int]) -> int:
+        side = min(input_size)
+        for p in (4, 2, 1):
+            if side // p // 8 >= 1:
+                return p
+        return 1
+
+    def create(self, opts: ConvNeXtBackboneOptions, in_chans: int, input_size: tuple[int, int]) -> nn.Module:
+        _check_init(opts)
+        kwargs = {"patch_size": opts.patch_size or self.auto_patch(input_size), **opts.kwargs}
+        if opts.init == "paper":
+            kwargs.setdefault("ls_init_value", 1.0)
+        model = _create(opts.name, in_chans, **kwargs)
+        if opts.init == "paper":
+            paper_init_(model)
+        return model
+
+    def hint(self, opts: ConvNeXtBackboneOptions, input_size: tuple[int, int]) -> str:
+        return f"set backbone.patch_size={self.auto_patch(input_size)} or " + _upsample_hint(input_size)
+
+
+@hookimpl
+def rtlab_register(registry):
+    registry.add("backbone_adapter", "timm", GenericAdapter(), TimmBackboneOptions)
+    registry.add("backbone_adapter", "resnet", ResNetAdapter(), ResNetBackboneOptions)
+    registry.add("backbone_adapter", "vit", ViTAdapter(), ViTBackboneOptions)
+    registry.add("backbone_adapter", "convnext", ConvNeXtAdapter(), ConvNeXtBackboneOptions)
+

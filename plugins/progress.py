@@ -1,0 +1,72 @@
+"""A tqdm progress bar over training steps, with the latest loss and KL."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+
+from framework import hookimpl
+
+
+@dataclass
+class ProgressSettings:
+    enabled: bool = True
+
+
+_bars: dict[int, object] = {}
+
+
+@hookimpl
+def rtlab_register(registry):
+    registry.add_settings("progress", ProgressSettings)
+
+
+@hookimpl
+def rtlab_run_start(run):
+    if not run.cfg.progress.enabled:
+        return
+    from tqdm.auto import tqdm
+
+    d = run.data
+    print(f"rtlab: {run.cfg.name}: {run.cfg.backbone.name} on {d.name} ({len(d.train)} train / {len(d.test)} test, "
+          f"{d.channels}x{d.size[0]}x{d.size[1]}), {run.cfg.train.epochs} epochs, device {run.device}, "
+          f"output {run.out_dir}", file=sys.stderr)
+    _bars[id(run)] = tqdm(total=run.total_steps, desc="train", unit="step", dynamic_ncols=True, file=sys.stderr,
+                          initial=run.step)
+
+
+@hookimpl
+def rtlab_step_end(run, metrics):
+    bar = _bars.get(id(run))
+    if bar is None:
+        return
+    bar.n = metrics["step"]  # type: ignore[attr-defined]
+    post = {"loss": f"{metrics['train/loss']:.4g}"}
+    if "train/kl" in metrics:
+        post["kl"] = f"{metrics['train/kl']:.3g}"
+    post["epoch"] = f"{metrics['epoch']:.2f}"
+    bar.set_postfix(post, refresh=True)  # type: ignore[attr-defined]
+
+
+@hookimpl
+def rtlab_evaluate_end(run, epoch, results):
+    bar = _bars.get(id(run))
+    shown = {k: v for k, v in results.items() if k.endswith("/student")}
+    if bar is not None and shown:
+        bar.write("epoch %d: %s" % (epoch, "  ".join(f"{k} {v:.4f}" for k, v in sorted(shown.items()))))
+
+
+def _close(run) -> None:
+    bar = _bars.pop(id(run), None)
+    if bar is not None:
+        bar.close()  # type: ignore[attr-defined]
+
+
+@hookimpl
+def rtlab_run_end(run, summary):
+    _close(run)
+
+
+@hookimpl
+def rtlab_run_error(run, error):
+    _close(run)

@@ -1,0 +1,41 @@
+"""At the end of a run, a table of every target × metric printed to the terminal."""
+
+from __future__ import annotations
+
+from framework import hookimpl
+
+ROW_NAMES = {"teacher": "teacher", "teacher_bn": "teacher (BN control)", "student": "student",
+             "input": "input pixels"}
+
+
+def format_table(metrics: dict[str, float]) -> str:
+    """``target | metric …`` rows from flat ``metric/target`` keys (accuracies in %)."""
+    cols: list[str] = []
+    rows: list[str] = []
+    for key in metrics:
+        if "/" not in key:
+            continue
+        metric, target = key.split("/", 1)
+        if metric not in cols:
+            cols.append(metric)
+        if target not in rows:
+            rows.append(target)
+    if not cols:
+        return ""
+    order = {t: i for i, t in enumerate(ROW_NAMES)}
+    rows.sort(key=lambda t: order.get(t, len(order)))
+    width = max(len(ROW_NAMES.get(r, r)) for r in rows)
+    lines = [f"{'':{width}}  " + "  ".join(f"{c:>10}" for c in cols)]
+    for r in rows:
+        vals = [metrics.get(f"{c}/{r}") for c in cols]
+        lines.append(f"{ROW_NAMES.get(r, r):{width}}  " + "  ".join(
+            f"{100 * v:>9.2f}%" if v is not None else f"{'-':>10}" for v in vals))
+    return "\n".join(lines)
+
+
+@hookimpl
+def rtlab_run_end(run, summary):
+    table = format_table(summary.get("metrics", {}))
+    if table:
+        print(f"\nrtlab: {run.cfg.name} finished in {summary.get('wall_time_s')} s — accuracy on the test split\n"
+              f"{table}\nresults: {run.out_dir}")

@@ -1,0 +1,96 @@
+"""Student initialisers (PAPER.md §2.2).
+
+* ``copy`` — θ_S = θ_T (α = 0; the non-contrastive convention);
+* ``interpolated`` — θ_S(α) = ((1 − α)·θ_T + α·θ̃)/δ with θ̃ a fresh init from ``seed`` and
+  δ = √(α² + (1 − α)²) when ``variance_preserving`` (every parameter tensor, BN affine included; buffers are
+  copied from the teacher, as in the reference code). In float32, α = 1e-10 leaves (1 − α) = 1 and δ = 1, so
+  the student is numerically almost a copy (PAPER.md §2.7);
+* ``independent`` — θ_S = θ̃ (α = 1; classical self-distillation).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from framework import hookimpl
+from framework.errors import RtlabError
+from framework.models import clone
+
+
+def _student(net):
+    net.requires_grad_(True)
+    net.train()
+    return net
+
+
+@dataclass
+class CopyOptions:
+    pass
+
+
+class CopyStudent:
+    """The student starts as an exact copy of the teacher (α = 0)."""
+
+    def __init__(self, opts: CopyOptions) -> None:
+        self.opts = opts
+
+    def build(self, run, teacher):
+        return _student(clone(teacher))
+
+
+@dataclass
+class InterpolatedOptions:
+    alpha: float = 1e-10  # locality: 0 = copy of the teacher, 1 = independent init
+    seed: int = 1  # seed of the fresh init θ̃
+    variance_preserving: bool = True  # divide by √(α² + (1 − α)²)
+
+
+def interpolate(teacher, fresh, alpha: float, variance_preserving: bool):
+    """A copy of ``teacher`` whose parameters are ((1 − α)·θ_T + α·θ̃)/δ (buffers stay the teacher's)."""
+    if not 0.0 <= alpha <= 1.0:
+        raise RtlabError(f"student.alpha must be in [0, 1], got {alpha}")
+    delta = math.sqrt(alpha ** 2 + (1 - alpha) ** 2) if variance_preserving else 1.0
+    student = clone(teacher)
+    fresh_params = dict(fresh.named_parameters())
+    with torch.no_grad():
+        for name, p in student.named_parameters():
+            p.mul_(1 - alpha).add_(fresh_params[name].to(p.device), alpha=alpha).div_(delta)
+    return student
+
+
+class InterpolatedStudent:
+    """θ_S(α) = ((1 − α)·θ_T + α·θ̃)/δ: a student close to (α → 0) or far from (α → 1) its teacher."""
+
+    def __init__(self, opts: InterpolatedOptions) -> None:
+        if not 0.0 <= opts.alpha <= 1.0:
+            raise RtlabError(f"student.alpha must be in [0, 1], got {opts.alpha}")
+        self.opts = opts
+
+    def build(self, run, teacher):
+        fresh = run.new_network(self.opts.seed)
+        return _student(interpolate(teacher, fresh, self.opts.alpha, self.opts.variance_preserving))
+
+
+@dataclass
+class IndependentOptions:
+    seed: int = 1  # seed of the student's own init
+
+
+class IndependentStudent:
+    """The student is an independent fresh initialisation (α = 1)."""
+
+    def __init__(self, opts: IndependentOptions) -> None:
+        self.opts = opts
+
+    def build(self, run, teacher):
+        return _student(run.new_network(self.opts.seed))
+
+
+@hookimpl
+def rtlab_register(registry):
+    registry.add("student", "copy", CopyStudent, CopyOptions)
+    registry.add("student", "interpolated", InterpolatedStudent, InterpolatedOptions)
+    registry.add("student", "independent", IndependentStudent, IndependentOptions)

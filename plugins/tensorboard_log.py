@@ -1,0 +1,73 @@
+"""TensorBoard event files in the run folder (``tensorboard --logdir runs``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from framework import hookimpl
+
+
+@dataclass
+class TensorBoardSettings:
+    enabled: bool = True
+
+
+_writers: dict[int, object] = {}
+
+
+def _writer(run):
+    if not run.cfg.tensorboard.enabled:
+        return None
+    w = _writers.get(id(run))
+    if w is None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        w = SummaryWriter(log_dir=str(run.out_dir))
+        _writers[id(run)] = w
+    return w
+
+
+@hookimpl
+def rtlab_register(registry):
+    registry.add_settings("tensorboard", TensorBoardSettings)
+
+
+@hookimpl
+def rtlab_run_start(run):
+    w = _writer(run)
+    if w is not None:
+        w.add_text("config", "```\n" + (run.out_dir / "config.yaml").read_text() + "\n```", 0)
+
+
+@hookimpl
+def rtlab_step_end(run, metrics):
+    w = _writer(run)
+    if w is not None:
+        for k, v in metrics.items():
+            if k not in ("step", "epoch"):
+                w.add_scalar(k, v, metrics["step"])
+
+
+@hookimpl
+def rtlab_evaluate_end(run, epoch, results):
+    w = _writer(run)
+    if w is not None:
+        for k, v in results.items():
+            w.add_scalar(f"eval/{k}", v, epoch)
+        w.flush()
+
+
+def _close(run) -> None:
+    w = _writers.pop(id(run), None)
+    if w is not None:
+        w.close()
+
+
+@hookimpl
+def rtlab_run_end(run, summary):
+    _close(run)
+
+
+@hookimpl
+def rtlab_run_error(run, error):
+    _close(run)
