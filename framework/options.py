@@ -13,6 +13,9 @@ class BackboneOptions:
     """Settings every backbone has; family adapters add their own (``stem``, ``patch_size``, …)."""
 
     name: str = MISSING  # a timm model name: rtlab backbones PATTERN lists them
+    # small-input stem: auto (small-input stem for inputs up to 64 px) | cifar (always) | timm (the family's own
+    # stem wherever the input allows it). Each family adapter says what its small-input stem is.
+    stem: str = "auto"
     init: str = "paper"  # paper: Kaiming fan-out convs, norm weight 1 / bias 0, no zero-init | timm: family default
     kwargs: Dict[str, Any] = field(default_factory=dict)  # extra timm.create_model keyword arguments
 

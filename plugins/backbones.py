@@ -43,20 +43,32 @@ def paper_init_(model: nn.Module) -> None:
 def _check_init(opts: BackboneOptions) -> None:
     if opts.init not in ("paper", "timm"):
         raise RtlabError(f"backbone.init must be 'paper' or 'timm', got '{opts.init}'")
+    if opts.stem not in ("auto", "cifar", "timm"):
+        raise RtlabError(f"backbone.stem must be auto, cifar or timm, got '{opts.stem}'")
+
+
+def small_stem(opts: BackboneOptions, input_size: tuple[int, int]) -> bool:
+    """Whether the family's small-input stem applies (stem=cifar, or auto with inputs up to 64 px)."""
+    return opts.stem == "cifar" or (opts.stem == "auto" and max(input_size) <= SMALL_INPUT)
 
 
 def _create(name: str, in_chans: int, **kwargs: Any) -> nn.Module:
     return timm.create_model(name, pretrained=False, num_classes=0, in_chans=in_chans, **kwargs)
 
 
-def _create_without_zero_init(name: str, in_chans: int, **kwargs: Any) -> nn.Module:
-    """Create with ``zero_init_last=False`` where the family has that switch."""
-    try:
-        return _create(name, in_chans, zero_init_last=False, **kwargs)
-    except TypeError as exc:
-        if "zero_init_last" not in str(exc):
-            raise
-        return _create(name, in_chans, **kwargs)
+def _create_tolerant(name: str, in_chans: int, optional: dict[str, Any], **kwargs: Any) -> nn.Module:
+    """Create with the ``optional`` keyword arguments the family accepts (``zero_init_last``, ``img_size``),
+    dropping each one its constructor rejects."""
+    optional = dict(optional)
+    while True:
+        try:
+            return _create(name, in_chans, **optional, **kwargs)
+        except TypeError as exc:
+            rejected = [k for k in optional if f"'{k}'" in str(exc)]
+            if not rejected:
+                raise
+            for k in rejected:
+                optional.pop(k)
 
 
 def _upsample_hint(input_size: tuple[int, int]) -> str:
@@ -72,7 +84,8 @@ class TimmBackboneOptions(BackboneOptions):
 
 
 class GenericAdapter:
-    """Any timm model: no small-input changes; ``init=paper`` re-initialises convs and norms."""
+    """Any timm model: ``img_size`` follows the input where the family accepts it; ``init=paper`` re-initialises
+    convs and norms and turns ``zero_init_last`` off where the family has it."""
 
     priority = 0
 
@@ -81,26 +94,32 @@ class GenericAdapter:
 
     def create(self, opts: BackboneOptions, in_chans: int, input_size: tuple[int, int]) -> nn.Module:
         _check_init(opts)
-        kwargs = dict(opts.kwargs)
-        if opts.init == "timm":
-            return _create(opts.name, in_chans, **kwargs)
-        model = _create_without_zero_init(opts.name, in_chans, **kwargs)
-        paper_init_(model)
+        optional: dict[str, Any] = {"img_size": tuple(input_size)}  # transformers sized for the input
+        if opts.init == "paper":
+            optional["zero_init_last"] = False
+        for key in list(optional):
+            if key in opts.kwargs:
+                optional.pop(key)
+        model = _create_tolerant(opts.name, in_chans, optional, **opts.kwargs)
+        if opts.init == "paper":
+            paper_init_(model)
         return model
 
     def hint(self, opts: BackboneOptions, input_size: tuple[int, int]) -> str:
+        if timm.models.model_entrypoint(opts.name).__module__.endswith(".vgg"):
+            return "use the paper's CIFAR VGG (backbone=vgg11_nobn) or " + _upsample_hint(input_size)
         return _upsample_hint(input_size)
 
 
 # ------------------------------------------------------------------------------------------------------ ResNet
 @dataclass
 class ResNetBackboneOptions(BackboneOptions):
-    # auto: "cifar" for inputs up to 64 px, else "timm" | cifar: 3x3 stride-1 first conv, no max-pool | timm
-    stem: str = "auto"
+    pass
 
 
 class ResNetAdapter:
-    """timm ResNets (resnet18, resnet10t, seresnet, resnext, …): CIFAR stem for small inputs."""
+    """timm ResNets (resnet18, resnet10t, seresnet, resnext, …). Small-input stem: the CIFAR stem — a 3x3
+    stride-1 first conv (deep stems: their first conv's stride set to 1) and no max-pool."""
 
     priority = 10
 
@@ -109,16 +128,11 @@ class ResNetAdapter:
 
     def create(self, opts: ResNetBackboneOptions, in_chans: int, input_size: tuple[int, int]) -> nn.Module:
         _check_init(opts)
-        if opts.stem not in ("auto", "cifar", "timm"):
-            raise RtlabError(f"backbone.stem must be auto, cifar or timm, got '{opts.stem}'")
         kwargs = dict(opts.kwargs)
         if opts.init == "paper":
             kwargs.setdefault("zero_init_last", False)
         model = _create(opts.name, in_chans, **kwargs)
-        stem = opts.stem
-        if stem == "auto":
-            stem = "cifar" if max(input_size) <= SMALL_INPUT else "timm"
-        if stem == "cifar":
+        if small_stem(opts, input_size):
             self._cifar_stem(model, in_chans)
         if opts.init == "paper":
             paper_init_(model)
@@ -143,14 +157,16 @@ class ResNetAdapter:
 # --------------------------------------------------------------------------------------------------------- ViT
 @dataclass
 class ViTBackboneOptions(BackboneOptions):
-    # None: the largest divisor of the input size, at most the model's patch size, that leaves >= 4 patches a
-    # side (32 px -> 8 as in the paper, 28 px -> 7, 224 px -> the model's 16)
+    # None: with the small-input stem, the largest divisor of the input size, at most the model's patch size,
+    # that leaves >= 4 patches a side (32 px -> 8 as in the paper, 28 px -> 7, 224 px -> 16); with stem=timm the
+    # model's own patch size where it divides the input, else the same rule
     patch_size: Optional[int] = None
     dynamic_img_size: bool = False  # accept any input size (position embeddings interpolated)
 
 
 class ViTAdapter:
-    """timm Vision Transformers (vit_*, deit_*): image size and patch size follow the input."""
+    """timm Vision Transformers (vit_*, deit_*): the image size follows the input. Small-input stem: a patch
+    size that leaves at least 4 patches a side."""
 
     priority = 10
     modules = ("vision_transformer", "deit")
@@ -169,7 +185,11 @@ class ViTAdapter:
     def create(self, opts: ViTBackboneOptions, in_chans: int, input_size: tuple[int, int]) -> nn.Module:
         _check_init(opts)
         model_patch = _model_patch_size(opts.name)
-        patch = opts.patch_size or self.auto_patch(model_patch, input_size)
+        patch = opts.patch_size
+        if patch is None:
+            fits = input_size[0] % model_patch == 0 and input_size[1] % model_patch == 0
+            keep = opts.stem == "timm" or (opts.stem == "auto" and not small_stem(opts, input_size))
+            patch = model_patch if keep and fits else self.auto_patch(model_patch, input_size)
         kwargs = {"img_size": tuple(input_size), "patch_size": patch, **opts.kwargs}
         if opts.dynamic_img_size:
             kwargs["dynamic_img_size"] = True
@@ -195,12 +215,13 @@ def _model_patch_size(name: str) -> int:
 # ---------------------------------------------------------------------------------------------------- ConvNeXt
 @dataclass
 class ConvNeXtBackboneOptions(BackboneOptions):
-    # stem stride; None: 4 (timm), lowered to 2 or 1 until the 32x-downsampled map keeps >= 1 pixel
+    # stem stride; None: timm's 4, or 1 (total stride 8 instead of 32) for inputs under 32 px
     patch_size: Optional[int] = None
 
 
 class ConvNeXtAdapter:
-    """timm ConvNeXt: a smaller patchify stem for small inputs; ``init=paper`` starts layer scale at 1."""
+    """timm ConvNeXt; ``init=paper`` starts layer scale at 1. Small-input stem: a stride-1 patchify stem
+    (total stride 8 instead of 32) for inputs under 32 px."""
 
     priority = 10
 
@@ -208,16 +229,23 @@ class ConvNeXtAdapter:
         return module == "convnext"
 
     @staticmethod
-    def auto_patch(input_size: tuple[int, int]) -> int:
+    def total_stride(patch: int) -> int:
+        # timm's ConvNeXt downsamples in its first stage too unless the stem has stride 1 or 4
+        return 8 if patch == 1 else 32 if patch in (2, 4) else patch * 8
+
+    @classmethod
+    def auto_patch(cls, input_size: tuple[int, int]) -> int:
         side = min(input_size)
-        for p in (4, 2, 1):
-            if side // p // 8 >= 1:
-                return p
-        return 1
+        return 4 if side // cls.total_stride(4) >= 1 else 1
 
     def create(self, opts: ConvNeXtBackboneOptions, in_chans: int, input_size: tuple[int, int]) -> nn.Module:
         _check_init(opts)
-        kwargs = {"patch_size": opts.patch_size or self.auto_patch(input_size), **opts.kwargs}
+        patch = opts.patch_size
+        if patch is None:
+            patch = self.auto_patch(input_size)
+            if opts.stem == "timm" or not small_stem(opts, input_size):
+                patch = 4 if min(input_size) // self.total_stride(4) >= 1 else patch
+        kwargs = {"patch_size": patch, **opts.kwargs}
         if opts.init == "paper":
             kwargs.setdefault("ls_init_value", 1.0)
         model = _create(opts.name, in_chans, **kwargs)
