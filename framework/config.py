@@ -36,7 +36,7 @@ class TrainConfig:
     epochs: int = 100
     batch_size: int = 256
     seed: int = 0  # data order and augmentation streams
-    precision: str = "auto"  # auto (bf16 autocast where supported) | fp32 | bf16 | fp16
+    precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on the CPU) | fp32 | bf16 | fp16
     channels_last: bool = True
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     log_every: int = 50  # optimiser steps between logged (host-synchronised) train metrics

@@ -174,3 +174,30 @@ def parameter_distance(a: "nn.Module | dict[str, torch.Tensor]", b: "nn.Module |
         if name in pb:
             total += (p.detach().double().cpu() - pb[name].detach().double().cpu()).pow(2).sum()
     return float(total.sqrt())
+
+
+def load_network_state(net: nn.Module, tensors: dict[str, torch.Tensor], prefix: str, source: str) -> nn.Module:
+    """Load the ``prefix``-ed entries of a checkpoint into ``net``; a different architecture is refused with the
+    keys and shapes that differ."""
+    state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+    if not state:
+        parts = sorted({k.split(".", 1)[0] for k in tensors})
+        raise RtlabError(f"checkpoint {source} has no '{prefix.rstrip('.')}' weights (it holds: {', '.join(parts)})")
+    own = net.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = sorted(k for k in set(own) & set(state) if tuple(own[k].shape) != tuple(state[k].shape))
+    if missing or unexpected or shapes:
+        detail = []
+        if shapes:
+            k = shapes[0]
+            detail.append(f"{len(shapes)} shape(s) differ, e.g. {k}: {tuple(state[k].shape)} in the checkpoint vs "
+                          f"{tuple(own[k].shape)} here")
+        if missing:
+            detail.append(f"{len(missing)} key(s) missing, e.g. {missing[0]}")
+        if unexpected:
+            detail.append(f"{len(unexpected)} unexpected key(s), e.g. {unexpected[0]}")
+        raise RtlabError(f"checkpoint {source} is of another architecture ({'; '.join(detail)}); use the backbone, "
+                         "head and data settings of the run that wrote it")
+    net.load_state_dict(state)
+    return net
