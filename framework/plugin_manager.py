@@ -30,11 +30,13 @@ DEFAULT_PLUGINS = (
     "plugins.backbones",
     "plugins.cifar_nets",
     "plugins.datasets",
+    "plugins.gaussian_inputs",
     "plugins.heads",
     "plugins.teachers",
     "plugins.students",
     "plugins.updaters",
     "plugins.distillation",
+    "plugins.losses",
     "plugins.augmentations",
     "plugins.optimizers",
     "plugins.knn",
@@ -44,6 +46,7 @@ DEFAULT_PLUGINS = (
     "plugins.progress",
     "plugins.checkpointing",
     "plugins.results_table",
+    "plugins.aggregate",
 )
 
 

@@ -23,7 +23,7 @@ from framework import __version__
 from framework.checkpoint import atomic_write_text, prefixed
 from framework.data import ImageData, load_image_data
 from framework.errors import RtlabError
-from framework.evaluation import BUILTIN_TARGETS, features
+from framework.evaluation import BUILTIN_TARGETS, features, load_probe_datasets
 from framework.models import Network, build_network, parameter_distance
 from framework.plugin_manager import PluginManager, get_plugin_manager
 
@@ -47,15 +47,17 @@ def resolve_device(name: str) -> torch.device:
 
 
 def resolve_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype (None = plain fp32). ``auto``: bf16 on CUDA, fp32 elsewhere (see
-    :func:`cpu_bf16_hazards` for why the CPU is not bf16 by default)."""
-    table = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+    """The autocast dtype (None = no autocast: fp32, or fp64 networks). ``auto``: bf16 on CUDA, fp32 elsewhere
+    (see :func:`cpu_bf16_hazards` for why the CPU is not bf16 by default)."""
+    table = {"fp32": None, "fp64": None, "bf16": torch.bfloat16, "fp16": torch.float16}
     if precision == "auto":
         return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else None
     if precision not in table:
-        raise RtlabError(f"train.precision must be auto, fp32, bf16 or fp16, got '{precision}'")
+        raise RtlabError(f"train.precision must be auto, fp32, bf16, fp16 or fp64, got '{precision}'")
     if precision == "fp16" and device.type == "cpu":
         raise RtlabError("train.precision=fp16 needs a GPU; use bf16 or fp32 on the CPU")
+    if precision == "fp64" and device.type == "mps":
+        raise RtlabError("train.precision=fp64 is not supported on MPS; use train.device=cpu or a CUDA GPU")
     return table[precision]
 
 
@@ -97,6 +99,8 @@ class Run:
         self.hook = self.pm.hook
         self.device = resolve_device(cfg.train.device)
         self.amp_dtype = resolve_dtype(cfg.train.precision, self.device)
+        # the dtype of the networks and their inputs: float64 for train.precision=fp64, else float32
+        self.dtype = torch.float64 if cfg.train.precision == "fp64" else torch.float32
         self.step = 0
         self.epoch = 0
         self.history: list[dict[str, Any]] = []
@@ -116,9 +120,12 @@ class Run:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
-    def prepare(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 or [0, 1] images → normalised float on the run's device, in the run's memory format."""
-        x = self.normalize(images.to(self.device, non_blocking=True))
+    def prepare(self, images: torch.Tensor, normalize: Any = None) -> torch.Tensor:
+        """uint8 or [0, 1] images → normalised float on the run's device, in the run's memory format.
+        ``normalize`` defaults to the training data's normalisation (probe datasets bring their own)."""
+        x = (normalize or self.normalize)(images.to(self.device, non_blocking=True))
+        if x.dtype != self.dtype:
+            x = x.to(self.dtype)
         if self.cfg.train.channels_last and x.ndim == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         return x
@@ -129,10 +136,18 @@ class Run:
                              seed)
 
     def place(self, net: nn.Module) -> nn.Module:
-        net = net.to(self.device)
+        net = net.to(self.device, dtype=self.dtype)
         if self.cfg.train.channels_last:
             net = net.to(memory_format=torch.channels_last)
         return net
+
+    @property
+    def epochs(self) -> int:
+        """Epochs to train: ``train.epochs``, or ``train.sample_budget`` // train images when a budget is set."""
+        budget = self.cfg.train.sample_budget
+        if budget is None:
+            return int(self.cfg.train.epochs)
+        return max(1, int(budget) // len(self.data.train))
 
     @property
     def steps_per_epoch(self) -> int:
@@ -141,7 +156,7 @@ class Run:
 
     @property
     def total_steps(self) -> int:
-        total = self.steps_per_epoch * self.cfg.train.epochs
+        total = self.steps_per_epoch * self.epochs
         if self.cfg.train.max_steps is not None:
             total = min(total, self.cfg.train.max_steps)
         return total
@@ -153,6 +168,9 @@ class Run:
             torch.set_num_threads(cfg.train.threads)
         if cfg.train.batch_size <= 0 or cfg.train.epochs < 0:
             raise RtlabError("train.batch_size must be positive and train.epochs non-negative")
+        if cfg.train.sample_budget is not None and cfg.train.sample_budget <= 0:
+            raise RtlabError(f"train.sample_budget must be a positive number of samples, got "
+                             f"{cfg.train.sample_budget}")
         self.out_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.out_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
         atomic_write_text(self.out_dir / "plugins.json", json.dumps(self.pm.listing(), indent=2))
@@ -161,6 +179,7 @@ class Run:
         if len(self.data.train) == 0:
             raise RtlabError("the train split is empty; check data.train_size and data.train_split")
         self.normalize = self.data.normalizer(self.device)
+        self.probe_data = load_probe_datasets(self.registry, cfg.eval.datasets, self.data, self.device)
         self.augment = self.registry.build("augment", cfg.augment)
         self.teacher_init = self.registry.build("teacher", cfg.teacher)
         self.teacher = self.place(self.teacher_init.build(self))
@@ -169,6 +188,8 @@ class Run:
                 a is b for a, b in zip(self.student.parameters(), self.teacher.parameters())):
             raise RtlabError("the student initialiser returned the teacher itself; it must return a copy")
         self.updater = self.registry.build("updater", cfg.updater)
+        if hasattr(self.updater, "setup"):
+            self.updater.setup(self)
         self.loss_fn = self.registry.build("loss", cfg.loss) if cfg.get("loss") is not None else None
         self.objective = self.registry.build("objective", cfg.objective)
         extra = list(self.objective.setup(self) or [])
@@ -181,6 +202,12 @@ class Run:
         unknown = [t for t in cfg.eval.targets if t not in BUILTIN_TARGETS and t not in self.extra_targets]
         if unknown:
             raise RtlabError(f"unknown eval target(s) {unknown}; known: {', '.join(BUILTIN_TARGETS)}")
+        if not self.cfg.eval.train_data and not self.probe_data:
+            raise RtlabError("eval.train_data=false leaves nothing to probe; name datasets with eval.datasets=[NAME]")
+        if self.evaluators and not self.data.train.labelled and not self.probe_data:
+            raise RtlabError(f"the training data '{self.data.name}' has no labels, so the probes have nothing to "
+                             "predict; probe a labelled dataset with eval.datasets=[NAME] (e.g. fashion_mnist) or "
+                             "drop the probes with evaluator=[]")
         self.order_gen = torch.Generator().manual_seed(stream_seed(cfg.train.seed, "order"))
         self.aug_gen = torch.Generator(device=self.device).manual_seed(stream_seed(cfg.train.seed, "augment"))
         if self.device.type == "cpu" and self.amp_dtype == torch.bfloat16:
@@ -200,20 +227,33 @@ class Run:
         return bool(getattr(self.updater, "frozen", False))
 
     # ---------------------------------------------------------------------------------------------- evaluation
+    def probe_sets(self) -> dict[str, ImageData]:
+        """The datasets the evaluators probe, by metric suffix: ``""`` is the training data (skipped when it has no
+        labels or ``eval.train_data`` is false), then every ``eval.datasets`` entry."""
+        sets = {"": self.data} if self.data.train.labelled and self.cfg.eval.train_data else {}
+        return {**sets, **self.probe_data}
+
     def evaluate(self, epoch: int) -> dict[str, float]:
-        """Run every evaluator on every target; frozen targets are evaluated only the first time."""
-        if not self.evaluators:
-            return {}
-        results: dict[str, float] = {}
-        for target in self.cfg.eval.targets:
-            frozen = target == "input" or (target in ("teacher", "teacher_bn") and self.teacher_frozen)
-            if frozen and any(k.endswith(f"/{target}") for k in self.metrics):
-                continue
-            feats = features(self, target)
-            for name, evaluator in self.evaluators.items():
-                for metric, value in evaluator.evaluate(feats, self).items():
-                    results[f"{metric}/{target}"] = float(value)
-            del feats
+        """Run every evaluator on every target of every probe dataset; frozen targets are evaluated only the first
+        time. The results also hold the parameter distances ``teacher_student_distance`` and
+        ``student_distance_from_init`` (no ``/``: they are not accuracies)."""
+        results: dict[str, float] = {
+            "teacher_student_distance": parameter_distance(self.student, self.teacher),
+            "student_distance_from_init": parameter_distance(self.student, self._init_student),
+        }
+        cache: dict[str, Any] = {}
+        for key, data in self.probe_sets().items() if self.evaluators else ():
+            for target in self.cfg.eval.targets:
+                name = f"{target}@{key}" if key else target
+                frozen = target == "input" or (target in ("teacher", "teacher_bn") and self.teacher_frozen)
+                if frozen and any(k.endswith(f"/{name}") for k in self.metrics):
+                    continue
+                feats = features(self, target, data, cache)
+                for evaluator in self.evaluators.values():
+                    for metric, value in evaluator.evaluate(feats, self).items():
+                        results[f"{metric}/{name}"] = float(value)
+                del feats
+        del cache
         self.metrics.update(results)
         self.history.append({"epoch": epoch, "step": self.step, **results})
         self.hook.rtlab_evaluate_end(run=self, epoch=epoch, results=results)
@@ -221,7 +261,7 @@ class Run:
 
     def _eval_due(self, epoch: int) -> bool:
         every = self.cfg.eval.every
-        return epoch == self.cfg.train.epochs or (every > 0 and epoch % every == 0)
+        return epoch == self.epochs or (every > 0 and epoch % every == 0)
 
     # ------------------------------------------------------------------------------------------------- training
     def batches(self) -> Iterator[torch.Tensor]:
@@ -240,11 +280,12 @@ class Run:
             loss, logs = self.objective.loss(self, views, index)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        self.optimizer.step()
+        step = getattr(self.optimizer_factory, "step", None)
+        step_logs = (step(self.optimizer, self) if step is not None else self.optimizer.step()) or {}
         self.updater.update(self)
         self.step += 1
         self._images_seen += len(index)
-        return {"train/loss": loss.detach(), **{f"train/{k}": v.detach() for k, v in logs.items()}}
+        return {"train/loss": loss.detach(), **{f"train/{k}": v.detach() for k, v in {**logs, **step_logs}.items()}}
 
     def fit(self) -> dict[str, Any]:
         """Train and evaluate; returns the summary (also written to ``summary.json``)."""
@@ -255,7 +296,7 @@ class Run:
         sums: dict[str, torch.Tensor] = {}
         count = 0
         done = False
-        for epoch in range(self.epoch + 1, cfg.train.epochs + 1):
+        for epoch in range(self.epoch + 1, self.epochs + 1):
             t0 = time.time()
             n_batches = self.steps_per_epoch
             for i, index in enumerate(self.batches()):
@@ -329,6 +370,7 @@ class Run:
             "best": _best(self.history),
             "steps": self.step,
             "epochs": self.epoch,
+            "sample_budget": self.cfg.train.sample_budget,
             "train_images": len(self.data.train),
             "test_images": len(self.data.test),
             "wall_time_s": round(wall, 2),
@@ -337,7 +379,8 @@ class Run:
             "student_distance_from_init": moved,
             "teacher_student_distance": parameter_distance(self.student, self.teacher),
             "device": str(self.device),
-            "precision": str(self.amp_dtype).replace("torch.", "") if self.amp_dtype else "fp32",
+            "precision": (str(self.amp_dtype).replace("torch.", "") if self.amp_dtype
+                          else "fp64" if self.dtype == torch.float64 else "fp32"),
             "versions": {"rtlab": __version__, "torch": torch.__version__, "timm": _version("timm"),
                          "python": platform.python_version()},
         })
@@ -351,13 +394,14 @@ class Run:
 
 
 def _best(history: list[dict[str, Any]]) -> dict[str, float]:
-    """Best value over evaluations (epoch ≥ 1) of every student metric (the paper's max-over-epochs)."""
+    """Best value over evaluations (epoch ≥ 1) of every student metric (the paper's max-over-epochs), for the
+    training data (``linear/student``) and every probe dataset (``linear/student@cifar100``)."""
     best: dict[str, float] = {}
     for row in history:
         if row["epoch"] < 1:
             continue
         for k, v in row.items():
-            if k.endswith("/student") and isinstance(v, float):
+            if "/" in k and k.split("/", 1)[1].split("@", 1)[0] == "student" and isinstance(v, float):
                 best[k] = max(best.get(k, -math.inf), v)
     return best
 

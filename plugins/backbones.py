@@ -21,6 +21,7 @@ from torch import nn
 from framework import hookimpl
 from framework.errors import RtlabError
 from framework.options import BackboneOptions
+from plugins.norm_layers import norm_layer
 
 SMALL_INPUT = 64  # inputs up to this many pixels a side get the small-input adaptations under "auto"
 
@@ -38,6 +39,12 @@ def paper_init_(model: nn.Module) -> None:
                 nn.init.ones_(m.weight)
             if getattr(m, "bias", None) is not None:
                 nn.init.zeros_(m.bias)
+
+
+def _refuse_norm(opts: BackboneOptions, family: str) -> None:
+    if opts.norm is not None:
+        raise RtlabError(f"backbone.norm is not supported for {family} ('{opts.name}'); it works for ResNets and "
+                         "the paper's CIFAR nets (vgg11_nobn, cifar_resnet20, …)")
 
 
 def _check_init(opts: BackboneOptions) -> None:
@@ -100,7 +107,15 @@ class GenericAdapter:
         for key in list(optional):
             if key in opts.kwargs:
                 optional.pop(key)
-        model = _create_tolerant(opts.name, in_chans, optional, **opts.kwargs)
+        kwargs = dict(opts.kwargs)
+        if opts.norm is not None:
+            kwargs["norm_layer"] = norm_layer(opts.norm)
+        try:
+            model = _create_tolerant(opts.name, in_chans, optional, **kwargs)
+        except TypeError as exc:
+            if opts.norm is not None and "norm_layer" in str(exc):
+                _refuse_norm(opts, "this model")
+            raise
         if opts.init == "paper":
             paper_init_(model)
         return model
@@ -131,6 +146,8 @@ class ResNetAdapter:
         kwargs = dict(opts.kwargs)
         if opts.init == "paper":
             kwargs.setdefault("zero_init_last", False)
+        if opts.norm is not None:
+            kwargs["norm_layer"] = norm_layer(opts.norm)
         model = _create(opts.name, in_chans, **kwargs)
         if small_stem(opts, input_size):
             self._cifar_stem(model, in_chans)
@@ -184,6 +201,7 @@ class ViTAdapter:
 
     def create(self, opts: ViTBackboneOptions, in_chans: int, input_size: tuple[int, int]) -> nn.Module:
         _check_init(opts)
+        _refuse_norm(opts, "Vision Transformers")
         model_patch = _model_patch_size(opts.name)
         patch = opts.patch_size
         if patch is None:
@@ -240,6 +258,7 @@ class ConvNeXtAdapter:
 
     def create(self, opts: ConvNeXtBackboneOptions, in_chans: int, input_size: tuple[int, int]) -> nn.Module:
         _check_init(opts)
+        _refuse_norm(opts, "ConvNeXt")
         patch = opts.patch_size
         if patch is None:
             patch = self.auto_patch(input_size)

@@ -4,11 +4,17 @@
   no classifier and no adaptive pooling, as in the paper (App. E.1). The embedding is the 512-channel map after
   the last max-pool, globally averaged (on 32x32 inputs that map is 1x1, so this equals the paper's flatten).
   Max-pools round up (``ceil_mode``) so 28x28 inputs work too; on even sizes such as 32 this changes nothing.
+* ``cifar_resnet20`` … ``cifar_resnet110`` — the CIFAR ResNets of He et al. (2016), Table 5's ResNet20*/56*:
+  a 3x3 stem of 16 channels, three stages of basic blocks (16, 32, 64 channels, stride 2 between stages) with
+  1x1-conv + BN projection shortcuts where the shape changes, global average pooling to a 64-d embedding.
+  ResNet20 has 271,824 and ResNet56 855,120 parameters without classifier, as the paper's Table 5.
+
+All of them take ``norm_layer`` (``backbone.norm``, PAPER.md Fig. 11): VGGs then put it after every conv.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable, Optional
 
 import torch
 from timm.models import register_model
@@ -29,7 +35,7 @@ class VGGNoBN(nn.Module):
     """VGG features without normalisation; ``num_classes=0`` returns the pooled 512-d embedding."""
 
     def __init__(self, cfg: tuple, in_chans: int = 3, num_classes: int = 1000, global_pool: str = "avg",
-                 **_: Any) -> None:
+                 norm_layer: Optional[Callable[..., nn.Module]] = None, **_: Any) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         c = in_chans
@@ -37,7 +43,10 @@ class VGGNoBN(nn.Module):
             if v == "M":
                 layers.append(nn.MaxPool2d(2, 2, ceil_mode=True))
             else:
-                layers += [nn.Conv2d(c, v, 3, padding=1), nn.ReLU(inplace=True)]
+                layers.append(nn.Conv2d(c, v, 3, padding=1))
+                if norm_layer is not None:
+                    layers.append(norm_layer(v))
+                layers.append(nn.ReLU(inplace=True))
                 c = v
         self.features = nn.Sequential(*layers)
         self.num_features = c
@@ -92,6 +101,109 @@ def vgg16_nobn(pretrained: bool = False, **kwargs: Any) -> VGGNoBN:
 def vgg19_nobn(pretrained: bool = False, **kwargs: Any) -> VGGNoBN:
     """VGG19 (config E) without batch norm (Table 5)."""
     return _vgg("vgg19", pretrained, **kwargs)
+
+
+class CifarBasicBlock(nn.Module):
+    """Two 3x3 convs with norm and ReLU; a 1x1-conv + norm projection shortcut where the shape changes."""
+
+    def __init__(self, in_chs: int, out_chs: int, stride: int, norm_layer: Callable[..., nn.Module]) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_chs, out_chs, 3, stride, 1, bias=False)
+        self.bn1 = norm_layer(out_chs)
+        self.conv2 = nn.Conv2d(out_chs, out_chs, 3, 1, 1, bias=False)
+        self.bn2 = norm_layer(out_chs)
+        self.act = nn.ReLU(inplace=True)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or in_chs != out_chs:
+            self.shortcut = nn.Sequential(nn.Conv2d(in_chs, out_chs, 1, stride, bias=False), norm_layer(out_chs))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.act(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.act(out + self.shortcut(x))
+
+
+class CifarResNet(nn.Module):
+    """He et al.'s CIFAR ResNet of depth 6n + 2; ``num_classes=0`` returns the pooled 64-d embedding."""
+
+    def __init__(self, depth: int, in_chans: int = 3, num_classes: int = 1000, global_pool: str = "avg",
+                 norm_layer: Optional[Callable[..., nn.Module]] = None, widths: tuple = (16, 32, 64),
+                 **_: Any) -> None:
+        super().__init__()
+        if (depth - 2) % 6:
+            raise ValueError(f"CIFAR ResNet depth must be 6n + 2, got {depth}")
+        norm_layer = norm_layer or nn.BatchNorm2d
+        n = (depth - 2) // 6
+        self.conv1 = nn.Conv2d(in_chans, widths[0], 3, 1, 1, bias=False)
+        self.bn1 = norm_layer(widths[0])
+        self.act = nn.ReLU(inplace=True)
+        stages = []
+        c = widths[0]
+        for i, w in enumerate(widths):
+            blocks = []
+            for j in range(n):
+                blocks.append(CifarBasicBlock(c, w, 2 if (i > 0 and j == 0) else 1, norm_layer))
+                c = w
+            stages.append(nn.Sequential(*blocks))
+        self.layer1, self.layer2, self.layer3 = stages
+        self.num_features = c
+        self.global_pool = global_pool
+        self.fc = nn.Linear(c, num_classes) if num_classes > 0 else nn.Identity()
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.act(self.bn1(self.conv1(x)))
+        return self.layer3(self.layer2(self.layer1(x)))
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = x.mean((2, 3))
+        return x if pre_logits else self.fc(x)
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+def _cifar_resnet(depth: int, pretrained: bool, **kwargs: Any) -> CifarResNet:
+    if pretrained:
+        raise ValueError(f"cifar_resnet{depth} has no pretrained weights")
+    kwargs.pop("pretrained_cfg", None)
+    kwargs.pop("pretrained_cfg_overlay", None)
+    return CifarResNet(depth, **kwargs)
+
+
+@register_model
+def cifar_resnet20(pretrained: bool = False, **kwargs: Any) -> CifarResNet:
+    """CIFAR ResNet-20 (He et al. 2016; Table 5's ResNet20*, 271,824 parameters)."""
+    return _cifar_resnet(20, pretrained, **kwargs)
+
+
+@register_model
+def cifar_resnet32(pretrained: bool = False, **kwargs: Any) -> CifarResNet:
+    """CIFAR ResNet-32 (He et al. 2016)."""
+    return _cifar_resnet(32, pretrained, **kwargs)
+
+
+@register_model
+def cifar_resnet44(pretrained: bool = False, **kwargs: Any) -> CifarResNet:
+    """CIFAR ResNet-44 (He et al. 2016)."""
+    return _cifar_resnet(44, pretrained, **kwargs)
+
+
+@register_model
+def cifar_resnet56(pretrained: bool = False, **kwargs: Any) -> CifarResNet:
+    """CIFAR ResNet-56 (He et al. 2016; Table 5's ResNet56*, 855,120 parameters)."""
+    return _cifar_resnet(56, pretrained, **kwargs)
+
+
+@register_model
+def cifar_resnet110(pretrained: bool = False, **kwargs: Any) -> CifarResNet:
+    """CIFAR ResNet-110 (He et al. 2016)."""
+    return _cifar_resnet(110, pretrained, **kwargs)
 
 
 @hookimpl
