@@ -125,6 +125,11 @@ def plugins_command(args: argparse.Namespace) -> int:
             by_kind.setdefault(c["kind"], []).append(c["name"])
         for kind, names in sorted(by_kind.items()):
             print(f"{'':{width}}    {kind}: {', '.join(sorted(names))}")
+        if p["settings"]:
+            print(f"{'':{width}}    settings: {', '.join(p['settings'])}")
+        hooks = [h for h in p["hooks"] if h != "rtlab_register"]
+        if hooks:
+            print(f"{'':{width}}    hooks: {', '.join(h.removeprefix('rtlab_') for h in hooks)}")
     return 0
 
 

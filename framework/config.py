@@ -76,6 +76,7 @@ def build_schema(registry: Registry) -> type:
 
 
 _stored: set[int] = set()
+_stored_backbones: set[tuple] = set()
 
 
 def register_configs(registry: Registry) -> None:
@@ -92,10 +93,14 @@ def register_configs(registry: Registry) -> None:
         for comp in registry.components(kind.name):
             package = f"{kind.group}.{comp.name}" if kind.multi else None
             cs.store(group=kind.group, name=comp.name, node=node_class(comp), package=package)
-    from framework.models import backbone_nodes
+    from framework.models import adapters, backbone_nodes, known_backbones
 
-    for name, node in backbone_nodes(registry):
-        cs.store(group=BACKBONE_GROUP, name=name, node=node)
+    # ~1,400 timm names: store them again only when the adapters or the set of timm models changed
+    key = (tuple((c.name, type(c.factory), c.options) for c in adapters(registry)), len(known_backbones()))
+    if key not in _stored_backbones:
+        for name, node in backbone_nodes(registry):
+            cs.store(group=BACKBONE_GROUP, name=name, node=node)
+        _stored_backbones.add(key)
     _stored.add(id(registry))
 
 

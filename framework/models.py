@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import functools
 from typing import Any, Iterator, Protocol
 
 import torch
@@ -39,18 +38,11 @@ def timm_module(model_name: str) -> str:
     return timm.models.model_entrypoint(model_name).__module__.rsplit(".", 1)[-1]
 
 
-@functools.lru_cache(maxsize=1)
-def _timm_names() -> tuple[str, ...]:
-    import timm
-
-    return tuple(timm.list_models())
-
-
-def known_backbones() -> set[str]:
+def known_backbones() -> frozenset[str]:
     """Every timm model name registered in this process (built-in plugins add the paper's CIFAR nets)."""
     import timm
 
-    return set(timm.list_models())
+    return frozenset(timm.list_models())  # ~5 ms
 
 
 def adapters(registry: Registry) -> list[Component]:
