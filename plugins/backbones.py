@@ -246,11 +246,13 @@ class ConvNeXtAdapter:
             if opts.stem == "timm" or not small_stem(opts, input_size):
                 patch = 4 if min(input_size) // self.total_stride(4) >= 1 else patch
         kwargs = {"patch_size": patch, **opts.kwargs}
-        if opts.init == "paper":
-            kwargs.setdefault("ls_init_value", 1.0)
         model = _create(opts.name, in_chans, **kwargs)
         if opts.init == "paper":
             paper_init_(model)
+            for block in model.modules():  # layer scale, where the model has it (not ConvNeXt V2), starts at 1
+                gamma = getattr(block, "gamma", None)
+                if isinstance(gamma, nn.Parameter) and "ls_init_value" not in opts.kwargs:
+                    nn.init.ones_(gamma)
         return model
 
     def hint(self, opts: ConvNeXtBackboneOptions, input_size: tuple[int, int]) -> str:

@@ -87,3 +87,19 @@ def test_bn_control_changes_only_batchnorm_statistics(tmp_path):
     moved = [k for k in t_state if k.endswith("running_mean") and not torch.equal(t_state[k], c_state[k])]
     assert moved, "running statistics were not re-estimated"
     assert all(float(t_state[k].abs().max()) == 0.0 for k in moved)  # the teacher keeps its initial stats
+
+
+def test_a_finished_run_rebuilds_its_networks_from_the_checkpoint(tmp_path):
+    from framework.models import network_from_checkpoint
+
+    run = _run(tmp_path, "train.max_steps=2", "evaluator=[]", "backbone=resnet10t", "backbone.stem=cifar")
+    run.fit()
+    student, meta = network_from_checkpoint(run.registry, run.out_dir / "checkpoints" / "final", "student")
+    assert meta["step"] == 2
+    assert student.encoder.conv1[0].stride == (1, 1)  # the CIFAR stem is rebuilt, not just its weights
+    x = run.prepare(run.data.test.images[:8])
+    run.student.eval()
+    with torch.no_grad():
+        assert torch.allclose(student.eval()(x), run.student(x), atol=1e-6)
+    with pytest.raises(RtlabError, match="has no 'critic' weights"):
+        network_from_checkpoint(run.registry, run.out_dir / "checkpoints" / "final", "critic")
