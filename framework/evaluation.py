@@ -84,7 +84,10 @@ def bn_control(teacher: nn.Module, run: "Run") -> nn.Module:
 
 def target_embedder(run: "Run", target: str, cache: dict[str, Any] | None = None
                     ) -> Callable[[torch.Tensor], torch.Tensor]:
-    """How to embed normalised images for ``target``; ``cache`` keeps the BN control for one evaluation."""
+    """How to embed normalised images for ``target``; ``cache`` keeps the BN control for one evaluation. Plugins
+    add targets with ``run.extra_targets[name] = lambda run: embed_fn`` (re-evaluated at every evaluation)."""
+    if target in run.extra_targets:
+        return run.extra_targets[target](run)
     if target == "teacher":
         return run.teacher.embed
     if target == "student":

@@ -180,6 +180,8 @@ class Run:
             raise RtlabError("the train split is empty; check data.train_size and data.train_split")
         self.normalize = self.data.normalizer(self.device)
         self.probe_data = load_probe_datasets(self.registry, cfg.eval.datasets, self.data, self.device)
+        self.order_gen = torch.Generator().manual_seed(stream_seed(cfg.train.seed, "order"))
+        self.aug_gen = torch.Generator(device=self.device).manual_seed(stream_seed(cfg.train.seed, "augment"))
         self.augment = self.registry.build("augment", cfg.augment)
         self.teacher_init = self.registry.build("teacher", cfg.teacher)
         self.teacher = self.place(self.teacher_init.build(self))
@@ -199,17 +201,12 @@ class Run:
         params = [p for p in self.student.parameters() if p.requires_grad] + extra
         self.optimizer = self.optimizer_factory.build(params, self)
         self.evaluators = {name: self.registry.build("evaluator", node) for name, node in cfg.evaluator.items()}
-        unknown = [t for t in cfg.eval.targets if t not in BUILTIN_TARGETS and t not in self.extra_targets]
-        if unknown:
-            raise RtlabError(f"unknown eval target(s) {unknown}; known: {', '.join(BUILTIN_TARGETS)}")
         if not self.cfg.eval.train_data and not self.probe_data:
             raise RtlabError("eval.train_data=false leaves nothing to probe; name datasets with eval.datasets=[NAME]")
         if self.evaluators and not self.data.train.labelled and not self.probe_data:
             raise RtlabError(f"the training data '{self.data.name}' has no labels, so the probes have nothing to "
                              "predict; probe a labelled dataset with eval.datasets=[NAME] (e.g. fashion_mnist) or "
                              "drop the probes with evaluator=[]")
-        self.order_gen = torch.Generator().manual_seed(stream_seed(cfg.train.seed, "order"))
-        self.aug_gen = torch.Generator(device=self.device).manual_seed(stream_seed(cfg.train.seed, "augment"))
         if self.device.type == "cpu" and self.amp_dtype == torch.bfloat16:
             hazards = cpu_bf16_hazards(self.student, self.prepare(self.data.train.images[:2]))
             if hazards:
@@ -291,6 +288,10 @@ class Run:
         """Train and evaluate; returns the summary (also written to ``summary.json``)."""
         cfg = self.cfg
         self.hook.rtlab_run_start(run=self)
+        known = [*BUILTIN_TARGETS, *self.extra_targets]
+        unknown = [t for t in cfg.eval.targets if t not in known]
+        if unknown:
+            raise RtlabError(f"unknown eval target(s) {', '.join(unknown)}; known: {', '.join(known)}")
         if cfg.eval.before:
             self.evaluate(0)
         sums: dict[str, torch.Tensor] = {}

@@ -9,6 +9,9 @@ which pairs (teacher view i, student view j) count, and the loss is their mean:
 * ``opposite`` — i ≠ j: every student view against every *other* global view (DINO);
 * ``all`` — every pair.
 
+``cache_teacher`` (on by default) computes a frozen, eval-mode teacher's head input once per image where the views
+are deterministic (:class:`TeacherCache`); the losses are the same as without it.
+
 ``center_momentum`` turns on DINO's centering: the teacher's outputs have a running centre c subtracted before the
 loss, and c ← m·c + (1 − m)·(mean teacher output of the step) afterwards. None (the default, the paper) = off.
 :class:`Centering` and :func:`view_pairs` are usable on their own.
@@ -68,10 +71,51 @@ class Centering:
         self.center.mul_(self.momentum).add_(batch_center, alpha=1.0 - self.momentum)
 
 
+class TeacherCache:
+    """A frozen, eval-mode teacher on deterministic views gives every image the same output forever, so its
+    head input (the normalised bottleneck) is computed once per image and view — lazily, the first time the image
+    appears in a batch — and only the last layer runs afterwards. The first epoch is computed exactly as without
+    the cache; later epochs reuse those values (bit-identical in the head's input dtype)."""
+
+    def __init__(self, size: int, views: int, device: torch.device) -> None:
+        self.size = size
+        self.store: list[torch.Tensor | None] = [None] * views
+        self.filled = [torch.zeros(size, dtype=torch.bool, device=device) for _ in range(views)]
+
+    @staticmethod
+    def unusable(run) -> str | None:
+        """Why the cache cannot be exact for this run (None when it can)."""
+        if not run.teacher_frozen:
+            return "the teacher is updated"
+        if run.teacher.training:
+            return "the teacher's BatchNorm runs in train mode"
+        if not getattr(run.augment, "deterministic", False):
+            return "the views are random"
+        head = run.teacher.head
+        if not (hasattr(head, "bottleneck") and hasattr(head, "logits")):
+            return "the head does not split into bottleneck and last layer"
+        return None
+
+    def __call__(self, teacher, views: list[torch.Tensor], index: torch.Tensor) -> list[torch.Tensor]:
+        outs = []
+        for v, view in enumerate(views):
+            missing = ~self.filled[v][index]
+            if bool(missing.any()):
+                todo = missing.nonzero().squeeze(1)
+                z = teacher.head.bottleneck(teacher.encoder(view if bool(missing.all()) else view[todo]))
+                if self.store[v] is None:
+                    self.store[v] = torch.empty(self.size, z.shape[1], dtype=z.dtype, device=z.device)
+                self.store[v][index[todo]] = z.to(self.store[v].dtype)
+                self.filled[v][index[todo]] = True
+            outs.append(teacher.head.logits(self.store[v][index]))
+        return outs
+
+
 @dataclass
 class DistillationOptions:
     pairing: str = "same"  # same (the paper) | opposite (DINO) | all
     center_momentum: Optional[float] = None  # teacher-output centering momentum; None: off (the paper), DINO: 0.9
+    cache_teacher: bool = True  # reuse the frozen teacher's head input per image where that is exact
 
 
 class Distillation:
@@ -81,17 +125,33 @@ class Distillation:
         view_pairs(opts.pairing, 2, 2)  # validates the name
         self.opts = opts
         self.centering = Centering(opts.center_momentum) if opts.center_momentum is not None else None
+        self.cache: TeacherCache | None = None
 
     def setup(self, run):
         if run.loss_fn is None:
             raise RtlabError("objective=distillation needs a loss component (e.g. loss=ce)")
+        self.cache = None
+        run.summary["teacher_cache"] = "off"
+        if self.opts.cache_teacher:
+            why = TeacherCache.unusable(run)
+            if why is None:
+                views = run.augment.views(run.data.train.images[:1].float() / 255.0, run.aug_gen)
+                self.cache = TeacherCache(len(run.data.train), global_view_count(run.augment, len(views)),
+                                          run.device)
+            run.summary["teacher_cache"] = why or "on"
         return []
+
+    def teacher_outputs(self, run, views, index):
+        """The teacher's outputs on the global views (from the cache where it is exact)."""
+        with torch.no_grad():
+            if self.cache is not None:
+                return self.cache(run.teacher, views, index)
+            return forward_views(run.teacher, views)
 
     def loss(self, run, views, index):
         n_global = global_view_count(run.augment, len(views))
         pairs = view_pairs(self.opts.pairing, n_global, len(views))
-        with torch.no_grad():
-            targets = forward_views(run.teacher, views[:n_global])
+        targets = self.teacher_outputs(run, views[:n_global], index)
         if self.centering is not None:
             centred = self.centering(targets)
             self.centering.update(targets)

@@ -70,6 +70,11 @@ class Tempered:
         return {"kl": (p * (log_p - log_q)).sum(-1).mean(), "teacher_entropy": -(p * log_p).sum(-1).mean()}
 
 
+@dataclass
+class CrossEntropyOptions(TemperatureOptions):
+    pass
+
+
 class CrossEntropy(Tempered):
     """CE(softmax(t/τ_t), log_softmax(s/τ_s)); logs the KL divergence and the teacher's entropy."""
 
@@ -112,6 +117,6 @@ class PredictionEntropy(Tempered):
 
 @hookimpl
 def rtlab_register(registry):
-    registry.add("loss", "ce", CrossEntropy, TemperatureOptions)
+    registry.add("loss", "ce", CrossEntropy, CrossEntropyOptions)
     registry.add("loss", "mse", MeanSquaredError, MSEOptions)
     registry.add("loss", "h_pred", PredictionEntropy, TemperatureOptions)
