@@ -210,5 +210,6 @@ def cifar_resnet110(pretrained: bool = False, **kwargs: Any) -> CifarResNet:
 def rtlab_register(registry):
     """The models above register with timm on import (the generic adapter handles them); list them too."""
     registry.add_kind("timm_model", "a network registered with timm by a plugin (select it with backbone=NAME)")
-    for fn in (vgg11_nobn, vgg13_nobn, vgg16_nobn, vgg19_nobn):
+    for fn in (vgg11_nobn, vgg13_nobn, vgg16_nobn, vgg19_nobn, cifar_resnet20, cifar_resnet32, cifar_resnet44,
+               cifar_resnet56, cifar_resnet110):
         registry.add("timm_model", fn.__name__, fn)
