@@ -31,7 +31,35 @@ VGG_CFGS = {
 }
 
 
-class VGGNoBN(nn.Module):
+class PooledNet(nn.Module):
+    """The part of timm's model interface rtlab uses: ``forward_features`` (subclasses) → ``forward_head`` (global
+    pooling, then the classifier, or the pooled embedding with ``num_classes=0``)."""
+
+    def _classifier(self, channels: int, num_classes: int, global_pool: str) -> None:
+        self.num_features = channels
+        self.global_pool = global_pool
+        self.fc = nn.Linear(channels, num_classes) if num_classes > 0 else nn.Identity()
+        for m in self.modules():  # torchvision-style init: Kaiming-normal fan-out convs, zero biases
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = x.mean((2, 3)) if self.global_pool == "avg" else x.flatten(1)
+        return x if pre_logits else self.fc(x)
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+class VGGNoBN(PooledNet):
     """VGG features without normalisation; ``num_classes=0`` returns the pooled 512-d embedding."""
 
     def __init__(self, cfg: tuple, in_chans: int = 3, num_classes: int = 1000, global_pool: str = "avg",
@@ -49,26 +77,10 @@ class VGGNoBN(nn.Module):
                 layers.append(nn.ReLU(inplace=True))
                 c = v
         self.features = nn.Sequential(*layers)
-        self.num_features = c
-        self.global_pool = global_pool
-        self.fc = nn.Linear(c, num_classes) if num_classes > 0 else nn.Identity()
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-                nn.init.zeros_(m.bias)
+        self._classifier(c, num_classes, global_pool)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x)
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = x.mean((2, 3)) if self.global_pool == "avg" else x.flatten(1)
-        return x if pre_logits else self.fc(x)
-
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
 
 
 def _vgg(arch: str, pretrained: bool, **kwargs: Any) -> VGGNoBN:
@@ -123,7 +135,7 @@ class CifarBasicBlock(nn.Module):
         return self.act(out + self.shortcut(x))
 
 
-class CifarResNet(nn.Module):
+class CifarResNet(PooledNet):
     """He et al.'s CIFAR ResNet of depth 6n + 2; ``num_classes=0`` returns the pooled 64-d embedding."""
 
     def __init__(self, depth: int, in_chans: int = 3, num_classes: int = 1000, global_pool: str = "avg",
@@ -146,70 +158,35 @@ class CifarResNet(nn.Module):
                 c = w
             stages.append(nn.Sequential(*blocks))
         self.layer1, self.layer2, self.layer3 = stages
-        self.num_features = c
-        self.global_pool = global_pool
-        self.fc = nn.Linear(c, num_classes) if num_classes > 0 else nn.Identity()
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        self._classifier(c, num_classes, global_pool)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.act(self.bn1(self.conv1(x)))
         return self.layer3(self.layer2(self.layer1(x)))
 
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = x.mean((2, 3))
-        return x if pre_logits else self.fc(x)
 
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+def _register_cifar_resnet(depth: int):
+    """Register ``cifar_resnet<depth>`` with timm (one entry point per name, as timm wants)."""
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
+    def entry(pretrained: bool = False, **kwargs: Any) -> CifarResNet:
+        if pretrained:
+            raise ValueError(f"cifar_resnet{depth} has no pretrained weights")
+        kwargs.pop("pretrained_cfg", None)
+        kwargs.pop("pretrained_cfg_overlay", None)
+        return CifarResNet(depth, **kwargs)
 
-
-def _cifar_resnet(depth: int, pretrained: bool, **kwargs: Any) -> CifarResNet:
-    if pretrained:
-        raise ValueError(f"cifar_resnet{depth} has no pretrained weights")
-    kwargs.pop("pretrained_cfg", None)
-    kwargs.pop("pretrained_cfg_overlay", None)
-    return CifarResNet(depth, **kwargs)
+    entry.__name__ = entry.__qualname__ = f"cifar_resnet{depth}"
+    entry.__doc__ = f"CIFAR ResNet-{depth} (He et al. 2016)."
+    return register_model(entry)
 
 
-@register_model
-def cifar_resnet20(pretrained: bool = False, **kwargs: Any) -> CifarResNet:
-    """CIFAR ResNet-20 (He et al. 2016; Table 5's ResNet20*, 271,824 parameters)."""
-    return _cifar_resnet(20, pretrained, **kwargs)
-
-
-@register_model
-def cifar_resnet32(pretrained: bool = False, **kwargs: Any) -> CifarResNet:
-    """CIFAR ResNet-32 (He et al. 2016)."""
-    return _cifar_resnet(32, pretrained, **kwargs)
-
-
-@register_model
-def cifar_resnet44(pretrained: bool = False, **kwargs: Any) -> CifarResNet:
-    """CIFAR ResNet-44 (He et al. 2016)."""
-    return _cifar_resnet(44, pretrained, **kwargs)
-
-
-@register_model
-def cifar_resnet56(pretrained: bool = False, **kwargs: Any) -> CifarResNet:
-    """CIFAR ResNet-56 (He et al. 2016; Table 5's ResNet56*, 855,120 parameters)."""
-    return _cifar_resnet(56, pretrained, **kwargs)
-
-
-@register_model
-def cifar_resnet110(pretrained: bool = False, **kwargs: Any) -> CifarResNet:
-    """CIFAR ResNet-110 (He et al. 2016)."""
-    return _cifar_resnet(110, pretrained, **kwargs)
+# ResNet20* and ResNet56* are Table 5's (271,824 and 855,120 parameters)
+CIFAR_RESNETS = {depth: _register_cifar_resnet(depth) for depth in (20, 32, 44, 56, 110)}
 
 
 @hookimpl
 def rtlab_register(registry):
     """The models above register with timm on import (the generic adapter handles them); list them too."""
     registry.add_kind("timm_model", "a network registered with timm by a plugin (select it with backbone=NAME)")
-    for fn in (vgg11_nobn, vgg13_nobn, vgg16_nobn, vgg19_nobn, cifar_resnet20, cifar_resnet32, cifar_resnet44,
-               cifar_resnet56, cifar_resnet110):
+    for fn in (vgg11_nobn, vgg13_nobn, vgg16_nobn, vgg19_nobn, *CIFAR_RESNETS.values()):
         registry.add("timm_model", fn.__name__, fn)
