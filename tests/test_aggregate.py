@@ -33,14 +33,15 @@ def test_groups_and_statistics(tmp_path):
     assert "| 0.0 | 2 | 70.00 ± 14.14 | 50.00 ± 0.00 |" in text
 
 
-def test_cli(tmp_path, cli):
+def test_command(tmp_path, capsys):
+    from framework.cli import main
+
     write_run(tmp_path / "r0", 0.5, 0, 0.7)
-    res = cli("aggregate", str(tmp_path), "--by", "student.alpha", "--json")
-    assert res.returncode == 0, res.stderr
-    assert json.loads(res.stdout)["groups"][0]["stats"]["knn/student"][0] == 0.7
-    res = cli("aggregate", str(tmp_path / "missing"))
-    assert res.returncode == 2 and "does not exist" in res.stderr
-    res = cli("aggregate", str(tmp_path), "--by", "student.beta")
-    assert res.returncode == 2 and "student.beta" in res.stderr
+    assert main(["aggregate", str(tmp_path), "--by", "student.alpha", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["groups"][0]["stats"]["knn/student"][0] == 0.7
+    assert main(["aggregate", str(tmp_path / "missing")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["aggregate", str(tmp_path), "--by", "student.beta"]) == 2
+    assert "student.beta" in capsys.readouterr().err
     with pytest.raises(RtlabError):
         find_runs([str(tmp_path / "r0" / "config.yaml")])

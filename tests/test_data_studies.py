@@ -70,10 +70,10 @@ def test_eval_dataset_errors(tmp_path):
 
 
 def test_sample_budget_sets_the_epochs(tmp_path):
-    run = compose_run(tmp_path, "train.sample_budget=1000", "data.train_size=256", "evaluator=[]")
-    assert run.epochs == 3  # 1000 // 256
+    run = compose_run(tmp_path, "train.sample_budget=500", "data.train_size=128", "evaluator=[]")
+    assert run.epochs == 3  # 500 // 128
     summary = run.fit()
-    assert summary["epochs"] == 3 and summary["steps"] == 3 * 4 and summary["sample_budget"] == 1000
+    assert summary["epochs"] == 3 and summary["steps"] == 3 * 2 and summary["sample_budget"] == 500
     with pytest.raises(RtlabError, match="sample_budget"):
         compose_run(tmp_path, "train.sample_budget=0")
 

@@ -65,7 +65,8 @@ def test_paper_preset_is_the_papers_setting():
     assert head["bottleneck_weight_norm"] is False and head["output_norm"] is False
     assert cfg["loss"] == {"name": "ce", "teacher_temp": 1.0, "student_temp": 1.0, "teacher_temp_start": None,
                            "teacher_temp_warmup_epochs": 0.0}
-    assert cfg["objective"] == {"name": "distillation", "pairing": "same", "center_momentum": None}
+    assert cfg["objective"] == {"name": "distillation", "pairing": "same", "center_momentum": None,
+                                "cache_teacher": True}  # exact: the same losses as without the cache
     assert cfg["teacher"]["name"] == "random"
     assert cfg["updater"] == {"name": "frozen", "bn_mode": "eval"}
     assert cfg["student"] == {"name": "interpolated", "alpha": 1e-10, "seed": 1, "variance_preserving": True}

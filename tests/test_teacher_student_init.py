@@ -99,7 +99,8 @@ def test_interpolated_and_neighborhood_students_follow_their_formulas(tmp_path):
 def test_tiny_alpha_survives_only_in_float64(tmp_path):
     """α = 1e-10 in float32 barely moves the student (PAPER.md §2.7); in float64 every weight moves."""
     r32 = compose_run(tmp_path / "f32", "student.alpha=1e-10", "evaluator=[]")
-    r64 = compose_run(tmp_path / "f64", "student.alpha=1e-10", "train.precision=fp64", "evaluator=[]")
+    r64 = compose_run(tmp_path / "f64", "student.alpha=1e-10", "train.precision=fp64", "evaluator=[]",
+                      "train.max_steps=1")
     assert next(r64.student.parameters()).dtype == torch.float64
     changed32 = sum(int((a != b).sum()) for a, b in zip(r32.student.parameters(), r32.teacher.parameters()))
     changed64 = sum(int((a != b).sum()) for a, b in zip(r64.student.parameters(), r64.teacher.parameters()))
@@ -113,7 +114,7 @@ def test_tiny_alpha_survives_only_in_float64(tmp_path):
 
 
 def test_initial_distance_is_logged_to_metrics(tmp_path):
-    summary = fit(tmp_path, "student.alpha=0.5", "eval.before=true", "evaluator=[]")
+    summary = fit(tmp_path, "student.alpha=0.5", "eval.before=true", "evaluator=[]", "train.max_steps=1")
     first = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[0])
     assert first["epoch"] == 0 and first["kind"] == "eval"
     assert first["teacher_student_distance"] == pytest.approx(summary["teacher_student_distance_init"])
