@@ -51,7 +51,7 @@ def rtlab_step_end(run, metrics):
 @hookimpl
 def rtlab_evaluate_end(run, epoch, results):
     bar = _bars.get(id(run))
-    shown = {k: v for k, v in results.items() if k.endswith("/student")}
+    shown = {k: v for k, v in results.items() if k.partition("/")[2].partition("@")[0] == "student"}
     if bar is not None and shown:
         bar.write("epoch %d: %s" % (epoch, "  ".join(f"{k} {v:.4f}" for k, v in sorted(shown.items()))))
 
