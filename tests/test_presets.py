@@ -95,3 +95,13 @@ def test_sweep_presets_name_their_sweeps():
     fig3 = OmegaConf.load(config_dir() / "experiment" / "paper_fig3_cpu.yaml").hydra.sweeper.params
     assert "1.0" in fig3["student.alpha"] and "0.0" in fig3["student.alpha"]
     assert json.dumps(fig3["train.seed"]).count(",") >= 2  # >= 3 seeds
+
+
+def test_train_seed_seeds_teacher_and_student_of_a_sweep():
+    from framework.config import compose
+
+    seeds = []
+    for seed in (0, 1):
+        cfg = compose(["experiment=paper_fig3_cpu", f"train.seed={seed}"])
+        seeds.append((int(cfg.teacher.seed), int(cfg.student.seed)))
+    assert len({s for pair in seeds for s in pair}) == 4  # four distinct streams
