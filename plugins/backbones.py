@@ -1,5 +1,9 @@
 """Backbone adapters: how each timm family takes small inputs and how it is initialised.
 
+``backbone.norm`` swaps the normalisation layers (BatchNorm / GroupNorm8 / InstanceNorm / LayerNorm / Identity,
+:mod:`plugins.norm_layers`) of families that take a ``norm_layer`` (timm ResNets, the paper's CIFAR nets); the
+others refuse it.
+
 Init schemes (``backbone.init``):
 
 * ``paper`` (default) — the paper's torchvision-style init: every conv Kaiming-normal (fan-out, ReLU) with zero
@@ -45,6 +49,13 @@ def _refuse_norm(opts: BackboneOptions, family: str) -> None:
     if opts.norm is not None:
         raise RtlabError(f"backbone.norm is not supported for {family} ('{opts.name}'); it works for ResNets and "
                          "the paper's CIFAR nets (vgg11_nobn, cifar_resnet20, …)")
+
+
+def _check_norm_swapped(model: nn.Module, opts: BackboneOptions) -> nn.Module:
+    """Refuse a model that took ``norm_layer`` but did not use it (some families swallow unknown arguments)."""
+    if opts.norm is not None and not any(isinstance(m, norm_layer(opts.norm)) for m in model.modules()):
+        _refuse_norm(opts, "this model")
+    return model
 
 
 def _check_init(opts: BackboneOptions) -> None:
@@ -111,9 +122,9 @@ class GenericAdapter:
         if opts.norm is not None:
             kwargs["norm_layer"] = norm_layer(opts.norm)
         try:
-            model = _create_tolerant(opts.name, in_chans, optional, **kwargs)
-        except TypeError as exc:
-            if opts.norm is not None and "norm_layer" in str(exc):
+            model = _check_norm_swapped(_create_tolerant(opts.name, in_chans, optional, **kwargs), opts)
+        except (TypeError, AssertionError, ValueError, KeyError):
+            if opts.norm is not None:  # the family cannot build itself around a plain norm layer
                 _refuse_norm(opts, "this model")
             raise
         if opts.init == "paper":
@@ -148,7 +159,7 @@ class ResNetAdapter:
             kwargs.setdefault("zero_init_last", False)
         if opts.norm is not None:
             kwargs["norm_layer"] = norm_layer(opts.norm)
-        model = _create(opts.name, in_chans, **kwargs)
+        model = _check_norm_swapped(_create(opts.name, in_chans, **kwargs), opts)
         if small_stem(opts, input_size):
             self._cifar_stem(model, in_chans)
         if opts.init == "paper":
