@@ -44,6 +44,13 @@ DEFAULT_PLUGINS = (
     "plugins.progress",
     "plugins.checkpointing",
     "plugins.results_table",
+    "plugins.supervised",
+    "plugins.flip_crop",
+    "plugins.analysis",
+    "plugins.analysis.imp",
+    "plugins.analysis.barrier",
+    "plugins.analysis.landscape",
+    "plugins.report",
 )
 
 
