@@ -178,9 +178,6 @@ class Run:
         params = [p for p in self.student.parameters() if p.requires_grad] + extra
         self.optimizer = self.optimizer_factory.build(params, self)
         self.evaluators = {name: self.registry.build("evaluator", node) for name, node in cfg.evaluator.items()}
-        unknown = [t for t in cfg.eval.targets if t not in BUILTIN_TARGETS and t not in self.extra_targets]
-        if unknown:
-            raise RtlabError(f"unknown eval target(s) {unknown}; known: {', '.join(BUILTIN_TARGETS)}")
         self.order_gen = torch.Generator().manual_seed(stream_seed(cfg.train.seed, "order"))
         self.aug_gen = torch.Generator(device=self.device).manual_seed(stream_seed(cfg.train.seed, "augment"))
         if self.device.type == "cpu" and self.amp_dtype == torch.bfloat16:
@@ -250,6 +247,10 @@ class Run:
         """Train and evaluate; returns the summary (also written to ``summary.json``)."""
         cfg = self.cfg
         self.hook.rtlab_run_start(run=self)
+        known = [*BUILTIN_TARGETS, *self.extra_targets]
+        unknown = [t for t in cfg.eval.targets if t not in known]
+        if unknown:
+            raise RtlabError(f"unknown eval target(s) {', '.join(unknown)}; known: {', '.join(known)}")
         if cfg.eval.before:
             self.evaluate(0)
         sums: dict[str, torch.Tensor] = {}
