@@ -124,7 +124,7 @@ class AnalysisContext:
         if name not in runs:
             known = ", ".join(runs) or "none"
             raise RtlabError(f"@{name} names no run of analysis.pretrain (defined: {known}); add "
-                             f"analysis.pretrain.{name}=[OVERRIDES] or name a checkpoint path")
+                             f"+analysis.pretrain.{name}=[OVERRIDES] or name a checkpoint path")
         folder = f"pretrain/{name}"
         if not (self.out_dir / folder / "summary.json").exists():
             cfg = compose(list(runs[name]), self.registry)
