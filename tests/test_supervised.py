@@ -9,17 +9,23 @@ from analysis_helpers import SUP
 from framework.checkpoint import load_checkpoint
 from framework.config import compose
 from framework.errors import RtlabError
-from framework.run import run_training
-from plugins.flip_crop import flip_pad_crop
+from framework.registry import node_class
+from framework.run import Run, run_training
 from plugins.supervised import classifier_state
 
 
-def test_flip_pad_crop_draws_flips_and_padded_crops_per_image():
+def flip_crop(registry, **options):
+    """The registered ``flip_crop`` augmentation (whichever plugin provides it) as a function of images."""
+    comp = registry.get("augment", "flip_crop")
+    augment = registry.build("augment", node_class(comp)(**options))
+    return lambda images, gen: augment.views(images, gen)[0]
+
+
+def test_flip_crop_draws_flips_and_padded_crops_per_image(pm):
     images = torch.rand(64, 3, 8, 8)
     gen = torch.Generator().manual_seed(0)
-    flipped = flip_pad_crop(images, padding=0, flip=1.0, generator=gen)
-    assert torch.equal(flipped, images.flip(-1))
-    out = flip_pad_crop(images, padding=2, flip=0.0, generator=gen)
+    assert torch.equal(flip_crop(pm.registry, pad=0, flip=1.0)(images, gen), images.flip(-1))
+    out = flip_crop(pm.registry, pad=2, flip=0.0)(images, gen)
     padded = torch.nn.functional.pad(images, (2, 2, 2, 2))
     offsets = set()
     for b in range(len(images)):  # every output is one 8x8 window of its own padded image
@@ -27,7 +33,7 @@ def test_flip_pad_crop_draws_flips_and_padded_crops_per_image():
         assert hits, f"image {b} is not a crop of its padded image"
         offsets.add(hits[0])
     assert len(offsets) > 5  # offsets are drawn per image, not per batch
-    mixed = flip_pad_crop(images, padding=0, flip=0.5, generator=gen)
+    mixed = flip_crop(pm.registry, pad=0, flip=0.5)(images, gen)
     n_flipped = sum(torch.equal(m, i.flip(-1)) for m, i in zip(mixed, images))
     assert 10 < n_flipped < 54
 
@@ -48,12 +54,8 @@ def test_supervised_run_learns_and_a_checkpoint_restarts_it_exactly(pm, tmp_path
 
 
 def test_student_from_a_distilled_checkpoint_gets_its_encoder_and_a_fresh_classifier(pm, tmp_path):
-    from plugins.supervised import Supervised  # noqa: F401  (the objective under test)
-
     run_training(compose([*SUP, "train.epochs=1"], pm.registry), tmp_path / "a", pm)
     tensors, _ = load_checkpoint(tmp_path / "a")
-    from framework.run import Run
-
     run = Run(compose([*SUP, "student=checkpoint", f"student.path={tmp_path / 'a'}", "student.weights=teacher"],
                       pm.registry), tmp_path / "b", pm).setup()
     for key, value in run.student.encoder.state_dict().items():

@@ -26,7 +26,7 @@ import logging
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Protocol, Sequence
+from typing import Any, Callable, Dict, List, Protocol, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 

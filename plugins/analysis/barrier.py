@@ -149,7 +149,8 @@ def render_barrier(out_dir: Path, results: dict) -> str:
         axes[0][0].legend(fontsize=8)
         save(fig, out_dir / "plots" / f"barrier_{split}.png")
         lines += [f"## {split} split", "", f"![barrier](plots/barrier_{split}.png)", "",
-                  "| start | error barrier (pts) | loss barrier | endpoint error (%) | pairs |", "|---|---|---|---|---|"]
+                  "| start | error barrier (pts) | loss barrier | endpoint error (%) | pairs |",
+                  "|---|---|---|---|---|"]
         for label, res in starts.items():
             lines.append(f"| {label} | {percent(res[f'{split}_error_barrier_mean'])} ± "
                          f"{percent(res[f'{split}_error_barrier_std'])} | {res[f'{split}_loss_barrier_mean']:.4f} ± "

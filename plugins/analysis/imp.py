@@ -102,7 +102,8 @@ class IMP:
         """The dense run from ``start`` (round 0), shared by every target of that start."""
         epochs = sorted({t.epoch for t in self.targets if t.start == start and t.epoch > 0})
         folder = f"{start.slug}/dense"
-        summary = ctx.train(folder, [*start_overrides(start, ctx.pretrained), f"checkpoint.epochs=[{','.join(map(str, epochs))}]"])
+        at = f"checkpoint.epochs=[{','.join(map(str, epochs))}]"
+        summary = ctx.train(folder, [*start_overrides(start, ctx.pretrained), at])
         return folder, summary
 
     def _line(self, ctx, target: RewindTarget) -> list[dict]:
