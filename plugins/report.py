@@ -144,7 +144,7 @@ def _summary(folder: Path) -> dict[str, Any]:
 
 # ------------------------------------------------------------------------------------------------- comparison
 def run_labels(folders: list[Path]) -> list[str]:
-    """Per run, the Hydra overrides that differ between the runs (else the folder name)."""
+    """Per run, the Hydra overrides that differ between the runs (else its path below the runs' common folder)."""
     overrides = []
     for f in folders:
         path = f / ".hydra" / "overrides.yaml"
@@ -155,12 +155,14 @@ def run_labels(folders: list[Path]) -> list[str]:
         else:
             overrides.append([])
     common = set.intersection(*(set(o) for o in overrides)) if overrides else set()
+    root = Path(os.path.commonpath([str(f.resolve()) for f in folders])) if folders else Path()
     labels = []
     for f, ovs in zip(folders, overrides):
         own = [o for o in ovs if o not in common]
-        labels.append(" ".join(own) if own else str(f.name))
+        labels.append(" ".join(own) if own else os.path.relpath(f.resolve(), root.parent if f.resolve() == root
+                                                                 else root))
     if len(set(labels)) < len(labels):
-        labels = [f"{label} ({f.name})" for label, f in zip(labels, folders)]
+        labels = [f"{label} ({f})" for label, f in zip(labels, folders)]
     return labels
 
 

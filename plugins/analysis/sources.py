@@ -48,7 +48,7 @@ class NetworkSpec:
     @property
     def slug(self) -> str:
         """A folder name for runs that start here."""
-        text = re.sub(r"[^A-Za-z0-9._-]+", "_", self.name).strip("_.")
+        text = re.sub(r"_+", "_", re.sub(r"[^A-Za-z0-9._-]+", "_", self.name)).strip("_.")
         return text[:80] or "start"
 
 
