@@ -161,6 +161,8 @@ class Run:
         if len(self.data.train) == 0:
             raise RtlabError("the train split is empty; check data.train_size and data.train_split")
         self.normalize = self.data.normalizer(self.device)
+        self.order_gen = torch.Generator().manual_seed(stream_seed(cfg.train.seed, "order"))
+        self.aug_gen = torch.Generator(device=self.device).manual_seed(stream_seed(cfg.train.seed, "augment"))
         self.augment = self.registry.build("augment", cfg.augment)
         self.teacher_init = self.registry.build("teacher", cfg.teacher)
         self.teacher = self.place(self.teacher_init.build(self))
@@ -178,8 +180,6 @@ class Run:
         params = [p for p in self.student.parameters() if p.requires_grad] + extra
         self.optimizer = self.optimizer_factory.build(params, self)
         self.evaluators = {name: self.registry.build("evaluator", node) for name, node in cfg.evaluator.items()}
-        self.order_gen = torch.Generator().manual_seed(stream_seed(cfg.train.seed, "order"))
-        self.aug_gen = torch.Generator(device=self.device).manual_seed(stream_seed(cfg.train.seed, "augment"))
         if self.device.type == "cpu" and self.amp_dtype == torch.bfloat16:
             hazards = cpu_bf16_hazards(self.student, self.prepare(self.data.train.images[:2]))
             if hazards:
