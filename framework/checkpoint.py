@@ -130,9 +130,22 @@ def save_checkpoint(base: Path, tensors: Mapping[str, torch.Tensor], meta: Mappi
     return js
 
 
+def resolve_checkpoint(path: Path | str) -> Path:
+    """A checkpoint named by its base, either of its files, or a run folder (whose ``checkpoints/final``)."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        final = path / "checkpoints" / "final"
+        if checkpoint_paths(final)[1].exists():
+            return final
+        raise RtlabError(f"{path} is a folder without checkpoints/final; name a checkpoint such as "
+                         f"{path}/checkpoints/epoch_N")
+    return path
+
+
 def load_checkpoint(base: Path, device: str = "cpu") -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Tensors and metadata of checkpoint ``base``; refuses files whose hash does not match, with the name."""
-    st, js = checkpoint_paths(base)
+    """Tensors and metadata of checkpoint ``base`` (or of a run folder's final checkpoint); refuses files whose hash
+    does not match, with the name."""
+    st, js = checkpoint_paths(resolve_checkpoint(base))
     if not js.exists():
         if st.exists():
             tensors, meta = load_tensors(st, device)

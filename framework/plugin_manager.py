@@ -48,6 +48,12 @@ DEFAULT_PLUGINS = (
     "plugins.results_table",
     "plugins.aggregate",
     "plugins.bench",
+    "plugins.supervised",
+    "plugins.analysis",
+    "plugins.analysis.imp",
+    "plugins.analysis.barrier",
+    "plugins.analysis.landscape",
+    "plugins.report",
 )
 
 

@@ -13,7 +13,7 @@ import math
 import platform
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -416,11 +416,18 @@ def _version(dist: str) -> str:
         return ""
 
 
-def run_training(cfg: DictConfig, out_dir: str | Path, pm: PluginManager | None = None) -> dict[str, Any]:
-    """Build and run one training run; on failure plugins are told and finished files stay intact."""
+def run_training(cfg: DictConfig, out_dir: str | Path, pm: PluginManager | None = None,
+                 prepare: Callable[[Run], None] | None = None) -> dict[str, Any]:
+    """Build and run one training run; on failure plugins are told and finished files stay intact.
+
+    ``prepare(run)`` is called between setup and training: analyses that drive runs use it to change the built
+    run in place (load weights, attach pruning masks, start the schedule at a later epoch).
+    """
     run = Run(cfg, out_dir, pm)
     try:
         run.setup()
+        if prepare is not None:
+            prepare(run)
         return run.fit()
     except BaseException as exc:
         try:

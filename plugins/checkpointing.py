@@ -1,11 +1,13 @@
 """Checkpoints of the run (safetensors + JSON, atomic): every ``checkpoint.every`` epochs and at the end.
 
-``checkpoints/final`` holds the final student and teacher; ``checkpoints/epoch_N`` the periodic ones.
+``checkpoints/final`` holds the final student and teacher; ``checkpoints/epoch_N`` the periodic ones and those
+listed in ``checkpoint.epochs`` (e.g. the rewind points of lottery-ticket analyses).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import List
 
 from framework import hookimpl
 
@@ -14,6 +16,7 @@ from framework import hookimpl
 class CheckpointSettings:
     every: int = 0  # epochs between periodic checkpoints (0 = none)
     final: bool = True  # write checkpoints/final at the end of training
+    epochs: List[int] = field(default_factory=list)  # also write checkpoints/epoch_N after these epochs
 
 
 @hookimpl
@@ -24,7 +27,7 @@ def rtlab_register(registry):
 @hookimpl
 def rtlab_epoch_end(run, epoch):
     every = run.cfg.checkpoint.every
-    if every and epoch % every == 0:
+    if (every and epoch % every == 0) or epoch in run.cfg.checkpoint.epochs:
         run.save_checkpoint(f"epoch_{epoch}")
 
 

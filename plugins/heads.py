@@ -15,6 +15,8 @@ bottleneck (``lin1``) → feature normalisation (``fn1``) → last linear layer 
   ``wn``/``-``, ``l``/``lb`` (linear without/with bias)/``-``, ``fn``/``-``: e.g. ``-/lb/fn/wn/l/-`` (the paper's
   default), ``-/-/-/-/l/fn`` (one linear layer, then feature norm). Fig. 12 sweeps these strings. When set, it
   overrides the six individual switches.
+
+Head ``identity``: no head at all (supervised runs, whose objective puts a classifier on the encoder).
 """
 
 from __future__ import annotations
@@ -134,6 +136,17 @@ def dino_head(opts: DinoHeadOptions, in_dim: int) -> DinoHead:
     return DinoHead(in_dim, opts)
 
 
+@dataclass
+class IdentityHeadOptions:
+    pass
+
+
+def identity_head(opts: IdentityHeadOptions, in_dim: int) -> nn.Module:
+    """No projection head: the network's output is the encoder embedding (supervised runs add a classifier)."""
+    return nn.Identity()
+
+
 @hookimpl
 def rtlab_register(registry):
     registry.add("head", "dino", dino_head, DinoHeadOptions)
+    registry.add("head", "identity", identity_head, IdentityHeadOptions)
