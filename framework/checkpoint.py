@@ -172,20 +172,3 @@ def prefixed(state: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.
 def strip_prefix(tensors: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
     return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
 
-
-def find_checkpoint(path: str | Path, name: str = "final") -> Path:
-    """The checkpoint base a user points at: a run folder (its ``checkpoints/<name>``), a ``checkpoints`` folder,
-    a checkpoint base, its ``.json`` or ``.safetensors`` file, or a plain ``.safetensors`` file of weights."""
-    p = Path(path).expanduser()
-    for folder in (p / "checkpoints", p):
-        if folder.is_dir():
-            st, js = checkpoint_paths(folder / name)
-            if js.exists() or st.exists():
-                return folder / name
-    if p.is_dir():
-        raise RtlabError(f"{p} holds no checkpoint '{name}' (expected {p}/checkpoints/{name}.json); train with "
-                         "checkpoint.final=true or point at a checkpoint file")
-    st, js = checkpoint_paths(p)
-    if st.exists() or js.exists():
-        return st.with_suffix("")
-    raise RtlabError(f"checkpoint {p} does not exist; give a run folder, a checkpoint or a .safetensors file")

@@ -232,9 +232,9 @@ def load_network_checkpoint(net: "Network", path: Any, which: str = "student", e
     """Load ``which`` network (``student``/``teacher``) of an rtlab run or checkpoint — or a plain safetensors
     weights file — into ``net`` in place; returns the checkpoint's metadata. ``encoder_only`` keeps ``net``'s
     head. A different architecture is refused with the keys and shapes that differ."""
-    from framework.checkpoint import find_checkpoint, load_checkpoint
+    from framework.checkpoint import load_checkpoint, resolve_checkpoint
 
-    base = find_checkpoint(path)
+    base = resolve_checkpoint(path)
     tensors, meta = load_checkpoint(base)
     state, part = network_state(tensors, which)
     if encoder_only and part == "":

@@ -61,7 +61,7 @@ def test_checkpoint_teacher_errors(trained, tmp_path):
     out, _, _ = trained
     with pytest.raises(RtlabError, match="needs teacher.path"):
         compose_run(tmp_path / "a", "teacher=checkpoint")
-    with pytest.raises(RtlabError, match="does not exist"):
+    with pytest.raises(RtlabError, match="no checkpoint at"):
         compose_run(tmp_path / "b", "teacher=checkpoint", f"teacher.path={tmp_path / 'nope'}")
     with pytest.raises(RtlabError, match="another architecture"):
         compose_run(tmp_path / "c", "teacher=checkpoint", f"teacher.path={out}", "head.out_dim=32")
