@@ -13,7 +13,8 @@ which pairs (teacher view i, student view j) count, and the loss is their mean:
 are deterministic (:class:`TeacherCache`); the losses are the same as without it.
 
 ``center_momentum`` turns on DINO's centering: the teacher's outputs have a running centre c subtracted before the
-loss, and c ← m·c + (1 − m)·(mean teacher output of the step) afterwards. None (the default, the paper) = off.
+loss, and c ← m·c + (1 − m)·(mean teacher output of the step) afterwards. None (the default, the paper) = off. The
+centre is saved in checkpoints (``distillation.center``) and restored from them.
 :class:`Centering` and :func:`view_pairs` are usable on their own.
 """
 
@@ -174,3 +175,25 @@ class Distillation:
 @hookimpl
 def rtlab_register(registry):
     registry.add("objective", "distillation", Distillation, DistillationOptions)
+
+
+CENTER_KEY = "distillation.center"
+
+
+def _centering(run) -> Centering | None:
+    objective = getattr(run, "objective", None)
+    return objective.centering if isinstance(objective, Distillation) else None
+
+
+@hookimpl
+def rtlab_checkpoint_save(run, tensors, meta):
+    centering = _centering(run)
+    if centering is not None and centering.center is not None:
+        tensors[CENTER_KEY] = centering.center
+
+
+@hookimpl
+def rtlab_checkpoint_load(run, tensors, meta):
+    centering = _centering(run)
+    if centering is not None and CENTER_KEY in tensors:
+        centering.center = tensors[CENTER_KEY].to(run.device, torch.float32).clone()

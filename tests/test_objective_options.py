@@ -115,3 +115,16 @@ def test_clipping_bounds_the_update(tmp_path):
     run.train_step(next(run.batches()))
     after = torch.cat([p.detach().flatten() for p in run.student.parameters()])
     assert float((after - before).norm()) == pytest.approx(1e-4, rel=1e-3)  # lr 1 x clipped gradient
+
+
+def test_centre_is_saved_and_restored_with_checkpoints(tmp_path):
+    from framework.checkpoint import load_checkpoint
+
+    run = compose_run(tmp_path / "a", "objective.center_momentum=0.9", "evaluator=[]")
+    run.train_step(next(run.batches()))
+    path = run.save_checkpoint("c")
+    tensors, meta = load_checkpoint(path)
+    assert torch.equal(tensors["distillation.center"], run.objective.centering.center)
+    other = compose_run(tmp_path / "b", "objective.center_momentum=0.9", "evaluator=[]")
+    other.hook.rtlab_checkpoint_load(run=other, tensors=tensors, meta=meta)
+    assert torch.equal(other.objective.centering.center, run.objective.centering.center)
