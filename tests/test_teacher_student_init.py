@@ -125,3 +125,8 @@ def test_initial_distance_is_logged_to_metrics(tmp_path):
 def test_student_identical_to_teacher_is_reported(tmp_path):
     run = compose_run(tmp_path, "student=independent", "student.seed=0", "teacher.seed=0", "evaluator=[]")
     assert any("bit-identical" in w for w in run.summary["warnings"])
+
+
+def test_pretrained_teacher_needs_the_hub(tmp_path):
+    with pytest.raises(RtlabError, match="Hub must be reachable"):
+        compose_run(tmp_path, "teacher=checkpoint", "teacher.pretrained=true", "backbone=resnet18", "evaluator=[]")
