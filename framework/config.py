@@ -44,6 +44,10 @@ class TrainConfig:
     drop_last: bool = False  # the paper keeps the last partial batch (196 steps/epoch on CIFAR-10)
     compile: bool = False  # torch.compile the student and teacher
     threads: Optional[int] = None  # CPU threads (torch.set_num_threads); None keeps torch's default
+    deterministic: bool = False  # torch.use_deterministic_algorithms: bit-identical reruns and resumes (slower)
+    # checkpoints/last, the full training state `rtlab train resume=RUN_DIR` continues from (docs/resume.md):
+    state_epochs: int = 1  # saved every this many epochs (0 = not at epoch ends)
+    state_steps: int = 0  # and every this many optimiser steps (0 = off)
 
 
 @dataclass
@@ -142,9 +146,12 @@ def _one_line(text: str) -> str:
     return " ".join(keep or lines)
 
 
-def compose(overrides: Sequence[str] = (), registry: Registry | None = None, config_name: str = "config"
-            ) -> DictConfig:
-    """Compose the run config like ``rtlab train`` would, without running anything (tests, tools)."""
+def compose(overrides: Sequence[str] = (), registry: Registry | None = None, config_name: str = "config",
+            hydra_config: bool = False) -> DictConfig:
+    """Compose the run config like ``rtlab train`` would, without running anything (tests, tools).
+
+    ``hydra_config``: keep Hydra's own ``hydra`` node (run-folder patterns, …) in the result.
+    """
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.errors import HydraException
@@ -158,10 +165,22 @@ def compose(overrides: Sequence[str] = (), registry: Registry | None = None, con
     check_overrides(overrides, registry)
     try:
         with initialize_config_dir(config_dir=str(config_dir()), version_base=None):
-            cfg = hydra_compose(config_name=config_name, overrides=list(overrides))
+            cfg = hydra_compose(config_name=config_name, overrides=list(overrides),
+                                return_hydra_config=hydra_config)
     except (HydraException, OmegaConfBaseException, ValueError) as exc:
-        raise RtlabError(f"invalid configuration: {_one_line(str(exc))}") from None
+        raise RtlabError(f"invalid configuration: {_explain(exc)}") from None
     return cfg
+
+
+def _explain(exc: BaseException) -> str:
+    """Hydra's message plus its cause (which names the setting and the expected type), on one line."""
+    cause = exc.__cause__
+    if cause is None:
+        return _one_line(str(exc))
+    key = re.search(r"full_key: (\S+)", str(cause))
+    first = _one_line(str(cause).splitlines()[0]) if str(cause).strip() else type(cause).__name__
+    where = f"{key.group(1)}: " if key else ""
+    return f"{where}{first} ({_one_line(str(exc))})"
 
 
 def check_config(cfg: DictConfig, registry: Registry) -> None:
@@ -180,6 +199,41 @@ def check_config(cfg: DictConfig, registry: Registry) -> None:
         OmegaConf.resolve(cfg)
     except Exception as exc:
         raise RtlabError(f"invalid configuration: {_one_line(str(exc))}") from None
+    check_ranges(cfg)
+
+
+# (setting, valid?, what it must be) — checked before anything is built
+RANGES = (
+    ("train.epochs", lambda v: v >= 0, "a number of epochs >= 0"),
+    ("train.batch_size", lambda v: v > 0, "a positive batch size"),
+    ("train.log_every", lambda v: v > 0, "a positive number of steps"),
+    ("train.max_steps", lambda v: v is None or v >= 0, "null or a number of steps >= 0"),
+    ("train.threads", lambda v: v is None or v > 0, "null or a positive number of threads"),
+    ("train.state_epochs", lambda v: v >= 0, "a number of epochs >= 0 (0 = off)"),
+    ("train.state_steps", lambda v: v >= 0, "a number of steps >= 0 (0 = off)"),
+    ("eval.every", lambda v: v >= 0, "a number of epochs >= 0 (0 = only before and after training)"),
+    ("eval.batch_size", lambda v: v > 0, "a positive batch size"),
+    ("data.train_size", lambda v: v is None or v > 0, "null (all) or a positive number of images"),
+    ("data.test_size", lambda v: v is None or v > 0, "null (all) or a positive number of images"),
+    ("data.image_size", lambda v: v is None or v > 0, "null (keep) or a positive size in pixels"),
+    ("data.test_fraction", lambda v: 0.0 < v < 1.0, "a fraction between 0 and 1 (exclusive)"),
+    ("data.channels", lambda v: v in (None, 1, 3), "null (keep), 1 or 3"),
+)
+
+
+def check_ranges(cfg: DictConfig) -> None:
+    """Settings whose type is right but whose value cannot work, with what they must be."""
+    absent = object()
+    for key, valid, what in RANGES:
+        value = OmegaConf.select(cfg, key, default=absent)
+        if value is absent:
+            continue
+        try:
+            ok = valid(value)
+        except TypeError:
+            ok = False
+        if not ok:
+            raise RtlabError(f"{key} must be {what}, got {value}")
 
 
 def to_yaml(cfg: DictConfig) -> str:
