@@ -50,24 +50,30 @@ def fail(message: str, code: int = 2) -> int:
 
 
 # ------------------------------------------------------------------------------------------------------- train
-def split_hydra_args(argv: Sequence[str]) -> tuple[list[str], bool]:
-    """(overrides, multirun?) from a ``rtlab train`` command line."""
+def split_hydra_args(argv: Sequence[str]) -> tuple[list[str], bool, list[str]]:
+    """(overrides, multirun?, extra config dirs) from a ``rtlab train`` command line."""
     overrides: list[str] = []
+    config_dirs: list[str] = []
     multirun = False
-    skip = False
+    skip: str | None = None
     for arg in argv:
-        if skip:
-            skip = False
+        if skip is not None:
+            if skip in ("--config-dir", "-cd"):
+                config_dirs.append(arg)
+            skip = None
             continue
+        flag, eq, value = arg.partition("=")
         if arg in ("--multirun", "-m"):
             multirun = True
+        elif flag in ("--config-dir", "-cd") and eq:
+            config_dirs.append(value)
         elif arg in _HYDRA_VALUE_FLAGS:
-            skip = True
+            skip = arg
         elif arg.startswith("-"):
             continue
         else:
             overrides.append(arg)
-    return overrides, multirun
+    return overrides, multirun, config_dirs
 
 
 def train_command(argv: Sequence[str]) -> int:
@@ -84,12 +90,12 @@ def train_command(argv: Sequence[str]) -> int:
     pm = get_plugin_manager()
     register_configs(pm.registry)
     argv, resume = take_resume_arg(argv)
-    overrides, multirun = split_hydra_args(argv)
+    overrides, multirun, config_dirs = split_hydra_args(argv)
     resuming = False
     if resume is not None:
         if multirun:
             raise RtlabError("resume= continues one run; it cannot be combined with -m/--multirun")
-        plan = plan_resume(resume, overrides, pm.registry)
+        plan = plan_resume(resume, overrides, pm.registry, config_dirs)
         if plan.run_dir is not None:
             flags = [a for a in argv if a not in overrides]
             argv = [*flags, *plan.overrides, hydra_run_dir_arg(plan.run_dir)]
@@ -103,7 +109,7 @@ def train_command(argv: Sequence[str]) -> int:
     elif multirun:
         check_overrides(overrides, pm.registry)
     else:
-        check_config(compose(overrides, pm.registry), pm.registry)
+        check_config(compose(overrides, pm.registry, config_dirs), pm.registry)
 
     @hydra.main(config_path=str(config_dir()), config_name="config", version_base=None)
     def app(cfg: Any) -> Any:
@@ -148,6 +154,11 @@ def plugins_command(args: argparse.Namespace) -> int:
             by_kind.setdefault(c["kind"], []).append(c["name"])
         for kind, names in sorted(by_kind.items()):
             print(f"{'':{width}}    {kind}: {', '.join(sorted(names))}")
+        if p["settings"]:
+            print(f"{'':{width}}    settings: {', '.join(p['settings'])}")
+        hooks = [h for h in p["hooks"] if h != "rtlab_register"]
+        if hooks:
+            print(f"{'':{width}}    hooks: {', '.join(h.removeprefix('rtlab_') for h in hooks)}")
     return 0
 
 

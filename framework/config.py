@@ -80,6 +80,7 @@ def build_schema(registry: Registry) -> type:
 
 
 _stored: set[int] = set()
+_stored_backbones: set[tuple] = set()
 
 
 def register_configs(registry: Registry) -> None:
@@ -96,10 +97,14 @@ def register_configs(registry: Registry) -> None:
         for comp in registry.components(kind.name):
             package = f"{kind.group}.{comp.name}" if kind.multi else None
             cs.store(group=kind.group, name=comp.name, node=node_class(comp), package=package)
-    from framework.models import backbone_nodes
+    from framework.models import adapters, backbone_nodes, known_backbones
 
-    for name, node in backbone_nodes(registry):
-        cs.store(group=BACKBONE_GROUP, name=name, node=node)
+    # ~1,400 timm names: store them again only when the adapters or the set of timm models changed
+    key = (tuple((c.name, type(c.factory), c.options) for c in adapters(registry)), len(known_backbones()))
+    if key not in _stored_backbones:
+        for name, node in backbone_nodes(registry):
+            cs.store(group=BACKBONE_GROUP, name=name, node=node)
+        _stored_backbones.add(key)
     _stored.add(id(registry))
 
 
@@ -146,14 +151,51 @@ def _one_line(text: str) -> str:
     return " ".join(keep or lines)
 
 
-def compose(overrides: Sequence[str] = (), registry: Registry | None = None, config_name: str = "config",
+def _explain(exc: BaseException, overrides: Sequence[str], registry: Registry, config_dirs: Sequence[str]) -> str:
+    """One line for a composition error: the bad key with close matches, or the value and what it should be."""
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError
+
+    cause = exc.__cause__ or exc.__context__
+    full_key = getattr(cause, "full_key", None)
+    if isinstance(cause, (ConfigAttributeError, ConfigKeyError)) and full_key:
+        parent, _, key = str(full_key).rpartition(".")
+        known: list[str] = []
+        try:  # the keys that do exist there, from the config without the offending override
+            rest = [o for o in overrides if not o.lstrip("+~").startswith(str(full_key))]
+            cfg = _compose_raw(rest, config_dirs)
+            node = OmegaConf.select(cfg, parent) if parent else cfg
+            known = [str(k) for k in node.keys()] if isinstance(node, DictConfig) else []
+        except Exception:
+            pass
+        from framework.errors import close_matches
+
+        close = close_matches(key, known)
+        hint = f"; did you mean {', '.join(f'{parent}.{c}' if parent else c for c in close)}?" if close else ""
+        where = f" (keys of {parent}: {', '.join(known)})" if known and len(known) <= 25 else ""
+        return f"unknown config key '{full_key}'{hint}{where}"
+    if cause is not None and full_key:
+        return f"invalid value for {full_key}: {_one_line(str(cause))}"
+    return f"invalid configuration: {_one_line(str(exc))}"
+
+
+def _compose_raw(overrides: Sequence[str], config_dirs: Sequence[str] = (), hydra_config: bool = False
+                 ) -> DictConfig:
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    extra = [f"hydra.searchpath=[{','.join('file://' + str(Path(d).resolve()) for d in config_dirs)}]"
+             ] if config_dirs else []
+    with initialize_config_dir(config_dir=str(config_dir()), version_base=None):
+        return hydra_compose(config_name="config", overrides=[*extra, *overrides], return_hydra_config=hydra_config)
+
+
+def compose(overrides: Sequence[str] = (), registry: Registry | None = None, config_dirs: Sequence[str] = (),
             hydra_config: bool = False) -> DictConfig:
     """Compose the run config like ``rtlab train`` would, without running anything (tests, tools).
 
-    ``hydra_config``: keep Hydra's own ``hydra`` node (run-folder patterns, …) in the result.
+    ``config_dirs`` are extra config folders searched before the built-in ones (``rtlab train -cd DIR``);
+    ``hydra_config`` keeps Hydra's own ``hydra`` node (run-folder patterns, …) in the result.
     """
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
@@ -164,23 +206,9 @@ def compose(overrides: Sequence[str] = (), registry: Registry | None = None, con
     register_configs(registry)
     check_overrides(overrides, registry)
     try:
-        with initialize_config_dir(config_dir=str(config_dir()), version_base=None):
-            cfg = hydra_compose(config_name=config_name, overrides=list(overrides),
-                                return_hydra_config=hydra_config)
+        return _compose_raw(overrides, config_dirs, hydra_config)
     except (HydraException, OmegaConfBaseException, ValueError) as exc:
-        raise RtlabError(f"invalid configuration: {_explain(exc)}") from None
-    return cfg
-
-
-def _explain(exc: BaseException) -> str:
-    """Hydra's message plus its cause (which names the setting and the expected type), on one line."""
-    cause = exc.__cause__
-    if cause is None:
-        return _one_line(str(exc))
-    key = re.search(r"full_key: (\S+)", str(cause))
-    first = _one_line(str(cause).splitlines()[0]) if str(cause).strip() else type(cause).__name__
-    where = f"{key.group(1)}: " if key else ""
-    return f"{where}{first} ({_one_line(str(exc))})"
+        raise RtlabError(_explain(exc, overrides, registry, config_dirs)) from None
 
 
 def check_config(cfg: DictConfig, registry: Registry) -> None:

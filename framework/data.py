@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from framework.errors import RtlabError
 from framework.options import DataOptions
-from framework.registry import Registry, to_options
+from framework.registry import Registry
 
 log = logging.getLogger(__name__)
 
@@ -332,7 +332,7 @@ def _pick_split(splits: Mapping[str, Any], wanted: str, what: str, fallbacks: Se
 
 def load_image_data(registry: Registry, options: Any) -> ImageData:
     """The selected dataset, decoded, subset and normalised as the ``data`` config says."""
-    opts: DataOptions = to_options(options)
+    opts: DataOptions = registry.options("dataset", options)
     source = registry.build("dataset", opts)
     name = getattr(opts, "name", "data")
     splits = source.load()

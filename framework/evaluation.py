@@ -74,7 +74,10 @@ def bn_control(teacher: nn.Module, run: "Run") -> nn.Module:
 
 
 def target_embedder(run: "Run", target: str) -> Callable[[torch.Tensor], torch.Tensor]:
-    """How to embed normalised images for ``target``."""
+    """How to embed normalised images for ``target``. Plugins add targets with
+    ``run.extra_targets[name] = lambda run: embed_fn`` (re-evaluated at every evaluation)."""
+    if target in run.extra_targets:
+        return run.extra_targets[target](run)
     if target == "teacher":
         return run.teacher.embed
     if target == "student":

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import functools
 from typing import Any, Iterator, Protocol
 
 import torch
@@ -39,18 +38,11 @@ def timm_module(model_name: str) -> str:
     return timm.models.model_entrypoint(model_name).__module__.rsplit(".", 1)[-1]
 
 
-@functools.lru_cache(maxsize=1)
-def _timm_names() -> tuple[str, ...]:
-    import timm
-
-    return tuple(timm.list_models())
-
-
-def known_backbones() -> set[str]:
+def known_backbones() -> frozenset[str]:
     """Every timm model name registered in this process (built-in plugins add the paper's CIFAR nets)."""
     import timm
 
-    return set(timm.list_models())
+    return frozenset(timm.list_models())  # ~5 ms
 
 
 def adapters(registry: Registry) -> list[Component]:
@@ -81,16 +73,31 @@ def backbone_nodes(registry: Registry) -> Iterator[tuple[str, Any]]:
                 break
 
 
+def backbone_options(registry: Registry, node: Any) -> BackboneOptions:
+    """Backbone settings as its family adapter's options dataclass (from a config node, dataclass or mapping)."""
+    opts = to_options(node)
+    if isinstance(opts, dict):
+        name = opts.get("name")
+        if name not in known_backbones():
+            from framework.errors import unknown_name
+
+            raise unknown_name("backbone", str(name), known_backbones())
+        try:
+            return adapter_for(registry, name).options(**opts)
+        except TypeError as exc:
+            raise RtlabError(f"backbone '{name}' settings do not fit its adapter ({exc})") from None
+    return opts
+
+
 def create_backbone(registry: Registry, options: Any, in_chans: int, input_size: tuple[int, int]
                     ) -> tuple[nn.Module, int]:
     """The backbone for ``options`` and its embedding width, checked with a dry forward pass."""
-    opts: BackboneOptions = to_options(options)
+    opts: BackboneOptions = backbone_options(registry, options)
     if opts.name not in known_backbones():
         from framework.errors import unknown_name
 
         raise unknown_name("backbone", opts.name, known_backbones(), "(list them with: rtlab backbones PATTERN)")
-    comp = adapter_for(registry, opts.name)
-    adapter = comp.factory
+    adapter = adapter_for(registry, opts.name).factory
     h, w = input_size
     try:
         model = adapter.create(opts, in_chans, input_size)
@@ -201,3 +208,20 @@ def load_network_state(net: nn.Module, tensors: dict[str, torch.Tensor], prefix:
                          "head and data settings of the run that wrote it")
     net.load_state_dict(state)
     return net
+
+
+def network_from_checkpoint(registry: Registry, path: Any, part: str = "student") -> tuple[Network, dict]:
+    """The ``part`` network ("student" or "teacher") of an rtlab checkpoint, rebuilt from the backbone, head and
+    input shape recorded in it (so stems and strides match the run that wrote it), and its metadata."""
+    from framework.checkpoint import load_checkpoint
+
+    tensors, meta = load_checkpoint(path)
+    missing = [k for k in ("backbone", "head", "data") if k not in meta]
+    if missing:
+        raise RtlabError(f"checkpoint {path} does not record its {', '.join(missing)} settings; it was not written "
+                         "by an rtlab run")
+    data = meta["data"]
+    net = build_network(registry, meta["backbone"], meta["head"], int(data["channels"]), tuple(data["size"]),
+                        seed=0)
+    load_network_state(net, tensors, f"{part}.", str(path))
+    return net, meta

@@ -120,6 +120,7 @@ class PluginManager(pluggy.PluginManager):
     def listing(self) -> list[dict[str, Any]]:
         """Loaded plugins with the components each contributes (what ``plugins.json`` records)."""
         by_plugin = self.registry.by_plugin()
+        owners = self.registry.settings_owner
         return [
             {
                 "name": info.name,
@@ -127,6 +128,8 @@ class PluginManager(pluggy.PluginManager):
                 "module": info.module,
                 "builtin": info.builtin,
                 "components": [{"kind": c.kind, "name": c.name} for c in by_plugin.get(info.name, [])],
+                "settings": sorted(s for s, owner in owners.items() if owner == info.name),
+                "hooks": sorted(h.name for h in self.get_hookcallers(self.get_plugin(info.name)) or []),
             }
             for info in self.plugin_infos()
         ]

@@ -146,24 +146,40 @@ class Registry:
             out.setdefault(comp.plugin, []).append(comp)
         return out
 
-    def build(self, kind: str, options: Any, **kwargs: Any) -> Any:
-        """Build the component a config node selects: ``options`` is the node (with its ``name``) or a dataclass."""
-        opts = to_options(options)
-        name = getattr(opts, "name", None)
+    def options(self, kind: str, node: Any) -> Any:
+        """The options dataclass instance for a config node, a dataclass, or a plain mapping with a ``name``
+        (e.g. settings read back from a checkpoint's JSON)."""
+        opts = to_options(node)
+        if not isinstance(opts, dict):
+            return opts
+        name = opts.get("name")
         if name is None:
             raise RtlabError(f"the {kind} settings name no component (missing 'name')")
-        comp = self.get(kind, name)
+        cls = node_class(self.get(kind, name))
+        try:
+            return cls(**opts)
+        except TypeError as exc:
+            raise RtlabError(f"{kind} '{name}' settings do not fit this version of its component ({exc})") from None
+
+    def build(self, kind: str, options: Any, **kwargs: Any) -> Any:
+        """Build the component a config node selects: ``options`` is the node (with its ``name``), its options
+        dataclass, or a mapping."""
+        opts = self.options(kind, options)
+        comp = self.get(kind, opts.name)
         return comp.factory(opts, **kwargs)
 
 
 def to_options(node: Any) -> Any:
-    """A Hydra/OmegaConf node as the dataclass instance it was made from (dataclasses pass through)."""
+    """A Hydra/OmegaConf node as the dataclass instance it was made from (dataclasses pass through); an untyped
+    node or mapping becomes a plain dict."""
     if dataclasses.is_dataclass(node) and not isinstance(node, type):
         return node
     from omegaconf import DictConfig, OmegaConf
 
     if isinstance(node, DictConfig):
         return OmegaConf.to_object(node)
+    if isinstance(node, dict):
+        return dict(node)
     raise TypeError(f"expected a config node or options dataclass, got {type(node).__name__}")
 
 

@@ -94,16 +94,19 @@ def _under(key: str, roots: Sequence[str]) -> bool:
     return any(key == r or key.startswith(r + ".") for r in roots)
 
 
-def plan_resume(value: str, overrides: Sequence[str], registry: Registry) -> ResumePlan:
-    """The folder and overrides for ``resume=value`` given the new ``overrides`` (see the module notes)."""
+def plan_resume(value: str, overrides: Sequence[str], registry: Registry, config_dirs: Sequence[str] = ()
+                ) -> ResumePlan:
+    """The folder and overrides for ``resume=value`` given the new ``overrides`` (see the module notes);
+    ``config_dirs`` are the ``-cd`` folders of this command (give the run's own again when it had some)."""
     if any(k.startswith("hydra.run.dir") for k in _keys(overrides)):
         raise RtlabError("resume= picks the run folder itself; drop hydra.run.dir")
     if value == AUTO:
-        return _plan_auto(overrides, registry)
-    return _plan_dir(Path(value).expanduser(), overrides, registry)
+        return _plan_auto(overrides, registry, config_dirs)
+    return _plan_dir(Path(value).expanduser(), overrides, registry, config_dirs)
 
 
-def _plan_dir(run_dir: Path, overrides: Sequence[str], registry: Registry) -> ResumePlan:
+def _plan_dir(run_dir: Path, overrides: Sequence[str], registry: Registry, config_dirs: Sequence[str]
+              ) -> ResumePlan:
     from framework.config import compose
 
     run_dir = run_dir.resolve()
@@ -121,7 +124,7 @@ def _plan_dir(run_dir: Path, overrides: Sequence[str], registry: Registry) -> Re
     if not isinstance(old, list) or not all(isinstance(o, str) for o in old):
         raise RtlabError(f"{saved_overrides} is not a list of overrides; that run cannot be resumed")
     merged = merge_overrides(old, overrides)
-    cfg = compose(merged, registry)
+    cfg = compose(merged, registry, config_dirs)
     changed = [d for d in config_differences(_saved_config(run_dir), _container(cfg))
                if not _under(d[0], _keys(overrides))]
     if changed:
@@ -153,10 +156,10 @@ def _same_config(run_dir: Path, wanted: dict[str, Any]) -> bool:
         return False
 
 
-def _plan_auto(overrides: Sequence[str], registry: Registry) -> ResumePlan:
+def _plan_auto(overrides: Sequence[str], registry: Registry, config_dirs: Sequence[str]) -> ResumePlan:
     from framework.config import compose
 
-    cfg = compose(overrides, registry, hydra_config=True)
+    cfg = compose(overrides, registry, config_dirs, hydra_config=True)
     try:
         target = Path(str(OmegaConf.select(cfg, "hydra.run.dir"))).expanduser().resolve()
     except Exception:  # a run-folder pattern that needs a running job to resolve

@@ -223,9 +223,6 @@ class Run:
         params = [p for p in self.student.parameters() if p.requires_grad] + extra
         self.optimizer = self.optimizer_factory.build(params, self)
         self.evaluators = {name: self.registry.build("evaluator", node) for name, node in cfg.evaluator.items()}
-        unknown = [t for t in cfg.eval.targets if t not in BUILTIN_TARGETS and t not in self.extra_targets]
-        if unknown:
-            raise RtlabError(f"unknown eval target(s) {unknown}; known: {', '.join(BUILTIN_TARGETS)}")
         needs_labels = [n for n, e in self.evaluators.items() if getattr(e, "needs_labels", True)]
         if needs_labels and not (self.data.train.labelled and self.data.test.labelled):
             raise RtlabError(f"evaluator(s) {', '.join(needs_labels)} need labels, but dataset '{self.data.name}' "
@@ -379,6 +376,10 @@ class Run:
         """Train and evaluate (continuing a restored state); returns the summary, also in ``summary.json``."""
         cfg = self.cfg
         self.hook.rtlab_run_start(run=self)
+        known = [*BUILTIN_TARGETS, *self.extra_targets]
+        unknown = [t for t in cfg.eval.targets if t not in known]
+        if unknown:
+            raise RtlabError(f"unknown eval target(s) {', '.join(unknown)}; known: {', '.join(known)}")
         if cfg.eval.before and not self.history:
             self.evaluate(0)
         while self.epoch < cfg.train.epochs and not (self.out_of_steps and self.position == 0):

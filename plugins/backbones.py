@@ -159,7 +159,7 @@ class ResNetAdapter:
 class ViTBackboneOptions(BackboneOptions):
     # None: with the small-input stem, the largest divisor of the input size, at most the model's patch size,
     # that leaves >= 4 patches a side (32 px -> 8 as in the paper, 28 px -> 7, 224 px -> 16); with stem=timm the
-    # model's own patch size where it divides the input, else the same rule
+    # model's own patch size where it divides the input into >= 4 patches a side, else the same rule
     patch_size: Optional[int] = None
     dynamic_img_size: bool = False  # accept any input size (position embeddings interpolated)
 
@@ -187,7 +187,7 @@ class ViTAdapter:
         model_patch = _model_patch_size(opts.name)
         patch = opts.patch_size
         if patch is None:
-            fits = input_size[0] % model_patch == 0 and input_size[1] % model_patch == 0
+            fits = all(side % model_patch == 0 and side // model_patch >= 4 for side in input_size)
             keep = opts.stem == "timm" or (opts.stem == "auto" and not small_stem(opts, input_size))
             patch = model_patch if keep and fits else self.auto_patch(model_patch, input_size)
         kwargs = {"img_size": tuple(input_size), "patch_size": patch, **opts.kwargs}
@@ -246,11 +246,13 @@ class ConvNeXtAdapter:
             if opts.stem == "timm" or not small_stem(opts, input_size):
                 patch = 4 if min(input_size) // self.total_stride(4) >= 1 else patch
         kwargs = {"patch_size": patch, **opts.kwargs}
-        if opts.init == "paper":
-            kwargs.setdefault("ls_init_value", 1.0)
         model = _create(opts.name, in_chans, **kwargs)
         if opts.init == "paper":
             paper_init_(model)
+            for block in model.modules():  # layer scale, where the model has it (not ConvNeXt V2), starts at 1
+                gamma = getattr(block, "gamma", None)
+                if isinstance(gamma, nn.Parameter) and "ls_init_value" not in opts.kwargs:
+                    nn.init.ones_(gamma)
         return model
 
     def hint(self, opts: ConvNeXtBackboneOptions, input_size: tuple[int, int]) -> str:

@@ -96,4 +96,7 @@ def vgg19_nobn(pretrained: bool = False, **kwargs: Any) -> VGGNoBN:
 
 @hookimpl
 def rtlab_register(registry):
-    """The models above register with timm on import; the generic adapter handles them."""
+    """The models above register with timm on import (the generic adapter handles them); list them too."""
+    registry.add_kind("timm_model", "a network registered with timm by a plugin (select it with backbone=NAME)")
+    for fn in (vgg11_nobn, vgg13_nobn, vgg16_nobn, vgg19_nobn):
+        registry.add("timm_model", fn.__name__, fn)

@@ -63,8 +63,8 @@ def _close(run) -> None:
 
 
 @hookimpl
-def rtlab_run_end(run, summary):
-    _close(run)
+def rtlab_summarize(run, summary):
+    _close(run)  # training is over: the bar must not redraw below the results printed at run end
 
 
 @hookimpl

@@ -26,11 +26,13 @@ CASES = {
     "unknown teacher": (["teacher=randm"], ["unknown teacher 'randm'; did you mean random?"]),
     "unknown dataset": (["data=cifar"], ["unknown dataset 'cifar'; known: digits, fashion_mnist, hf, imagefolder"]),
     "unknown evaluator": (["evaluator=[knn,linaer]"], ["unknown evaluator 'linaer'; did you mean linear?"]),
-    "unknown setting": (["train.epoch=3"], ["Could not override 'train.epoch'"]),
-    "unknown eval target": (["eval.targets=[teachr]"], ["unknown eval target(s) ['teachr']", "known: teacher"]),
+    "unknown setting": (["train.epoch=3"], ["unknown config key 'train.epoch'; did you mean train.epochs?"]),
+    "unknown eval target": (["eval.targets=[teachr]"], ["unknown eval target(s) teachr; known: teacher"]),
     # types and ranges
-    "wrong type int": (["train.epochs=abc"], ["train.epochs: Value 'abc'", "could not be converted to Integer"]),
-    "wrong type bool": (["train.deterministic=maybe"], ["train.deterministic: Value 'maybe' is not a valid bool"]),
+    "wrong type int": (["train.epochs=abc"], ["invalid value for train.epochs: Value 'abc'",
+                                             "could not be converted to Integer"]),
+    "wrong type bool": (["train.deterministic=maybe"], ["invalid value for train.deterministic: Value 'maybe' is "
+                                                        "not a valid bool"]),
     "unparsable override": (["train.epochs=[1"], ["cannot parse overrides"]),
     "batch size 0": (["train.batch_size=0"], ["train.batch_size must be a positive batch size, got 0"]),
     "log_every 0": (["train.log_every=0"], ["train.log_every must be a positive number of steps, got 0"]),
