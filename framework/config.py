@@ -46,7 +46,7 @@ class TrainConfig:
     threads: Optional[int] = None  # CPU threads (torch.set_num_threads); None keeps torch's default
     deterministic: bool = False  # torch.use_deterministic_algorithms: bit-identical reruns and resumes (slower)
     # checkpoints/last, the full training state `rtlab train resume=RUN_DIR` continues from (docs/resume.md):
-    state_epochs: int = 1  # saved every this many epochs (0 = not at epoch ends)
+    state_every: int = 1  # saved every this many epochs (0 = not at epoch ends)
     state_steps: int = 0  # and every this many optimiser steps (0 = off)
 
 
@@ -237,7 +237,7 @@ RANGES = (
     ("train.log_every", lambda v: v > 0, "a positive number of steps"),
     ("train.max_steps", lambda v: v is None or v >= 0, "null or a number of steps >= 0"),
     ("train.threads", lambda v: v is None or v > 0, "null or a positive number of threads"),
-    ("train.state_epochs", lambda v: v >= 0, "a number of epochs >= 0 (0 = off)"),
+    ("train.state_every", lambda v: v >= 0, "a number of epochs >= 0 (0 = off)"),
     ("train.state_steps", lambda v: v >= 0, "a number of steps >= 0 (0 = off)"),
     ("eval.every", lambda v: v >= 0, "a number of epochs >= 0 (0 = only before and after training)"),
     ("eval.batch_size", lambda v: v > 0, "a positive batch size"),

@@ -293,7 +293,7 @@ class Run:
     def _state_due(self, epoch_end: bool) -> bool:
         t = self.cfg.train
         if epoch_end:
-            return bool(t.state_epochs) and (self.epoch % t.state_epochs == 0 or self.epoch == t.epochs
+            return bool(t.state_every) and (self.epoch % t.state_every == 0 or self.epoch == t.epochs
                                               or self.out_of_steps)
         return bool(t.state_steps) and self.step % t.state_steps == 0
 
@@ -399,7 +399,7 @@ class Run:
             # train.max_steps ended the epoch early: its state is saved before the epoch end, so that resuming
             # with a larger train.max_steps continues the epoch exactly where it stopped
             partial = self.position < self.steps_per_epoch
-            if partial and self.cfg.train.state_epochs and self.state_step != self.step:
+            if partial and self.cfg.train.state_every and self.state_step != self.step:
                 self.save_state()
             self.epoch, self.position, self.perm = epoch, 0, None
             self.updater.epoch_end(self)

@@ -1,7 +1,7 @@
 """Checkpoints of the run (safetensors + JSON, atomic): every ``checkpoint.every`` epochs and at the end.
 
 ``checkpoints/final`` holds the final student and teacher; ``checkpoints/epoch_N`` the periodic ones
-(``checkpoints/last``, the training state for resume, is the core's: ``train.state_epochs``/``state_steps``).
+(``checkpoints/last``, the training state for resume, is the core's: ``train.state_every``/``state_steps``).
 
 ``rtlab checkpoint PATH…`` checks checkpoints (every file complete, hashes match) and describes them;
 ``--to-safetensors OUT`` converts a ``.pt``/``.pth``/``.bin`` weights file (read with ``weights_only=True``,
