@@ -44,6 +44,7 @@ DEFAULT_PLUGINS = (
     "plugins.progress",
     "plugins.checkpointing",
     "plugins.results_table",
+    "plugins.bench",
     "plugins.collapse_guard",
 )
 

@@ -205,6 +205,8 @@ class Run:
         if len(self.data.train) == 0:
             raise RtlabError("the train split is empty; check data.train_size and data.train_split")
         self.normalize = self.data.normalizer(self.device)
+        self.order_gen = torch.Generator().manual_seed(stream_seed(cfg.train.seed, "order"))
+        self.aug_gen = torch.Generator(device=self.device).manual_seed(stream_seed(cfg.train.seed, "augment"))
         self.augment = self.registry.build("augment", cfg.augment)
         self.teacher_init = self.registry.build("teacher", cfg.teacher)
         self.teacher = self.place(self.teacher_init.build(self))
@@ -227,8 +229,6 @@ class Run:
         if needs_labels and not (self.data.train.labelled and self.data.test.labelled):
             raise RtlabError(f"evaluator(s) {', '.join(needs_labels)} need labels, but dataset '{self.data.name}' "
                              "has none; set data.label_column=NAME, or train without probes: evaluator=[]")
-        self.order_gen = torch.Generator().manual_seed(stream_seed(cfg.train.seed, "order"))
-        self.aug_gen = torch.Generator(device=self.device).manual_seed(stream_seed(cfg.train.seed, "augment"))
         if self.device.type == "cpu" and self.amp_dtype == torch.bfloat16:
             hazards = cpu_bf16_hazards(self.student, self.prepare(self.data.train.images[:2]))
             if hazards:

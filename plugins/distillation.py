@@ -42,9 +42,49 @@ class CrossEntropy:
         return ce, {"kl": kl, "teacher_entropy": entropy}
 
 
+class TeacherCache:
+    """A frozen, eval-mode teacher on deterministic views gives every image the same output forever, so its
+    head input (the normalised bottleneck) is computed once per image and view — lazily, the first time the image
+    appears in a batch — and only the last layer runs afterwards. The first epoch is computed exactly as without
+    the cache; later epochs reuse those values (bit-identical in the head's input dtype)."""
+
+    def __init__(self, size: int, views: int, device: torch.device) -> None:
+        self.size = size
+        self.store: list[torch.Tensor | None] = [None] * views
+        self.filled = [torch.zeros(size, dtype=torch.bool, device=device) for _ in range(views)]
+
+    @staticmethod
+    def unusable(run) -> str | None:
+        """Why the cache cannot be exact for this run (None when it can)."""
+        if not run.teacher_frozen:
+            return "the teacher is updated"
+        if run.teacher.training:
+            return "the teacher's BatchNorm runs in train mode"
+        if not getattr(run.augment, "deterministic", False):
+            return "the views are random"
+        head = run.teacher.head
+        if not (hasattr(head, "bottleneck") and hasattr(head, "logits")):
+            return "the head does not split into bottleneck and last layer"
+        return None
+
+    def __call__(self, teacher, views: list[torch.Tensor], index: torch.Tensor) -> list[torch.Tensor]:
+        outs = []
+        for v, view in enumerate(views):
+            missing = ~self.filled[v][index]
+            if bool(missing.any()):
+                todo = missing.nonzero().squeeze(1)
+                z = teacher.head.bottleneck(teacher.encoder(view if bool(missing.all()) else view[todo]))
+                if self.store[v] is None:
+                    self.store[v] = torch.empty(self.size, z.shape[1], dtype=z.dtype, device=z.device)
+                self.store[v][index[todo]] = z.to(self.store[v].dtype)
+                self.filled[v][index[todo]] = True
+            outs.append(teacher.head.logits(self.store[v][index]))
+        return outs
+
+
 @dataclass
 class DistillationOptions:
-    pass
+    cache_teacher: bool = True  # reuse the frozen teacher's head input per image where that is exact
 
 
 class Distillation:
@@ -52,15 +92,29 @@ class Distillation:
 
     def __init__(self, opts: DistillationOptions) -> None:
         self.opts = opts
+        self.cache: TeacherCache | None = None
 
     def setup(self, run):
         if run.loss_fn is None:
             raise RtlabError("objective=distillation needs a loss component (e.g. loss=ce)")
+        self.cache = None
+        run.summary["teacher_cache"] = "off"
+        if self.opts.cache_teacher:
+            why = TeacherCache.unusable(run)
+            if why is None:
+                n_views = len(run.augment.views(run.data.train.images[:1].float() / 255.0, run.aug_gen))
+                self.cache = TeacherCache(len(run.data.train), n_views, run.device)
+            run.summary["teacher_cache"] = why or "on"
         return []
 
-    def loss(self, run, views, index):
+    def teacher_outputs(self, run, views, index):
         with torch.no_grad():
-            targets = [run.teacher(v) for v in views]
+            if self.cache is not None:
+                return self.cache(run.teacher, views, index)
+            return [run.teacher(v) for v in views]
+
+    def loss(self, run, views, index):
+        targets = self.teacher_outputs(run, views, index)
         total = None
         logs: dict[str, torch.Tensor] = {}
         for view, target in zip(views, targets):

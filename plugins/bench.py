@@ -1,0 +1,367 @@
+"""``rtlab bench``: the rtlab distillation step against a bare PyTorch loop, and the probes against scikit-learn.
+
+Everything is measured side by side in one process on the current device, so the ratios hold even on a busy
+machine:
+
+* **bound** — the same computation (backbone + head + CE loss + AdamW: student forward/backward, teacher forward)
+  as a bare loop over device-resident uint8 batches, no framework;
+* **step** — rtlab's distillation step through the real run loop (``Run.fit``), same networks, batch and input;
+* **cached** — the same with the frozen teacher's head input computed once per image (``objective.cache_teacher``);
+* **knn / linear** — rtlab's probes against scikit-learn's brute-force k-NN and logistic regression.
+
+The bound and the rtlab loop alternate segment by segment (a hook runs the bound at every rtlab epoch end), so
+load changes hit both alike. ``--out FILE`` writes the table as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from framework import __version__, hookimpl
+from framework.errors import RtlabError
+from framework.options import DataOptions
+
+
+# ----------------------------------------------------------------------------------------- synthetic data source
+@dataclass
+class RandomImagesOptions(DataOptions):
+    num_train: int = 2048
+    num_test: int = 512
+    channels_in: int = 3  # channels of the generated images
+    size: int = 32
+    classes: int = 10
+    image_seed: int = 0
+
+
+class RandomImages:
+    """Uniform random uint8 images with random labels (throughput measurements only: nothing to learn)."""
+
+    def __init__(self, opts: RandomImagesOptions) -> None:
+        self.opts = opts
+
+    def load(self):
+        import datasets
+
+        o = self.opts
+        rng = np.random.default_rng(o.image_seed)
+        shape = (o.channels_in, o.size, o.size)
+        features = datasets.Features(image=datasets.Array3D(shape, "uint8"),
+                                     label=datasets.ClassLabel(num_classes=o.classes))
+        out = {}
+        for split, n in (("train", o.num_train), ("test", o.num_test)):
+            images = rng.integers(0, 256, (n, *shape), dtype=np.uint8)
+            labels = rng.integers(0, o.classes, n)
+            out[split] = datasets.Dataset.from_dict({"image": images, "label": labels}, features=features)
+        return out
+
+
+# -------------------------------------------------------------------------------------------------- the cases
+@dataclass
+class BenchCase:
+    backbone: str
+    channels: int
+    size: int
+    out_dim: int
+    stem: str = "auto"
+
+    @property
+    def input(self) -> str:
+        return f"{self.channels}x{self.size}x{self.size}"
+
+
+PRESETS = {
+    # CPU: the acceptance cases of the performance issue, at a batch a 2-core machine runs in seconds.
+    "cpu": dict(batch=64, steps=4, repeats=3, knn=(50_000, 10_000, 512), cases=[
+        BenchCase("resnet18", 3, 32, 65536, "cifar"), BenchCase("resnet18", 3, 32, 4096, "cifar"),
+        BenchCase("resnet10t", 1, 28, 65536, "timm"), BenchCase("resnet10t", 1, 28, 4096, "timm")]),
+    # GPU: CIFAR-scale, the paper's batch.
+    "gpu": dict(batch=256, steps=20, repeats=5, knn=(50_000, 10_000, 512), cases=[
+        BenchCase("resnet18", 3, 32, 65536, "cifar"), BenchCase("resnet18", 3, 32, 4096, "cifar"),
+        BenchCase("vgg11_nobn", 3, 32, 65536, "auto"), BenchCase("resnet10t", 1, 28, 65536, "timm")]),
+}
+
+
+@dataclass
+class BenchResult:
+    backbone: str
+    input: str
+    out_dim: int
+    batch: int
+    device: str
+    dtype: str
+    bound_img_s: float
+    step_img_s: float
+    cached_img_s: Optional[float]
+    step_over_bound: float  # time per step, rtlab / bare loop (1.0 = no overhead)
+    cached_over_step: Optional[float]  # time per step, cached / uncached rtlab
+    segments: dict[str, list[float]] = field(default_factory=dict)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class _Bound:
+    """The bare loop: same networks and data as the run, plain PyTorch."""
+
+    def __init__(self, run) -> None:
+        self.run = run
+        self.student = run.new_network(run.cfg.student.seed if "seed" in run.cfg.student else 1)
+        self.teacher = run.new_network(run.cfg.teacher.seed)
+        self.student, self.teacher = run.place(self.student), run.place(self.teacher).eval().requires_grad_(False)
+        self.student.train()
+        self.opt = torch.optim.AdamW(self.student.parameters(), lr=1e-3, weight_decay=0.0,
+                                     **({"fused": True} if run.device.type == "cuda" else {"foreach": True}))
+        self.images = run.data.train.images
+        self.mean = torch.tensor(run.data.mean, device=run.device).view(1, -1, 1, 1)
+        self.std = torch.tensor(run.data.std, device=run.device).view(1, -1, 1, 1)
+        self.channels_last = run.cfg.train.channels_last
+        self.dtype = run.amp_dtype
+
+    def steps(self, n: int, batch: int) -> None:
+        for i in range(n):
+            idx = torch.arange(i * batch, (i + 1) * batch, device=self.images.device) % len(self.images)
+            x = (self.images[idx].float().div_(255.0) - self.mean) / self.std
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(x.device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None):
+                with torch.no_grad():
+                    t = self.teacher(x)
+                s = self.student(x)
+                loss = -(F.softmax(t.float(), -1) * F.log_softmax(s.float(), -1)).sum(-1).mean()
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            self.opt.step()
+
+
+class _Interleave:
+    """A throw-away plugin: at every rtlab epoch end, time the bare loop for the same number of steps."""
+
+    def __init__(self, bound: _Bound, steps: int, batch: int, device: torch.device) -> None:
+        self.bound, self.steps, self.batch, self.device = bound, steps, batch, device
+        self.rtlab: list[float] = []
+        self.bare: list[float] = []
+        self._mark = 0.0
+
+    @hookimpl
+    def rtlab_run_start(self, run):
+        self.bound.steps(1, self.batch)  # warm-up of the bare loop
+        _sync(self.device)
+        self._mark = time.perf_counter()
+
+    @hookimpl
+    def rtlab_epoch_end(self, run, epoch):
+        _sync(self.device)
+        now = time.perf_counter()
+        self.rtlab.append(now - self._mark)
+        self.bound.steps(self.steps, self.batch)
+        _sync(self.device)
+        done = time.perf_counter()
+        self.bare.append(done - now)
+        self._mark = time.perf_counter()
+
+
+def _median_rate(times: list[float], images: int) -> float:
+    return images / statistics.median(times)
+
+
+def bench_case(case: BenchCase, batch: int, steps: int, repeats: int, device: str, precision: str,
+               cached: bool = True) -> BenchResult:
+    """Step throughput of rtlab vs the bare loop (and with teacher caching) for one case."""
+    from framework.config import compose
+    from framework.plugin_manager import create_plugin_manager
+    from framework.run import Run
+
+    overrides = [
+        f"backbone={case.backbone}", f"backbone.stem={case.stem}", f"head.out_dim={case.out_dim}",
+        "data=random_images", f"data.num_train={batch * steps}", "data.num_test=8",
+        f"data.channels_in={case.channels}", f"data.size={case.size}", "data.cache=false",
+        f"train.batch_size={batch}", f"train.epochs={repeats + 1}", f"train.device={device}",
+        f"train.precision={precision}", f"train.log_every={10 ** 9}", "eval.before=false", "eval.every=0",
+        "evaluator=[]", "checkpoint.final=false", "tensorboard.enabled=false", "progress.enabled=false",
+        "train.drop_last=true", "student=copy",
+    ]
+    results: dict[str, list[float]] = {}
+    for mode in (["uncached", "cached"] if cached else ["uncached"]):
+        pm = create_plugin_manager(autoload=False)
+        cfg = compose(overrides + [f"objective.cache_teacher={'true' if mode == 'cached' else 'false'}"],
+                      pm.registry)
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            run = Run(cfg, tmp, pm).setup()
+            probe = _Interleave(_Bound(run), steps, batch, run.device)
+            pm.register(probe, name="bench-interleave")
+            run.fit()
+        results[f"rtlab_{mode}"] = probe.rtlab[1:]  # epoch 1 warms up
+        results[f"bare_{mode}"] = probe.bare[1:]
+        dtype = str(run.amp_dtype).replace("torch.", "") if run.amp_dtype else "float32"
+        dev = str(run.device)
+    n = batch * steps
+    bound_times = results["bare_uncached"] + results.get("bare_cached", [])
+    bound = _median_rate(bound_times, n)
+    step = _median_rate(results["rtlab_uncached"], n)
+    cached_rate = _median_rate(results["rtlab_cached"], n) if cached else None
+    # ratios from each run's own interleaved bound, so drift between the two runs cancels
+    step_ratio = statistics.median(results["rtlab_uncached"]) / statistics.median(results["bare_uncached"])
+    cached_ratio = None
+    if cached:
+        cached_ratio = (statistics.median(results["rtlab_cached"]) / statistics.median(results["bare_cached"])
+                        ) / step_ratio
+    return BenchResult(case.backbone, case.input, case.out_dim, batch, dev, dtype, round(bound, 1), round(step, 1),
+                       round(cached_rate, 1) if cached_rate else None, round(step_ratio, 3),
+                       round(cached_ratio, 3) if cached_ratio else None, results)
+
+
+# ------------------------------------------------------------------------------------------------------ probes
+def bench_knn(n_train: int, n_test: int, dim: int, k: int, device: str, classes: int = 10) -> dict[str, Any]:
+    """rtlab's chunked k-NN against scikit-learn's brute force on the same random features."""
+    from sklearn.neighbors import KNeighborsClassifier
+
+    from plugins.knn import knn_predict
+
+    dev = torch.device(device if device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+    g = torch.Generator().manual_seed(0)
+    centers = torch.randn(classes, dim, generator=g)
+    ytr = torch.randint(0, classes, (n_train,), generator=g)
+    yte = torch.randint(0, classes, (n_test,), generator=g)
+    xtr = centers[ytr] + 2.0 * torch.randn(n_train, dim, generator=g)
+    xte = centers[yte] + 2.0 * torch.randn(n_test, dim, generator=g)
+    xtr_d, ytr_d, xte_d = xtr.to(dev), ytr.to(dev), xte.to(dev)
+    knn_predict(xtr_d[:1000], ytr_d[:1000], xte_d[:100], k=k, num_classes=classes)  # warm-up
+    _sync(dev)
+    t0 = time.perf_counter()
+    ours = knn_predict(xtr_d, ytr_d, xte_d, k=k, num_classes=classes)
+    _sync(dev)
+    rtlab_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    ref = KNeighborsClassifier(n_neighbors=k, algorithm="brute", n_jobs=-1).fit(xtr.numpy(), ytr.numpy())
+    ref_pred = ref.predict(xte.numpy())
+    sklearn_s = time.perf_counter() - t0
+    ours = ours.cpu().numpy()
+    return {"n_train": n_train, "n_test": n_test, "dim": dim, "k": k, "device": str(dev),
+            "rtlab_s": round(rtlab_s, 3), "sklearn_s": round(sklearn_s, 3),
+            "speedup": round(sklearn_s / rtlab_s, 2),
+            "agreement": round(float((ours == ref_pred).mean()), 4),
+            "rtlab_acc": round(float((ours == yte.numpy()).mean()), 4),
+            "sklearn_acc": round(float((ref_pred == yte.numpy()).mean()), 4)}
+
+
+def bench_linear(n_train: int, n_test: int, dim: int, device: str, classes: int = 10) -> dict[str, Any]:
+    """rtlab's linear probe (AdamW, 10 epochs, on device) against scikit-learn's logistic regression."""
+    from sklearn.linear_model import LogisticRegression
+
+    from plugins.linear_probe import train_linear_probe
+
+    dev = torch.device(device if device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+    g = torch.Generator().manual_seed(1)
+    centers = torch.randn(classes, dim, generator=g)
+    ytr = torch.randint(0, classes, (n_train,), generator=g)
+    yte = torch.randint(0, classes, (n_test,), generator=g)
+    xtr = centers[ytr] + 3.0 * torch.randn(n_train, dim, generator=g)
+    xte = centers[yte] + 3.0 * torch.randn(n_test, dim, generator=g)
+    t0 = time.perf_counter()
+    acc = train_linear_probe(xtr.to(dev), ytr.to(dev), xte.to(dev), yte.to(dev), classes)
+    _sync(dev)
+    rtlab_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    ref = LogisticRegression(max_iter=100).fit(xtr.numpy(), ytr.numpy())
+    sk_acc = float(ref.score(xte.numpy(), yte.numpy()))
+    sklearn_s = time.perf_counter() - t0
+    return {"n_train": n_train, "n_test": n_test, "dim": dim, "rtlab_s": round(rtlab_s, 3),
+            "sklearn_s": round(sklearn_s, 3), "rtlab_acc": round(acc, 4), "sklearn_acc": round(sk_acc, 4)}
+
+
+# --------------------------------------------------------------------------------------------------- command
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu", help="case list and sizes")
+    parser.add_argument("--backbone", help="measure only this backbone (with --input and --out-dim)")
+    parser.add_argument("--input", default="3x32x32", help="CxHxW of the synthetic images for --backbone")
+    parser.add_argument("--stem", default="auto", help="backbone.stem for --backbone")
+    parser.add_argument("--out-dim", type=int, nargs="+", help="head output dims for --backbone")
+    parser.add_argument("--batch", type=int, help="batch size (preset's by default)")
+    parser.add_argument("--steps", type=int, help="steps per timed segment")
+    parser.add_argument("--repeats", type=int, help="timed segments per method (medians are reported)")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--precision", default="auto", help="auto | fp32 | bf16 | fp16")
+    parser.add_argument("--no-cache", action="store_true", help="skip the teacher-caching measurement")
+    parser.add_argument("--no-probes", action="store_true", help="skip the k-NN / linear-probe comparison")
+    parser.add_argument("--knn", type=int, nargs=3, metavar=("N_TRAIN", "N_TEST", "DIM"),
+                        help="k-NN problem size (preset's by default: 50000 10000 512)")
+    parser.add_argument("--out", type=Path, help="write the results as JSON to this file")
+
+
+def _cases(args: argparse.Namespace) -> list[BenchCase]:
+    if not args.backbone:
+        return list(PRESETS[args.preset]["cases"])
+    try:
+        c, h, w = (int(v) for v in args.input.lower().split("x"))
+    except ValueError:
+        raise RtlabError(f"--input must look like 3x32x32, got '{args.input}'") from None
+    if h != w:
+        raise RtlabError("--input must be square (CxSxS)")
+    return [BenchCase(args.backbone, c, h, d, args.stem) for d in (args.out_dim or [65536])]
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    import timm
+
+    preset = PRESETS[args.preset]
+    batch = args.batch or preset["batch"]
+    steps = args.steps or preset["steps"]
+    repeats = args.repeats or preset["repeats"]
+    report: dict[str, Any] = {"results": [], "preset": args.preset, "batch": batch, "steps": steps,
+                              "repeats": repeats,
+                              "versions": {"rtlab": __version__, "torch": torch.__version__,
+                                           "timm": timm.__version__, "python": platform.python_version()},
+                              "threads": torch.get_num_threads(), "machine": platform.machine()}
+    print(f"{'backbone':<14}{'input':<10}{'out_dim':>8}{'batch':>6}  {'bound img/s':>12}{'rtlab img/s':>12}"
+          f"{'cached img/s':>13}{'rtlab/bound':>12}{'cached/rtlab':>13}", flush=True)
+    for case in _cases(args):
+        r = bench_case(case, batch, steps, repeats, args.device, args.precision, cached=not args.no_cache)
+        report["results"].append({k: v for k, v in asdict(r).items()})
+        cached = f"{r.cached_img_s:>13.1f}" if r.cached_img_s else f"{'-':>13}"
+        ratio = f"{r.cached_over_step:>13.3f}" if r.cached_over_step else f"{'-':>13}"
+        print(f"{r.backbone:<14}{r.input:<10}{r.out_dim:>8}{r.batch:>6}  {r.bound_img_s:>12.1f}"
+              f"{r.step_img_s:>12.1f}{cached}{r.step_over_bound:>12.3f}{ratio}   ({r.device}, {r.dtype})",
+              flush=True)
+    if not args.no_probes:
+        n_train, n_test, dim = args.knn or preset["knn"]
+        report["knn"] = bench_knn(n_train, n_test, dim, 20, args.device)
+        kn = report["knn"]
+        print(f"k-NN {n_train}x{n_test}x{dim}, k=20: rtlab {kn['rtlab_s']} s, scikit-learn brute {kn['sklearn_s']}"
+              f" s ({kn['speedup']}x), agreement {kn['agreement']}", flush=True)
+        report["linear"] = bench_linear(min(n_train, 50_000), min(n_test, 10_000), dim, args.device)
+        ln = report["linear"]
+        print(f"linear probe {ln['n_train']}x{ln['dim']}: rtlab {ln['rtlab_s']} s (acc {ln['rtlab_acc']}), "
+              f"scikit-learn LogisticRegression {ln['sklearn_s']} s (acc {ln['sklearn_acc']})", flush=True)
+    if args.out:
+        from framework.checkpoint import atomic_write_text
+
+        atomic_write_text(args.out, json.dumps(report, indent=2))
+        print(f"wrote {args.out}", file=sys.stderr)
+    return 0
+
+
+@hookimpl
+def rtlab_register(registry):
+    registry.add("dataset", "random_images", RandomImages, RandomImagesOptions)
+
+
+@hookimpl
+def rtlab_add_commands(commands):
+    commands.add("bench", "rtlab's step vs a bare PyTorch loop, and probes vs scikit-learn (JSON with --out)",
+                 configure, run_bench)

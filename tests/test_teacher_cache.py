@@ -1,0 +1,42 @@
+"""Teacher caching is exact: the same losses with and without it, and it switches itself off where it cannot be."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+from conftest import TINY
+from framework.config import compose
+from framework.run import Run
+
+
+def _losses(tmp_path, name, *overrides):
+    cfg = compose(TINY + ["data=digits", "data.train_size=256", "data.test_size=64", "train.epochs=3",
+                          "train.log_every=1", "evaluator=[]", "train.precision=fp32", *overrides])
+    run = Run(cfg, tmp_path / name).setup()
+    summary = run.fit()
+    rows = [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+    return [r["train/loss"] for r in rows if r["kind"] == "train"], summary, run
+
+
+def test_cached_teacher_gives_the_same_losses(tmp_path):
+    cached, summary, run = _losses(tmp_path, "cached", "objective.cache_teacher=true")
+    plain, plain_summary, _ = _losses(tmp_path, "plain", "objective.cache_teacher=false")
+    assert summary["teacher_cache"] == "on" and plain_summary["teacher_cache"] == "off"
+    assert len(cached) == len(plain) == 12
+    assert torch.allclose(torch.tensor(cached), torch.tensor(plain), rtol=1e-6, atol=1e-7)
+    assert bool(run.objective.cache.filled[0].all())
+
+
+def test_cache_refuses_where_it_would_not_be_exact(tmp_path):
+    from plugins.distillation import TeacherCache
+
+    cfg = compose(TINY + ["data=digits", "data.train_size=128", "data.test_size=32"])
+    run = Run(cfg, tmp_path / "r").setup()
+    assert TeacherCache.unusable(run) is None
+    run.teacher.train()
+    assert "train mode" in TeacherCache.unusable(run)
+    run.teacher.eval()
+    run.augment.deterministic = False
+    assert "random" in TeacherCache.unusable(run)
