@@ -526,7 +526,7 @@ def run_training(cfg: DictConfig, out_dir: str | Path, pm: PluginManager | None 
                  ) -> dict[str, Any]:
     """Build and run one training run (``resume``: continue the one in ``out_dir``); on failure plugins are
     told, ``error.txt`` records the traceback and finished files stay intact."""
-    deterministic = torch.are_deterministic_algorithms_enabled()
+    deterministic, threads = torch.are_deterministic_algorithms_enabled(), torch.get_num_threads()
     run = Run(cfg, out_dir, pm, resume=resume)
     try:
         run.setup()
@@ -538,4 +538,5 @@ def run_training(cfg: DictConfig, out_dir: str | Path, pm: PluginManager | None 
         raise
     finally:
         run.release()
-        torch.use_deterministic_algorithms(deterministic)
+        torch.use_deterministic_algorithms(deterministic)  # process-wide settings go back (in-process callers)
+        torch.set_num_threads(threads)

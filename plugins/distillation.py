@@ -112,7 +112,9 @@ class Distillation:
     def state_dict(self):
         if self.cache is None:
             return {}
-        return {"store": list(self.cache.store), "filled": list(self.cache.filled)}
+        store = [None if t is None else torch.where(f[:, None], t, 0)  # rows not filled yet are uninitialised
+                 for t, f in zip(self.cache.store, self.cache.filled)]
+        return {"store": store, "filled": list(self.cache.filled)}
 
     def load_state_dict(self, state):
         if self.cache is None or not state:

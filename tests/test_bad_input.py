@@ -16,7 +16,7 @@ from conftest import TINY, write_class_images
 from framework.cli import main
 
 FAST = [*TINY, "data=digits", "data.train_size=100", "data.test_size=50", "evaluator=[knn]",
-        "tensorboard.enabled=false"]
+        "tensorboard.enabled=false", "train.threads=1"]
 
 # (overrides, fragments the one error line must contain)
 CASES = {

@@ -21,7 +21,7 @@ from framework.plugin_manager import create_plugin_manager, get_plugin_manager, 
 from framework.run import run_training
 
 FAST = [*TINY, "data=digits", "data.train_size=100", "data.test_size=50", "evaluator=[knn]",
-        "tensorboard.enabled=false"]
+        "tensorboard.enabled=false", "train.threads=1"]  # one thread: immune to other processes on the cores
 
 
 @pytest.fixture
