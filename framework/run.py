@@ -260,6 +260,9 @@ class Run:
     def restore(self) -> bool:
         """Continue from ``checkpoints/last`` if the folder has one (False: nothing saved yet, start at step 0)."""
         if not checkpoint_paths(self.state_path)[1].exists():
+            if (self.out_dir / "summary.json").exists():  # starting over would replace finished results
+                raise RtlabError(f"the run in {self.out_dir} finished without a training state (train.state_every=0"
+                                 "); it cannot be continued, start a new run")
             log.warning("%s holds no training state yet; starting from step 0", self.out_dir)
             return False
         tensors, meta = load_checkpoint(self.state_path)

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from conftest import ROOT, TINY
+from framework import hookimpl
 
 # 20 steps per epoch x 3 epochs, an evaluation after every epoch, the training state every 3 steps (a kill
 # between two states replays the steps since the last one)
@@ -98,3 +99,45 @@ def test_sigkill_twice_then_resume_equals_uninterrupted_run(tmp_path):
     b, _ = load_checkpoint(run_dir / "checkpoints" / "final")
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a), why
+
+
+class Preempted:
+    """Stops the process at a step, as a scheduler's pre-emption would."""
+
+    def __init__(self, step):
+        self.step = step
+
+    @hookimpl
+    def rtlab_step_end(self, run, metrics):
+        if run.step == self.step:
+            raise KeyboardInterrupt
+
+
+def test_resume_auto_continues_the_unfinished_run_of_the_same_config(tmp_path, monkeypatch, capsys):
+    from framework.cli import main
+    from framework.plugin_manager import create_plugin_manager, get_plugin_manager, set_plugin_manager
+
+    monkeypatch.chdir(tmp_path)  # runs/<name>/<timestamp> goes here
+    job = [*TINY, "data=digits", "data.train_size=100", "data.test_size=50", "evaluator=[knn]", "train.threads=1",
+           "tensorboard.enabled=false", "train.batch_size=25", "train.epochs=2", "train.log_every=1",
+           "train.state_steps=2", "name=requeued"]
+    before = get_plugin_manager()
+    pm = create_plugin_manager(autoload=False)
+    pm.register(Preempted(5), name="preempted")
+    set_plugin_manager(pm)
+    try:
+        assert main(["train", *job, "resume=auto"]) == 130  # first start: a new run, pre-empted at step 5
+    finally:
+        set_plugin_manager(before)
+    assert "found no unfinished run of this configuration; starting a new one" in capsys.readouterr().err
+    (first,) = (tmp_path / "runs" / "requeued").iterdir()
+    assert not (first / "summary.json").exists()
+
+    assert main(["train", *job, "resume=auto"]) == 0  # the requeued job continues it
+    assert f"rtlab: resuming {first}" in capsys.readouterr().err
+    assert json.loads((first / "summary.json").read_text())["steps"] == 8
+    assert [d.name for d in (tmp_path / "runs" / "requeued").iterdir()] == [first.name]
+
+    time.sleep(1.1)  # run folders are named by the second
+    assert main(["train", *job, "teacher.seed=5", "resume=auto"]) == 0  # another config: a run of its own
+    assert len(list((tmp_path / "runs" / "requeued").iterdir())) == 2
