@@ -21,6 +21,7 @@ a good one.
 
 from __future__ import annotations
 
+import json
 import math
 import random
 from typing import TYPE_CHECKING, Any, Mapping
@@ -146,7 +147,7 @@ def capture(run: "Run") -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         "position": run.position,
         "perm": pack(run.perm, "data.perm", tensors) if run.perm is not None else None,
         "history": run.history,
-        "summary": pack(run.summary, "summary", tensors),
+        "summary": json.loads(json.dumps(run.summary, default=str)),  # as summary.json would hold it
         "counters": {"train_time": run.train_time, "images_seen": run.images_seen},
         "optimizer": pack(run.optimizer.state_dict(), "optimizer", tensors),
         "generators": pack({"order": run.order_gen.get_state(), "augment": run.aug_gen.get_state()},
@@ -188,7 +189,7 @@ def restore(run: "Run", tensors: Mapping[str, torch.Tensor], meta: Mapping[str, 
     run.epoch = int(meta["epoch"])
     run.history = list(meta["history"])
     run.metrics = dict(meta["metrics"])
-    run.summary = unpack(meta["summary"], tensors)
+    run.summary = dict(meta["summary"])
     run.train_time = float(meta["counters"]["train_time"])
     run.images_seen = int(meta["counters"]["images_seen"])
     generators = unpack(meta["generators"], tensors)
