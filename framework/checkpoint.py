@@ -169,6 +169,18 @@ def save_checkpoint(base: Path, tensors: Mapping[str, torch.Tensor], meta: Mappi
     return js
 
 
+def resolve_checkpoint(path: Path | str) -> Path:
+    """A checkpoint named by its base, either of its files, or a run folder (whose ``checkpoints/final``)."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        final = path / "checkpoints" / "final"
+        if checkpoint_paths(final)[1].exists():
+            return final
+        raise RtlabError(f"{path} is a folder without checkpoints/final; name a checkpoint such as "
+                         f"{path}/checkpoints/epoch_N")
+    return path
+
+
 def _read_record(js: Path) -> dict[str, Any]:
     try:
         record = json.loads(js.read_text())
@@ -209,10 +221,12 @@ def _finish_pending(base: Path) -> None:
 
 
 def load_checkpoint(base: Path, device: str = "cpu") -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Tensors and metadata of checkpoint ``base``; a missing, truncated or altered file is refused with its name.
+    """Tensors and metadata of checkpoint ``base`` (or of a run folder's final checkpoint); a missing, truncated or
+    altered file is refused with its name.
 
     A tensor file without its JSON (e.g. from another tool) is read without the hash check.
     """
+    base = resolve_checkpoint(base)
     st, js = checkpoint_paths(base)
     _finish_pending(base)
     if not js.exists():

@@ -142,6 +142,9 @@ def plugins_command(args: argparse.Namespace) -> int:
 
     pm = get_plugin_manager()
     listing = pm.listing()
+    commands = commands_by_plugin(pm)
+    for p in listing:
+        p["commands"] = commands.get(p["name"], [])
     if args.json:
         print(json.dumps(listing, indent=2))
         return 0
@@ -159,7 +162,19 @@ def plugins_command(args: argparse.Namespace) -> int:
         hooks = [h for h in p["hooks"] if h != "rtlab_register"]
         if hooks:
             print(f"{'':{width}}    hooks: {', '.join(h.removeprefix('rtlab_') for h in hooks)}")
+        if p["commands"]:
+            print(f"{'':{width}}    command: {', '.join(p['commands'])}")
     return 0
+
+
+def commands_by_plugin(pm) -> dict[str, list[str]]:
+    """The ``rtlab`` sub-commands each plugin contributes (asked one plugin at a time)."""
+    out: dict[str, list[str]] = {}
+    for impl in pm.hook.rtlab_add_commands.get_hookimpls():
+        own = CommandSet()
+        impl.function(commands=own)
+        out[impl.plugin_name] = sorted(own.commands)
+    return out
 
 
 def backbones_command(args: argparse.Namespace) -> int:

@@ -45,6 +45,13 @@ DEFAULT_PLUGINS = (
     "plugins.checkpointing",
     "plugins.results_table",
     "plugins.bench",
+    "plugins.supervised",
+    "plugins.flip_crop",
+    "plugins.analysis",
+    "plugins.analysis.imp",
+    "plugins.analysis.barrier",
+    "plugins.analysis.landscape",
+    "plugins.report",
     "plugins.collapse_guard",
 )
 

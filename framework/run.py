@@ -20,7 +20,7 @@ import platform
 import time
 import traceback
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -525,14 +525,21 @@ def _version(dist: str) -> str:
         return ""
 
 
-def run_training(cfg: DictConfig, out_dir: str | Path, pm: PluginManager | None = None, resume: bool = False
-                 ) -> dict[str, Any]:
-    """Build and run one training run (``resume``: continue the one in ``out_dir``); on failure plugins are
-    told, ``error.txt`` records the traceback and finished files stay intact."""
+def run_training(cfg: DictConfig, out_dir: str | Path, pm: PluginManager | None = None,
+                 prepare: Callable[[Run], None] | None = None, resume: bool = False) -> dict[str, Any]:
+    """Build and run one training run; on failure plugins are told, ``error.txt`` records the traceback and
+    finished files stay intact.
+
+    ``prepare(run)`` is called between setup and training: analyses that drive runs use it to change the built
+    run in place (load weights, attach pruning masks, start the schedule at a later epoch). ``resume`` continues
+    the run in ``out_dir`` from its training state (restored during setup, before ``prepare``).
+    """
     deterministic, threads = torch.are_deterministic_algorithms_enabled(), torch.get_num_threads()
     run = Run(cfg, out_dir, pm, resume=resume)
     try:
         run.setup()
+        if prepare is not None:
+            prepare(run)
         return run.fit()
     except BaseException as exc:
         for err in run.pm.call_each("rtlab_run_error", run=run, error=exc):  # never masks the original error

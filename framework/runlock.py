@@ -95,6 +95,9 @@ class RunLock:
         os.close(self._fd)  # closing drops the flock
         self._fd = None
 
+    def __del__(self) -> None:  # a Run that is set up but never finished (analyses, tools) lets go when dropped
+        self.release()
+
     def __enter__(self) -> "RunLock":
         return self.acquire()
 

@@ -1,7 +1,8 @@
 """Checkpoints of the run (safetensors + JSON, atomic): every ``checkpoint.every`` epochs and at the end.
 
-``checkpoints/final`` holds the final student and teacher; ``checkpoints/epoch_N`` the periodic ones
-(``checkpoints/last``, the training state for resume, is the core's: ``train.state_every``/``state_steps``).
+``checkpoints/final`` holds the final student and teacher; ``checkpoints/epoch_N`` the periodic ones and those
+listed in ``checkpoint.epochs`` (e.g. the rewind points of lottery-ticket analyses). ``checkpoints/last``, the
+training state for resume, is the core's (``train.state_every``/``train.state_steps``).
 
 ``rtlab checkpoint PATH…`` checks checkpoints (every file complete, hashes match) and describes them;
 ``--to-safetensors OUT`` converts a ``.pt``/``.pth``/``.bin`` weights file (read with ``weights_only=True``,
@@ -11,8 +12,9 @@ never unpickling code) into an rtlab checkpoint.
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import List
 
 from framework import hookimpl
 from framework.errors import RtlabError
@@ -22,6 +24,7 @@ from framework.errors import RtlabError
 class CheckpointSettings:
     every: int = 0  # epochs between periodic checkpoints (0 = none)
     final: bool = True  # write checkpoints/final at the end of training
+    epochs: List[int] = field(default_factory=list)  # also write checkpoints/epoch_N after these epochs
 
 
 @hookimpl
@@ -32,7 +35,7 @@ def rtlab_register(registry):
 @hookimpl
 def rtlab_epoch_end(run, epoch):
     every = run.cfg.checkpoint.every
-    if every and epoch % every == 0:
+    if (every and epoch % every == 0) or epoch in run.cfg.checkpoint.epochs:
         run.save_checkpoint(f"epoch_{epoch}")
 
 

@@ -7,6 +7,8 @@ bottleneck → feature normalisation → last linear layer. Every part is switch
   describes. **Off by default**: in the released reference code this normalisation was a no-op, so the
   published numbers were produced without it (PAPER.md §2.7). ``weight_norm=true`` gives the described model.
 * ``feature_norm`` — the L2 normalisation of the bottleneck output.
+
+Head ``identity``: no head at all (supervised runs, whose objective puts a classifier on the encoder).
 """
 
 from __future__ import annotations
@@ -86,6 +88,17 @@ def dino_head(opts: DinoHeadOptions, in_dim: int) -> DinoHead:
     return DinoHead(in_dim, opts)
 
 
+@dataclass
+class IdentityHeadOptions:
+    pass
+
+
+def identity_head(opts: IdentityHeadOptions, in_dim: int) -> nn.Module:
+    """No projection head: the network's output is the encoder embedding (supervised runs add a classifier)."""
+    return nn.Identity()
+
+
 @hookimpl
 def rtlab_register(registry):
     registry.add("head", "dino", dino_head, DinoHeadOptions)
+    registry.add("head", "identity", identity_head, IdentityHeadOptions)

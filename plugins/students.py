@@ -5,19 +5,23 @@
   δ = √(α² + (1 − α)²) when ``variance_preserving`` (every parameter tensor, BN affine included; buffers are
   copied from the teacher, as in the reference code). In float32, α = 1e-10 leaves (1 − α) = 1 and δ = 1, so
   the student is numerically almost a copy (PAPER.md §2.7);
-* ``independent`` — θ_S = θ̃ (α = 1; classical self-distillation).
+* ``independent`` — θ_S = θ̃ (α = 1; classical self-distillation);
+* ``checkpoint`` — the encoder (and optionally the head) of the student or teacher of an rtlab checkpoint, e.g. a
+  distilled student as the start of supervised training (PAPER.md §6).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 
 from framework import hookimpl
 from framework.errors import RtlabError
-from framework.models import clone
+from framework.checkpoint import load_checkpoint
+from framework.models import clone, load_network_state
 
 
 def _student(net):
@@ -89,8 +93,36 @@ class IndependentStudent:
         return _student(run.new_network(self.opts.seed))
 
 
+@dataclass
+class CheckpointStudentOptions:
+    path: Optional[str] = None  # a checkpoint (runs/X/checkpoints/final) or a run folder (its final checkpoint)
+    weights: str = "student"  # which network of the checkpoint: student | teacher
+    head: bool = False  # also load the projection head (False: the head is freshly initialised from seed)
+    seed: int = 1  # init of whatever is not loaded
+
+
+class CheckpointStudent:
+    """The student starts from the encoder of a checkpoint's student or teacher (any rtlab run)."""
+
+    def __init__(self, opts: CheckpointStudentOptions) -> None:
+        if not opts.path:
+            raise RtlabError("student=checkpoint needs student.path=CHECKPOINT (e.g. runs/X/checkpoints/final)")
+        if opts.weights not in ("student", "teacher"):
+            raise RtlabError(f"student.weights must be student or teacher, got '{opts.weights}'")
+        self.opts = opts
+
+    def build(self, run, teacher):
+        tensors, _ = load_checkpoint(self.opts.path)
+        net = run.new_network(self.opts.seed)
+        part = net if self.opts.head else net.encoder
+        prefix = f"{self.opts.weights}." if self.opts.head else f"{self.opts.weights}.encoder."
+        load_network_state(part, tensors, prefix, str(self.opts.path))
+        return _student(net)
+
+
 @hookimpl
 def rtlab_register(registry):
     registry.add("student", "copy", CopyStudent, CopyOptions)
     registry.add("student", "interpolated", InterpolatedStudent, InterpolatedOptions)
     registry.add("student", "independent", IndependentStudent, IndependentOptions)
+    registry.add("student", "checkpoint", CheckpointStudent, CheckpointStudentOptions)

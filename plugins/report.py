@@ -1,0 +1,229 @@
+"""``rtlab report PATH…``: PNG plots and a Markdown summary of training runs, analyses and Hydra multiruns.
+
+* a training run (a folder with ``metrics.jsonl``): probe accuracy vs. epoch for every target — teacher, its BN
+  control, student, input; targets evaluated once (a frozen teacher, the pixels) are dashed horizontal lines
+  (PAPER.md Fig. 1) — and the training loss; written to ``RUN/plots/`` and ``RUN/report.md``;
+* an analysis folder (``analysis.json``): its own plots and summary, drawn again by the analysis;
+* several runs, or a multirun folder (numbered job folders): each run as above, plus one figure per metric with
+  the student curve of every run, labelled by the overrides that tell the runs apart, and a table of final and
+  best values — in ``--out`` (default: ``comparison/`` beside the runs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from framework import hookimpl
+from framework.checkpoint import atomic_write_text
+from framework.errors import RtlabError
+from plugins.plotting import percent, pyplot, save
+
+TARGET_STYLE = {"teacher": ("tab:orange", "-"), "teacher_bn": ("tab:red", ":"), "student": ("tab:blue", "-"),
+                "input": ("black", "--")}
+
+
+def read_metrics(folder: Path) -> tuple[list[dict], list[dict]]:
+    """(evaluation rows, training rows) of a run's ``metrics.jsonl``; a torn last line is ignored."""
+    evals, train = [], []
+    path = Path(folder) / "metrics.jsonl"
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            (evals if row.get("kind") == "eval" else train).append(row)
+    return evals, train
+
+
+def metric_series(evals: list[dict]) -> dict[str, dict[str, list[tuple[float, float]]]]:
+    """metric → target → [(epoch, value)] from flat ``metric/target`` keys."""
+    out: dict[str, dict[str, list[tuple[float, float]]]] = {}
+    for row in evals:
+        for key, value in row.items():
+            if "/" not in key or not isinstance(value, (int, float)):
+                continue
+            metric, target = key.split("/", 1)
+            out.setdefault(metric, {}).setdefault(target, []).append((row["epoch"], float(value)))
+    return out
+
+
+def is_run(folder: Path) -> bool:
+    return (folder / "metrics.jsonl").exists()
+
+
+def is_analysis(folder: Path) -> bool:
+    return (folder / "analysis.json").exists()
+
+
+def expand(paths: list[str]) -> list[Path]:
+    """Run and analysis folders named by ``paths``; a folder of runs (a multirun) stands for its runs."""
+    found: list[Path] = []
+    for p in map(Path, paths):
+        if not p.is_dir():
+            raise RtlabError(f"{p} is not a folder; name run folders (runs/NAME/TIME), analysis folders or a "
+                             "multirun folder")
+        if is_run(p) or is_analysis(p):
+            found.append(p)
+            continue
+        children = sorted((c for c in p.iterdir() if c.is_dir() and (is_run(c) or is_analysis(c))),
+                          key=lambda c: (not c.name.isdigit(), int(c.name) if c.name.isdigit() else 0, c.name))
+        if not children:
+            raise RtlabError(f"{p} holds no run (no metrics.jsonl) and no analysis (no analysis.json)")
+        found.extend(children)
+    return found
+
+
+# ------------------------------------------------------------------------------------------------- one run
+def report_run(folder: Path) -> str:
+    """Fig. 1-style plots of one training run and its Markdown summary (also written to ``report.md``)."""
+    plt = pyplot()
+    evals, train = read_metrics(folder)
+    series = metric_series(evals)
+    last_epoch = max((row["epoch"] for row in evals), default=0)
+    name = folder.name
+    summary = _summary(folder)
+    lines = [f"# Run {summary.get('name', name)} ({folder})", ""]
+    for metric, targets in series.items():
+        fig, ax = plt.subplots(figsize=(5.6, 3.8))
+        for target, points in targets.items():
+            color, style = TARGET_STYLE.get(target, (None, "-"))
+            if len(points) == 1 and last_epoch > 0:
+                ax.axhline(points[0][1], color=color, ls="--", lw=1.2, label=f"{target} (fixed)")
+            else:
+                ax.plot(*zip(*points), color=color, ls=style, marker="." if len(points) < 30 else None, label=target)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(f"{metric} accuracy")
+        ax.set_title(f"{summary.get('name', name)}: {metric}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        save(fig, folder / "plots" / f"{metric}.png")
+        lines.append(f"![{metric}](plots/{metric}.png)")
+    if train:
+        _plot_training(folder, train)
+        lines.append("![training](plots/training.png)")
+    lines += ["", "| metric | target | first | last | best |", "|---|---|---|---|---|"]
+    for metric, targets in series.items():
+        for target, points in targets.items():
+            values = [v for _, v in points]
+            lines.append(f"| {metric} | {target} | {percent(values[0])} | {percent(values[-1])} | "
+                         f"{percent(max(values))} |")
+    if summary:
+        lines += ["", f"{summary.get('epochs')} epochs, {summary.get('steps')} steps, "
+                  f"{summary.get('wall_time_s')} s on {summary.get('device')} ({summary.get('precision')})."]
+    text = "\n".join(lines) + "\n"
+    atomic_write_text(folder / "report.md", text)
+    return text
+
+
+def _plot_training(folder: Path, train: list[dict]) -> None:
+    plt = pyplot()
+    keys = [k for k in ("train/loss", "train/kl", "train/accuracy") if any(k in r for r in train)]
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.4), squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        pts = [(r["epoch"], r[key]) for r in train if key in r]
+        ax.plot(*zip(*pts), lw=1)
+        if key == "train/kl" and all(v > 0 for _, v in pts):
+            ax.set_yscale("log")
+        ax.set_xlabel("epoch")
+        ax.set_title(key)
+        ax.grid(alpha=0.3)
+    save(fig, folder / "plots" / "training.png")
+
+
+def _summary(folder: Path) -> dict[str, Any]:
+    try:
+        return json.loads((folder / "summary.json").read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}
+
+
+# ------------------------------------------------------------------------------------------------- comparison
+def run_labels(folders: list[Path]) -> list[str]:
+    """Per run, the Hydra overrides that differ between the runs (else its path below the runs' common folder)."""
+    overrides = []
+    for f in folders:
+        path = f / ".hydra" / "overrides.yaml"
+        if path.exists():
+            from omegaconf import OmegaConf
+
+            overrides.append([str(o) for o in OmegaConf.load(path)])
+        else:
+            overrides.append([])
+    common = set.intersection(*(set(o) for o in overrides)) if overrides else set()
+    root = Path(os.path.commonpath([str(f.resolve()) for f in folders])) if folders else Path()
+    labels = []
+    for f, ovs in zip(folders, overrides):
+        own = [o for o in ovs if o not in common]
+        labels.append(" ".join(own) if own else os.path.relpath(f.resolve(), root.parent if f.resolve() == root
+                                                                 else root))
+    if len(set(labels)) < len(labels):
+        labels = [f"{label} ({f})" for label, f in zip(labels, folders)]
+    return labels
+
+
+def compare_runs(folders: list[Path], out: Path, target: str = "student") -> str:
+    """One figure per metric with the ``target`` curve of every run, and a table of last and best values."""
+    plt = pyplot()
+    labels = run_labels(folders)
+    per_run = [metric_series(read_metrics(f)[0]) for f in folders]
+    metrics = sorted({m for s in per_run for m in s})
+    lines = [f"# Comparison of {len(folders)} runs", ""]
+    for metric in metrics:
+        fig, ax = plt.subplots(figsize=(6.0, 4.0))
+        for label, series in zip(labels, per_run):
+            points = series.get(metric, {}).get(target)
+            if points:
+                ax.plot(*zip(*points), label=label, marker="." if len(points) < 30 else None)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(f"{metric} accuracy ({target})")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+        save(fig, out / "plots" / f"compare_{metric}.png")
+        lines.append(f"![{metric}](plots/compare_{metric}.png)")
+    lines += ["", "| run | folder | " + " | ".join(f"{m} last / best" for m in metrics) + " |",
+              "|---|---|" + "---|" * len(metrics)]
+    for label, folder, series in zip(labels, folders, per_run):
+        cells = []
+        for m in metrics:
+            values = [v for _, v in series.get(m, {}).get(target, [])]
+            cells.append(f"{percent(values[-1])} / {percent(max(values))}" if values else "–")
+        lines.append(f"| {label} | {os.path.relpath(folder, out)} | " + " | ".join(cells) + " |")
+    text = "\n".join(lines) + "\n"
+    atomic_write_text(out / "report.md", text)
+    return text
+
+
+# ---------------------------------------------------------------------------------------------------- command
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("paths", nargs="+", metavar="PATH", help="run folders, analysis folders or multirun folders")
+    parser.add_argument("--out", help="folder of the comparison of several runs (default: comparison/ beside them)")
+    parser.add_argument("--target", default="student", help="the target compared across runs (default: student)")
+
+
+def command(args: argparse.Namespace) -> int:
+    from framework.plugin_manager import get_plugin_manager
+    from plugins.analysis import render_folder
+
+    folders = expand(args.paths)
+    runs = [f for f in folders if is_run(f)]
+    for f in folders:
+        if is_analysis(f):
+            render_folder(f, get_plugin_manager().registry)
+        else:
+            report_run(f)
+        print(f"rtlab report: {f / 'report.md'}")
+    if len(runs) > 1:
+        out = Path(args.out) if args.out else Path(os.path.commonpath([str(r.resolve()) for r in runs])) / "comparison"
+        compare_runs(runs, out, args.target)
+        print(f"rtlab report: {out / 'report.md'}")
+    return 0
+
+
+@hookimpl
+def rtlab_add_commands(commands):
+    commands.add("report", "plots and a Markdown summary of runs, analyses and multiruns", configure, command)
