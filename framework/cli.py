@@ -14,7 +14,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
-from framework import __version__
+from framework import __version__, distributed
 from framework.errors import PluginError, RtlabError
 
 _HYDRA_VALUE_FLAGS = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn",
@@ -110,6 +110,10 @@ def train_command(argv: Sequence[str]) -> int:
         check_overrides(overrides, pm.registry)
     else:
         check_config(compose(overrides, pm.registry, config_dirs), pm.registry)
+    if distributed.launched():
+        if multirun:
+            raise RtlabError("torchrun starts one data-parallel run; it cannot be combined with -m/--multirun")
+        argv = distributed_argv(argv, overrides, config_dirs)
 
     @hydra.main(config_path=str(config_dir()), config_name="config", version_base=None)
     def app(cfg: Any) -> Any:
@@ -134,6 +138,23 @@ def train_command(argv: Sequence[str]) -> int:
     finally:
         sys.argv = saved
     return 0
+
+
+def distributed_argv(argv: list[str], overrides: list[str], config_dirs: list[str]) -> list[str]:
+    """Under torchrun: join the process group and give every process rank 0's run folder (Hydra would stamp
+    each with its own clock); only rank 0 writes Hydra's files and log."""
+    from framework.config import compose
+
+    distributed.init(prefer_cuda=not any(o.startswith("train.device=cpu") for o in overrides))
+    extra: list[str] = []
+    if not any(a.lstrip("+").startswith("hydra.run.dir=") for a in argv):
+        run_dir = None
+        if distributed.rank() == 0:
+            run_dir = str(compose(overrides, config_dirs=config_dirs, hydra_config=True).hydra.run.dir)
+        extra.append(f"hydra.run.dir={distributed.broadcast(run_dir)}")
+    if distributed.rank() != 0:
+        extra += ["hydra.output_subdir=null", "hydra/job_logging=stdout"]
+    return [*argv, *extra]
 
 
 # ----------------------------------------------------------------------------------------------------- plugins

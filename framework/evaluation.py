@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Callable
 import torch
 from torch import nn
 
+from framework import distributed
 from framework.models import clone, has_batchnorm
 
 if TYPE_CHECKING:
@@ -49,11 +50,12 @@ def extract(embed: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor,
     """``embed`` of every uint8 image, normalised and batched as in training, as float32 rows."""
     out = []
     bs = run.cfg.eval.batch_size
-    for i in range(0, len(images), bs):
-        x = run.prepare(images[i:i + bs])
+    share = distributed.shard(images)  # with torchrun: this process's rows; the others embed the rest
+    for i in range(0, len(share), bs):
+        x = run.prepare(share[i:i + bs])
         with run.autocast():
             out.append(embed(x).float())
-    return torch.cat(out) if out else torch.zeros(0, 0, device=images.device)
+    return distributed.gather_rows(torch.cat(out)) if out else torch.zeros(0, 0, device=images.device)
 
 
 @torch.no_grad()

@@ -26,8 +26,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from framework import __version__
-from framework import state
+from framework import __version__, distributed, state
 from framework.checkpoint import atomic_write_text, checkpoint_paths, load_checkpoint, prefixed, save_checkpoint
 from framework.data import ImageData, load_image_data
 from framework.errors import PluginError, RtlabError
@@ -96,6 +95,13 @@ def stream_seed(base: int, stream: str) -> int:
     return int.from_bytes(hashlib.sha256(f"{base}:{stream}".encode()).digest()[:8], "little") >> 1
 
 
+class _Muted:
+    """Life-cycle hooks on ranks other than 0: every hook is a no-op (rank 0 writes and reports)."""
+
+    def __getattr__(self, name: str) -> Callable[..., list]:
+        return lambda **kwargs: []
+
+
 def enable_determinism(device: torch.device) -> None:
     """Deterministic kernels everywhere (an op without one raises instead of silently varying)."""
     if device.type == "cuda":
@@ -116,8 +122,10 @@ class Run:
         self.out_dir = Path(out_dir)
         self.pm = pm or get_plugin_manager()
         self.registry = self.pm.registry
-        self.hook = self.pm.hook
-        self.device = resolve_device(cfg.train.device)
+        self.rank, self.world_size = distributed.rank(), distributed.world_size()
+        self.is_main = self.rank == 0  # only rank 0 writes files and fires life-cycle hooks
+        self.hook = self.pm.hook if self.is_main else _Muted()
+        self.device = distributed.local_device(resolve_device(cfg.train.device))
         self.amp_dtype = resolve_dtype(cfg.train.precision, self.device)
         self.resume = resume
         self.resumed_step: int | None = None  # the step a resumed run continued from
@@ -190,16 +198,18 @@ class Run:
     # ----------------------------------------------------------------------------------------------------- setup
     def setup(self) -> "Run":
         cfg = self.cfg
-        self.lock = RunLock(self.out_dir).acquire()
-        self._check_folder()
+        if self.is_main:
+            self.lock = RunLock(self.out_dir).acquire()
+            self._check_folder()
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
         if cfg.train.deterministic:
             enable_determinism(self.device)
         if cfg.train.batch_size <= 0 or cfg.train.epochs < 0:
             raise RtlabError("train.batch_size must be positive and train.epochs non-negative")
-        atomic_write_text(self.out_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-        atomic_write_text(self.out_dir / "plugins.json", json.dumps(self.pm.listing(), indent=2))
+        if self.is_main:
+            atomic_write_text(self.out_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+            atomic_write_text(self.out_dir / "plugins.json", json.dumps(self.pm.listing(), indent=2))
 
         self.data = load_image_data(self.registry, cfg.data).to(self.device)
         if len(self.data.train) == 0:
@@ -222,8 +232,8 @@ class Run:
         self.teacher.requires_grad_(False)
         self.student.train()
         self.optimizer_factory = self.registry.build("optimizer", cfg.optimizer)
-        params = [p for p in self.student.parameters() if p.requires_grad] + extra
-        self.optimizer = self.optimizer_factory.build(params, self)
+        self.trainable = [p for p in self.student.parameters() if p.requires_grad] + extra
+        self.optimizer = self.optimizer_factory.build(self.trainable, self)
         self.evaluators = {name: self.registry.build("evaluator", node) for name, node in cfg.evaluator.items()}
         needs_labels = [n for n, e in self.evaluators.items() if getattr(e, "needs_labels", True)]
         if needs_labels and not (self.data.train.labelled and self.data.test.labelled):
@@ -237,6 +247,10 @@ class Run:
                 log.warning(msg)
                 self.summary.setdefault("warnings", []).append(msg)
                 self.amp_dtype = None
+        if cfg.train.compile:  # in place: parameter names (and so checkpoints) stay those of the plain modules
+            for net in (self.student, self.teacher):
+                net.encoder.compile()
+                net.head.compile()
         self._init_student = {k: v.detach().clone() for k, v in self.student.named_parameters()}
         self.summary["teacher_student_distance_init"] = parameter_distance(self.student, self.teacher)
         if self.resume:
@@ -287,6 +301,9 @@ class Run:
     def save_state(self) -> Path:
         """Write ``checkpoints/last`` (the full training state) after checking that it is finite."""
         self.check_finite()
+        if not self.is_main:
+            self.state_step = self.step
+            return self.state_path
         tensors, meta = state.capture(self)
         self.hook.rtlab_checkpoint_save(run=self, tensors=tensors, meta=meta)
         path = save_checkpoint(self.state_path, tensors, meta)
@@ -315,11 +332,11 @@ class Run:
             if frozen and any(k.endswith(f"/{target}") for k in self.metrics):
                 continue
             try:
-                feats = features(self, target)
+                feats = features(self, target)  # every rank embeds its share; all get every row
             except Exception as exc:  # an optional part: recorded, training goes on
                 self.record_error(f"feature extraction for eval target '{target}' at epoch {epoch}", exc)
                 continue
-            for name, evaluator in self.evaluators.items():
+            for name, evaluator in (self.evaluators.items() if self.is_main else ()):
                 try:
                     values = evaluator.evaluate(feats, self)
                 except Exception as exc:
@@ -329,11 +346,16 @@ class Run:
                 for metric, value in values.items():
                     results[f"{metric}/{target}"] = float(value)
             del feats
+        results = distributed.broadcast(results)
         self.metrics.update(results)
         self.history.append({"epoch": epoch, "step": self.step, **results})
-        for exc in self.pm.call_each("rtlab_evaluate_end", run=self, epoch=epoch, results=results):
+        for exc in self.call_each("rtlab_evaluate_end", run=self, epoch=epoch, results=results):
             self.record_error("rtlab_evaluate_end", exc)
         return results
+
+    def call_each(self, hook_name: str, **kwargs: Any) -> list[Exception]:
+        """Every implementation of an after-training hook, failures collected (rank 0 only)."""
+        return self.pm.call_each(hook_name, **kwargs) if self.is_main else []
 
     def record_error(self, where: str, exc: BaseException) -> None:
         """Note a failed optional part (evaluator, analysis, a plugin after training) in the summary and the log."""
@@ -361,7 +383,9 @@ class Run:
         for i in range(self.position * bs, stop, bs):
             yield self.perm[i:i + bs]
 
-    def train_step(self, index: torch.Tensor) -> dict[str, torch.Tensor]:
+    def train_step(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
+        """One optimiser step on the global ``batch`` of train-split positions (this process's shard of it)."""
+        index = distributed.shard(batch)
         images = self.data.train.images[index].float().div_(255.0)
         views = [self.prepare(v) for v in self.augment.views(images, self.aug_gen)]
         self.optimizer_factory.schedule(self.optimizer, self)
@@ -369,11 +393,14 @@ class Run:
             loss, logs = self.objective.loss(self, views, index)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        share = len(index) / len(batch)
+        distributed.reduce_gradients(self.trainable, share)
         self.optimizer.step()
         self.updater.update(self)
         self.step += 1
-        self.images_seen += len(index)
-        return {"train/loss": loss.detach(), **{f"train/{k}": v.detach() for k, v in logs.items()}}
+        self.images_seen += len(batch)
+        logs = {"train/loss": loss.detach(), **{f"train/{k}": v.detach() for k, v in logs.items()}}
+        return logs if self.world_size == 1 else {k: v * share for k, v in logs.items()}  # summed at log time
 
     def fit(self) -> dict[str, Any]:
         """Train and evaluate (continuing a restored state); returns the summary, also in ``summary.json``."""
@@ -420,6 +447,7 @@ class Run:
         if not len(self.step_metrics):
             return
         self.check_finite()
+        distributed.all_reduce_(self.step_metrics.sums.values())  # shard-weighted values → global means
         metrics = self.step_metrics.flush()
         metrics["train/lr"] = float(self.optimizer.param_groups[0]["lr"])
         metrics["step"] = self.step
@@ -445,7 +473,9 @@ class Run:
         }
 
     def save_checkpoint(self, name: str) -> Path:
-        """Write ``checkpoints/<name>`` (safetensors + JSON, atomic) with whatever plugins add to it."""
+        """Write ``checkpoints/<name>`` (safetensors + JSON, atomic) with whatever plugins add to it (rank 0)."""
+        if not self.is_main:
+            return self.out_dir / "checkpoints" / f"{name}.json"
         check_parameters([("student", self.student), ("teacher", self.teacher)], self.step, self._last_good())
         tensors = self.state_tensors()
         meta = {**self.checkpoint_meta(), "kind": "weights"}
@@ -470,16 +500,17 @@ class Run:
             "teacher_student_distance": parameter_distance(self.student, self.teacher),
             "device": str(self.device),
             "precision": str(self.amp_dtype).replace("torch.", "") if self.amp_dtype else "fp32",
+            "world_size": self.world_size,
             "versions": {"rtlab": __version__, "torch": torch.__version__, "timm": _version("timm"),
                          "python": platform.python_version()},
         })
         if self.step > 0 and moved == 0.0:
             log.warning("the student did not move from its initialisation in %d steps", self.step)
             self.summary.setdefault("warnings", []).append("student did not move")
-        for exc in self.pm.call_each("rtlab_summarize", run=self, summary=self.summary):
+        for exc in self.call_each("rtlab_summarize", run=self, summary=self.summary):
             self.record_error("rtlab_summarize", exc)
         self.write_summary()
-        errors = self.pm.call_each("rtlab_run_end", run=self, summary=self.summary)
+        errors = self.call_each("rtlab_run_end", run=self, summary=self.summary)
         for exc in errors:
             self.record_error("rtlab_run_end", exc)
         if errors:
@@ -487,11 +518,13 @@ class Run:
         return self.summary
 
     def write_summary(self) -> None:
+        if not self.is_main:
+            return
         atomic_write_text(self.out_dir / "summary.json", json.dumps(self.summary, indent=2, default=str))
 
     def record_crash(self, exc: BaseException) -> None:
         """``error.txt`` in the run folder: the traceback of what stopped the run (only in a folder we own)."""
-        if self.lock is None:
+        if self.lock is None or not self.is_main:
             return
         text = "".join(traceback.format_exception(exc))
         try:
@@ -542,7 +575,7 @@ def run_training(cfg: DictConfig, out_dir: str | Path, pm: PluginManager | None 
             prepare(run)
         return run.fit()
     except BaseException as exc:
-        for err in run.pm.call_each("rtlab_run_error", run=run, error=exc):  # never masks the original error
+        for err in run.call_each("rtlab_run_error", run=run, error=exc):  # never masks the original error
             log.error("while handling a run error: %s", err)
         run.record_crash(exc)
         raise
