@@ -51,6 +51,16 @@ class _Scheduled:
             raise RtlabError(f"optimizer.schedule must be one of {', '.join(SCHEDULES)}, got '{opts.schedule}'")
         self.opts = opts
 
+    def build(self, params, run) -> torch.optim.Optimizer:
+        params = list(params)
+        if self.opts.lr <= 0:  # type: ignore[attr-defined]
+            raise RtlabError(f"optimizer.lr must be positive, got {self.opts.lr}")  # type: ignore[attr-defined]
+        return self.make(params, self.opts, _fused_ok(params, run))
+
+    def make(self, params: list, opts, kernel: dict) -> torch.optim.Optimizer:
+        """The torch optimiser; ``kernel`` selects fused (CUDA) or multi-tensor (foreach) updates."""
+        raise NotImplementedError
+
     def schedule(self, optimizer: torch.optim.Optimizer, run) -> None:
         if self.opts.schedule == "constant" and not self.opts.warmup_epochs:
             return
@@ -79,13 +89,9 @@ class AdamWOptions(ScheduleOptions):
 class AdamW(_Scheduled):
     """AdamW (the paper: lr 1e-3, no weight decay, constant schedule)."""
 
-    def build(self, params, run):
-        params = list(params)
-        o = self.opts
-        if o.lr <= 0:
-            raise RtlabError(f"optimizer.lr must be positive, got {o.lr}")
+    def make(self, params, o: AdamWOptions, kernel: dict):
         return torch.optim.AdamW(params, lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay,
-                                 **_fused_ok(params, run))
+                                 **kernel)
 
 
 @dataclass
@@ -100,13 +106,9 @@ class SGDOptions(ScheduleOptions):
 class SGD(_Scheduled):
     """Momentum SGD."""
 
-    def build(self, params, run):
-        params = list(params)
-        o = self.opts
-        if o.lr <= 0:
-            raise RtlabError(f"optimizer.lr must be positive, got {o.lr}")
+    def make(self, params, o: SGDOptions, kernel: dict):
         return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay,
-                               nesterov=o.nesterov, dampening=o.dampening, **_fused_ok(params, run))
+                               nesterov=o.nesterov, dampening=o.dampening, **kernel)
 
 
 @hookimpl
