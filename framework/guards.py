@@ -26,6 +26,7 @@ class StepMetrics:
     def __init__(self, device: torch.device | str = "cpu") -> None:
         self.device = torch.device(device)
         self.sums: dict[str, torch.Tensor] = {}
+        self.counts: dict[str, int] = {}  # steps that reported each key
         self.losses: list[torch.Tensor] = []
         self.first_step = 0  # the step number of losses[0]
 
@@ -37,8 +38,9 @@ class StepMetrics:
         if not self.losses:
             self.first_step = step
         self.losses.append(logs["train/loss"])
-        for k, v in logs.items():
+        for k, v in logs.items():  # a key may come only on some steps (diagnostics of logged steps)
             self.sums[k] = self.sums[k] + v if k in self.sums else v.clone()
+            self.counts[k] = self.counts.get(k, 0) + 1
 
     def check(self, last_good: str) -> None:
         """Raise :class:`TrainingDiverged` naming the first step whose loss is not finite."""
@@ -54,18 +56,22 @@ class StepMetrics:
                                f"Fix: {DIVERGED_FIX}", step)
 
     def flush(self) -> dict[str, float]:
-        """Mean of every metric since the last log (host floats); starts a new window."""
-        n = len(self.losses)
-        out = {k: float(v) / n for k, v in self.sums.items()}
-        self.sums, self.losses = {}, []
+        """Mean of every metric over the steps that reported it since the last log (host floats); starts a new
+        window."""
+        out = {k: float(v) / self.counts[k] for k, v in self.sums.items()}
+        self.sums, self.counts, self.losses = {}, {}, []
         return out
 
     # state: partial windows survive a restart so the logged means equal an uninterrupted run's
     def state_dict(self) -> dict[str, Any]:
-        return {"sums": dict(self.sums), "losses": list(self.losses), "first_step": self.first_step}
+        return {"sums": dict(self.sums), "counts": dict(self.counts), "losses": list(self.losses),
+                "first_step": self.first_step}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.sums = {k: v.to(self.device) for k, v in state["sums"].items()}
+        self.counts = {k: int(v) for k, v in state.get("counts", {}).items()}
+        for k in self.sums:  # states written before per-key counts: every key came every step
+            self.counts.setdefault(k, len(state["losses"]))
         self.losses = [v.to(self.device) for v in state["losses"]]
         self.first_step = int(state["first_step"])
 

@@ -137,6 +137,9 @@ class Run:
         self.metrics: dict[str, float] = {}
         self.summary: dict[str, Any] = {}
         self.extra_targets: dict[str, Any] = {}
+        # True while training a step whose metrics will be logged: components may skip optional diagnostics
+        # (e.g. the KL of a 65,536-way softmax) on the other steps
+        self.logging_step = True
         self.data: ImageData
         self.teacher: Network
         self.student: Network
@@ -418,10 +421,10 @@ class Run:
             for index in self.batches():
                 if self.out_of_steps:
                     break
+                self.logging_step = self._logs_after(self.step + 1, self.position + 1)
                 self.step_metrics.add(self.step + 1, self.train_step(index))
                 self.position += 1
-                if (self.step % cfg.train.log_every == 0 or self.position == self.steps_per_epoch
-                        or self.out_of_steps):
+                if self.logging_step:
                     self.log_step(epoch)
                 if self._state_due(epoch_end=False):
                     self.save_state()
@@ -441,6 +444,12 @@ class Run:
         if not self.history or self.history[-1]["step"] != self.step:
             self.evaluate(self.epoch)
         return self.finish()
+
+    def _logs_after(self, step: int, position: int) -> bool:
+        """Whether optimiser step ``step`` (the ``position``-th batch of its epoch) ends a logging window."""
+        t = self.cfg.train
+        return (step % t.log_every == 0 or position == self.steps_per_epoch
+                or (t.max_steps is not None and step >= t.max_steps))
 
     def log_step(self, epoch: int) -> None:
         """Check and hand the metrics since the last log to the ``rtlab_step_end`` hook (one host sync)."""

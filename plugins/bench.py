@@ -192,7 +192,7 @@ def bench_case(case: BenchCase, batch: int, steps: int, repeats: int, device: st
         f"train.batch_size={batch}", f"train.epochs={repeats + 1}", f"train.device={device}",
         f"train.precision={precision}", f"train.log_every={10 ** 9}", "eval.before=false", "eval.every=0",
         "evaluator=[]", "checkpoint.final=false", "tensorboard.enabled=false", "progress.enabled=false",
-        "train.drop_last=true", "student=copy",
+        "train.drop_last=true", "student=copy", "train.state_every=0",
     ]
     results: dict[str, list[float]] = {}
     for mode in (["uncached", "cached"] if cached else ["uncached"]):
