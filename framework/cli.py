@@ -14,8 +14,8 @@ import sys
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
-from framework import __version__
-from framework.errors import RtlabError
+from framework import __version__, distributed
+from framework.errors import PluginError, RtlabError
 
 _HYDRA_VALUE_FLAGS = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn",
                       "--config-dir", "-cd", "--info", "--experimental-rerun"}
@@ -77,40 +77,84 @@ def split_hydra_args(argv: Sequence[str]) -> tuple[list[str], bool, list[str]]:
 
 
 def train_command(argv: Sequence[str]) -> int:
-    """``rtlab train [hydra overrides]``: compose, check, then hand over to Hydra for run dirs and sweeps."""
+    """``rtlab train [resume=RUN_DIR|auto] [hydra overrides]``: compose, check, then hand over to Hydra for run
+    folders and sweeps."""
     import hydra
     from hydra.core.hydra_config import HydraConfig
 
     from framework.config import check_config, check_overrides, compose, config_dir, register_configs
     from framework.plugin_manager import get_plugin_manager
+    from framework.resume import hydra_run_dir_arg, plan_resume, take_resume_arg
     from framework.run import run_training
 
     pm = get_plugin_manager()
     register_configs(pm.registry)
+    argv, resume = take_resume_arg(argv)
     overrides, multirun, config_dirs = split_hydra_args(argv)
+    resuming = False
+    if resume is not None:
+        if multirun:
+            raise RtlabError("resume= continues one run; it cannot be combined with -m/--multirun")
+        plan = plan_resume(resume, overrides, pm.registry, config_dirs)
+        if plan.run_dir is not None:
+            flags = [a for a in argv if a not in overrides]
+            argv = [*flags, *plan.overrides, hydra_run_dir_arg(plan.run_dir)]
+            overrides, resuming = plan.overrides, True
+            print(f"rtlab: resuming {plan.run_dir}", file=sys.stderr)
+        else:
+            print("rtlab: resume=auto found no unfinished run of this configuration; starting a new one",
+                  file=sys.stderr)
     if any(a in ("--help", "-h", "--hydra-help", "--cfg", "-c", "--info") for a in argv):
         pass  # Hydra prints; nothing runs
     elif multirun:
         check_overrides(overrides, pm.registry)
     else:
         check_config(compose(overrides, pm.registry, config_dirs), pm.registry)
+    if distributed.launched():
+        if multirun:
+            raise RtlabError("torchrun starts one data-parallel run; it cannot be combined with -m/--multirun")
+        argv = distributed_argv(argv, overrides, config_dirs)
 
     @hydra.main(config_path=str(config_dir()), config_name="config", version_base=None)
     def app(cfg: Any) -> Any:
         try:
             check_config(cfg, pm.registry)
-            summary = run_training(cfg, HydraConfig.get().runtime.output_dir, pm)
-        except RtlabError as exc:
-            raise SystemExit(fail(str(exc)))
+            summary = run_training(cfg, HydraConfig.get().runtime.output_dir, pm, resume=resuming)
+        except (RtlabError, PluginError) as exc:
+            raise SystemExit(fail(str(exc), exc.exit_code))
+        errors = summary.get("errors") or []
+        if errors:
+            more = f" (and {len(errors) - 1} more, listed in summary.json)" if len(errors) > 1 else ""
+            raise SystemExit(fail(f"the run finished, but {errors[0]['error']}{more}; the training results are in "
+                                  f"{HydraConfig.get().runtime.output_dir}", 1))
         return summary.get("metrics")
 
     saved = sys.argv
     sys.argv = ["rtlab train", *argv]
     try:
         app()
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     finally:
         sys.argv = saved
     return 0
+
+
+def distributed_argv(argv: list[str], overrides: list[str], config_dirs: list[str]) -> list[str]:
+    """Under torchrun: join the process group and give every process rank 0's run folder (Hydra would stamp
+    each with its own clock); only rank 0 writes Hydra's files and log."""
+    from framework.config import compose
+
+    distributed.init(prefer_cuda=not any(o.startswith("train.device=cpu") for o in overrides))
+    extra: list[str] = []
+    if not any(a.lstrip("+").startswith("hydra.run.dir=") for a in argv):
+        run_dir = None
+        if distributed.rank() == 0:
+            run_dir = str(compose(overrides, config_dirs=config_dirs, hydra_config=True).hydra.run.dir)
+        extra.append(f"hydra.run.dir={distributed.broadcast(run_dir)}")
+    if distributed.rank() != 0:
+        extra += ["hydra.output_subdir=null", "hydra/job_logging=stdout"]
+    return [*argv, *extra]
 
 
 # ----------------------------------------------------------------------------------------------------- plugins
@@ -209,7 +253,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command in builtin:
             return builtin[args.command](args)
         return commands.commands[args.command].run(args) or 0
-    except RtlabError as exc:
+    except (RtlabError, PluginError) as exc:
         return fail(str(exc), exc.exit_code)
     except KeyboardInterrupt:
         return fail("interrupted", 130)

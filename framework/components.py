@@ -1,6 +1,12 @@
 """What the core expects from each kind of component (``factory(options)`` returns one of these).
 
 These protocols are the documentation of the component contract; ``docs/plugins.md`` walks through them.
+
+**State.** A component that changes during training (a centering buffer, an EMA momentum schedule, a
+predictor network) implements :class:`Stateful`: its ``state_dict()`` is saved in every training state
+(``checkpoints/last``) and handed back to ``load_state_dict`` when the run resumes, so the resumed run
+continues exactly. ``nn.Module`` components qualify as they are. Nothing else is needed — no hook, no key
+prefixes. Components must not keep state that cannot be rebuilt from their options plus ``state_dict()``.
 """
 
 from __future__ import annotations
@@ -13,6 +19,16 @@ from torch import nn
 if TYPE_CHECKING:
     from framework.evaluation import Features
     from framework.run import Run
+
+
+class Stateful(Protocol):
+    """Optional for every kind: state saved with the training state and restored on resume."""
+
+    def state_dict(self) -> Mapping[str, Any]:
+        """Tensors, numbers, strings, None and (nested) lists, tuples and dicts; tensors go to safetensors."""
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> Any:
+        """Restore what :meth:`state_dict` returned (tensors arrive on the CPU)."""
 
 
 class DatasetSource(Protocol):
@@ -107,7 +123,13 @@ class OptimizerFactory(Protocol):
 
 
 class Evaluator(Protocol):
-    """Kind ``evaluator`` (several may be selected: ``evaluator=[knn,linear]``)."""
+    """Kind ``evaluator`` (several may be selected: ``evaluator=[knn,linear]``).
+
+    An evaluator that fails is recorded in ``summary.json`` (``errors``) and the run goes on; the command
+    then exits with code 1 after every result is written.
+    """
+
+    needs_labels: bool  # optional, default True: refused before training on a dataset without labels
 
     def evaluate(self, features: "Features", run: "Run") -> Mapping[str, float]:
         """Metrics (e.g. ``{"knn": 0.81}``) for one target's train/test embeddings; rtlab appends ``/target``."""

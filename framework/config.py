@@ -49,6 +49,10 @@ class TrainConfig:
     drop_last: bool = False  # the paper keeps the last partial batch (196 steps/epoch on CIFAR-10)
     compile: bool = False  # torch.compile the student and teacher
     threads: Optional[int] = None  # CPU threads (torch.set_num_threads); None keeps torch's default
+    deterministic: bool = False  # torch.use_deterministic_algorithms: bit-identical reruns and resumes (slower)
+    # checkpoints/last, the full training state `rtlab train resume=RUN_DIR` continues from (docs/resume.md):
+    state_every: int = 1  # saved every this many epochs (0 = not at epoch ends)
+    state_steps: int = 0  # and every this many optimiser steps (0 = off)
 
 
 @dataclass
@@ -98,16 +102,70 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("stream_seed", _stream_seed)
 
 
-_stored: set[int] = set()
-_stored_backbones: set[tuple] = set()
+
+_active: list[Registry | None] = [None]  # the registry whose components the ConfigStore holds
+
+
+class BackboneGroup(dict):
+    """Hydra's ``backbone`` config group: one typed node per timm model, made on first lookup.
+
+    Storing ~1,400 nodes up front costs ~0.5 s, and Hydra deep-copies its whole ConfigStore on every compose
+    (another ~1 s). This group lists every timm name but builds a node only when Hydra loads it, and is shared,
+    not copied (Hydra deep-copies each node it loads anyway).
+    """
+
+    def __init__(self, registry: Registry) -> None:
+        super().__init__()
+        self.registry = registry
+
+    @staticmethod
+    def _model(key: object) -> str | None:
+        return key[:-5] if isinstance(key, str) and key.endswith(".yaml") else None
+
+    def __contains__(self, key: object) -> bool:
+        from framework.models import known_backbones
+
+        return dict.__contains__(self, key) or self._model(key) in known_backbones()
+
+    def __getitem__(self, key: str):
+        if not dict.__contains__(self, key):
+            from hydra.core.config_store import ConfigNode
+
+            from framework.models import adapter_for, known_backbones
+
+            name = self._model(key)
+            if name not in known_backbones():
+                raise KeyError(key)
+            node = OmegaConf.structured(adapter_for(self.registry, name).options(name=name))
+            dict.__setitem__(self, key, ConfigNode(name=key, node=node, group=BACKBONE_GROUP, package=None,
+                                                   provider="rtlab"))
+        return dict.__getitem__(self, key)
+
+    def get(self, key, default=None):  # type: ignore[override]
+        return self[key] if key in self else default
+
+    def keys(self):  # type: ignore[override]
+        from framework.models import known_backbones
+
+        return [f"{n}.yaml" for n in sorted(known_backbones())]
+
+    def __iter__(self):
+        return iter(self.keys())
+
+    def __len__(self) -> int:
+        return len(self.keys())
+
+    def __deepcopy__(self, memo: dict) -> "BackboneGroup":
+        return self
 
 
 def register_configs(registry: Registry) -> None:
-    """Store the schema, every component's node and every timm backbone's node in Hydra's ConfigStore."""
+    """Store the schema and every component's node in Hydra's ConfigStore; every timm model is a ``backbone``
+    option through :class:`BackboneGroup`."""
     from hydra.core.config_store import ConfigStore
 
     register_resolvers()
-    if id(registry) in _stored:
+    if _active[0] is registry:
         return
     cs = ConfigStore.instance()
     cs.store(name=SCHEMA_NAME, node=build_schema(registry))
@@ -117,15 +175,8 @@ def register_configs(registry: Registry) -> None:
         for comp in registry.components(kind.name):
             package = f"{kind.group}.{comp.name}" if kind.multi else None
             cs.store(group=kind.group, name=comp.name, node=node_class(comp), package=package)
-    from framework.models import adapters, backbone_nodes, known_backbones
-
-    # ~1,400 timm names: store them again only when the adapters or the set of timm models changed
-    key = (tuple((c.name, type(c.factory), c.options) for c in adapters(registry)), len(known_backbones()))
-    if key not in _stored_backbones:
-        for name, node in backbone_nodes(registry):
-            cs.store(group=BACKBONE_GROUP, name=name, node=node)
-        _stored_backbones.add(key)
-    _stored.add(id(registry))
+    cs.repo[BACKBONE_GROUP] = BackboneGroup(registry)  # a fresh group: this registry's adapters decide
+    _active[0] = registry
 
 
 # ----------------------------------------------------------------------------------------------- override checks
@@ -208,21 +259,23 @@ def _explain(exc: BaseException, overrides: Sequence[str], registry: Registry, c
     return f"invalid configuration: {_one_line(str(exc))}"
 
 
-def _compose_raw(overrides: Sequence[str], config_dirs: Sequence[str] = ()) -> DictConfig:
+def _compose_raw(overrides: Sequence[str], config_dirs: Sequence[str] = (), hydra_config: bool = False
+                 ) -> DictConfig:
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
     extra = [f"hydra.searchpath=[{','.join('file://' + str(Path(d).resolve()) for d in config_dirs)}]"
              ] if config_dirs else []
     with initialize_config_dir(config_dir=str(config_dir()), version_base=None):
-        return hydra_compose(config_name="config", overrides=[*extra, *overrides])
+        return hydra_compose(config_name="config", overrides=[*extra, *overrides], return_hydra_config=hydra_config)
 
 
-def compose(overrides: Sequence[str] = (), registry: Registry | None = None, config_dirs: Sequence[str] = ()
-            ) -> DictConfig:
+def compose(overrides: Sequence[str] = (), registry: Registry | None = None, config_dirs: Sequence[str] = (),
+            hydra_config: bool = False) -> DictConfig:
     """Compose the run config like ``rtlab train`` would, without running anything (tests, tools).
 
-    ``config_dirs`` are extra config folders searched before the built-in ones (``rtlab train -cd DIR``).
+    ``config_dirs`` are extra config folders searched before the built-in ones (``rtlab train -cd DIR``);
+    ``hydra_config`` keeps Hydra's own ``hydra`` node (run-folder patterns, …) in the result.
     """
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
@@ -234,7 +287,7 @@ def compose(overrides: Sequence[str] = (), registry: Registry | None = None, con
     register_configs(registry)
     check_overrides(overrides, registry)
     try:
-        return _compose_raw(overrides, config_dirs)
+        return _compose_raw(overrides, config_dirs, hydra_config)
     except (HydraException, OmegaConfBaseException, ValueError) as exc:
         raise RtlabError(_explain(exc, overrides, registry, config_dirs)) from None
 
@@ -255,6 +308,41 @@ def check_config(cfg: DictConfig, registry: Registry) -> None:
         OmegaConf.resolve(cfg)
     except Exception as exc:
         raise RtlabError(f"invalid configuration: {_one_line(str(exc))}") from None
+    check_ranges(cfg)
+
+
+# (setting, valid?, what it must be) — checked before anything is built
+RANGES = (
+    ("train.epochs", lambda v: v >= 0, "a number of epochs >= 0"),
+    ("train.batch_size", lambda v: v > 0, "a positive batch size"),
+    ("train.log_every", lambda v: v > 0, "a positive number of steps"),
+    ("train.max_steps", lambda v: v is None or v >= 0, "null or a number of steps >= 0"),
+    ("train.threads", lambda v: v is None or v > 0, "null or a positive number of threads"),
+    ("train.state_every", lambda v: v >= 0, "a number of epochs >= 0 (0 = off)"),
+    ("train.state_steps", lambda v: v >= 0, "a number of steps >= 0 (0 = off)"),
+    ("eval.every", lambda v: v >= 0, "a number of epochs >= 0 (0 = only before and after training)"),
+    ("eval.batch_size", lambda v: v > 0, "a positive batch size"),
+    ("data.train_size", lambda v: v is None or v > 0, "null (all) or a positive number of images"),
+    ("data.test_size", lambda v: v is None or v > 0, "null (all) or a positive number of images"),
+    ("data.image_size", lambda v: v is None or v > 0, "null (keep) or a positive size in pixels"),
+    ("data.test_fraction", lambda v: 0.0 < v < 1.0, "a fraction between 0 and 1 (exclusive)"),
+    ("data.channels", lambda v: v in (None, 1, 3), "null (keep), 1 or 3"),
+)
+
+
+def check_ranges(cfg: DictConfig) -> None:
+    """Settings whose type is right but whose value cannot work, with what they must be."""
+    absent = object()
+    for key, valid, what in RANGES:
+        value = OmegaConf.select(cfg, key, default=absent)
+        if value is absent:
+            continue
+        try:
+            ok = valid(value)
+        except TypeError:
+            ok = False
+        if not ok:
+            raise RtlabError(f"{key} must be {what}, got {value}")
 
 
 def to_yaml(cfg: DictConfig) -> str:

@@ -1,4 +1,9 @@
-"""User-facing errors: one line that names the problem and the fix."""
+"""User-facing errors: one line that names the problem and the fix, and the exit code ``rtlab`` ends with.
+
+Exit codes: 0 success; 1 a run finished but a plugin, evaluator or analysis failed (training results are kept), or a
+plugin failed during training; 2 bad input (:class:`RtlabError`); 3 training diverged (:class:`TrainingDiverged`);
+130 interrupted. ``docs/troubleshooting.md`` lists every message and its fix.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,30 @@ class RtlabError(Exception):
     """An error caused by the user's input. The CLI prints its message on one line and exits with code 2."""
 
     exit_code = 2
+
+
+class TrainingDiverged(RtlabError):
+    """The loss or the parameters became non-finite; the last good checkpoint is kept."""
+
+    exit_code = 3
+
+    def __init__(self, message: str, step: int) -> None:
+        super().__init__(message)
+        self.step = step
+
+
+class PluginError(Exception):
+    """A plugin's code raised an unexpected exception; the message names the plugin and where it failed."""
+
+    exit_code = 1
+
+    def __init__(self, plugin: str, where: str, error: BaseException) -> None:
+        detail = " ".join(str(error).split())[:300]
+        super().__init__(f"plugin '{plugin}' failed in {where}: {type(error).__name__}"
+                         + (f": {detail}" if detail else ""))
+        self.plugin = plugin
+        self.where = where
+        self.error = error
 
 
 def close_matches(name: str, choices: Iterable[str], n: int = 5) -> list[str]:
@@ -33,7 +62,7 @@ def unknown_name(what: str, name: str, known: Iterable[str], hint: str = "") -> 
     if close:
         msg += f"; did you mean {', '.join(close)}?"
     if len(known) <= 30:
-        msg += f" Known: {', '.join(known) if known else '(none)'}."
+        msg += f"{'' if close else ';'} known: {', '.join(known) if known else '(none)'}."
     else:
         msg += f" ({len(known)} known)"
     if hint:

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 import torch
 from torch import nn
 
+from framework import distributed
 from framework.errors import RtlabError
 from framework.models import clone, has_batchnorm
 
@@ -58,11 +59,12 @@ def extract(embed: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor,
     """``embed`` of every uint8 image, normalised (by default as in training) and batched, as float32 rows."""
     out = []
     bs = run.cfg.eval.batch_size
-    for i in range(0, len(images), bs):
-        x = run.prepare(images[i:i + bs], normalize)
+    share = distributed.shard(images)  # with torchrun: this process's rows; the others embed the rest
+    for i in range(0, len(share), bs):
+        x = run.prepare(share[i:i + bs], normalize)
         with run.autocast():
             out.append(embed(x).float())
-    return torch.cat(out) if out else torch.zeros(0, 0, device=images.device)
+    return distributed.gather_rows(torch.cat(out)) if out else torch.zeros(0, 0, device=images.device)
 
 
 @torch.no_grad()

@@ -10,7 +10,8 @@ Two kinds of extension go through these hooks:
 * **life-cycle hooks** — broadcast to every plugin while a run goes: trackers, checkpointing, TensorBoard and
   the progress bar are plugins on these hooks, not code in the loop.
 
-Hooks never depend on the order in which plugins were registered.
+Hooks never depend on the order in which plugins were registered. When a plugin's hook raises an unexpected
+exception, rtlab reports it as a :class:`framework.errors.PluginError` naming the plugin and the hook.
 """
 
 from __future__ import annotations
@@ -53,6 +54,10 @@ def rtlab_run_start(run):
 
     ``run`` is a :class:`framework.run.Run`: read ``run.cfg``, ``run.out_dir``, ``run.data``, ``run.teacher``,
     ``run.student``; keep what you need. Use it to open trackers or print the setup.
+
+    A resumed run (``rtlab train resume=…``) calls it again after its state was restored: then
+    ``run.resumed_step`` is the step it continues from (None otherwise) and files in ``run.out_dir`` should be
+    appended to, not started over.
     """
 
 
@@ -73,7 +78,8 @@ def rtlab_epoch_end(run, epoch):
 
 @hookspec
 def rtlab_evaluate_end(run, epoch, results):
-    """After the evaluators ran at ``epoch`` (0 = before training).
+    """After the evaluators ran at ``epoch`` (0 = before training). Each implementation is called even when
+    another one fails; a failure is recorded in ``summary.json`` (``errors``) and training goes on.
 
     ``results`` is a flat dict ``{"<metric>/<target>": value}``, e.g. ``knn/student`` or ``linear_std/teacher``,
     accuracies as fractions in [0, 1]; probe datasets of ``eval.datasets`` add ``<metric>/<target>@<key>`` (e.g.
@@ -87,28 +93,40 @@ def rtlab_evaluate_end(run, epoch, results):
 def rtlab_checkpoint_save(run, tensors, meta):
     """A checkpoint is being written: add tensors (``tensors[key] = tensor``) or JSON-able ``meta`` entries.
 
-    Keys should be prefixed with the plugin's name. Checkpoints are safetensors + JSON and never pickled.
+    ``meta["kind"]`` is ``"weights"`` (``checkpoints/final``, ``checkpoints/epoch_N``) or ``"train_state"``
+    (``checkpoints/last``, the full training state a resumed run continues from). Keys should be prefixed with
+    the plugin's name. Checkpoints are safetensors + JSON and never pickled.
+
+    The state of a *component* needs no hook: give it ``state_dict()`` / ``load_state_dict(state)`` and it is
+    saved and restored automatically (:mod:`framework.state`).
     """
 
 
 @hookspec
 def rtlab_checkpoint_load(run, tensors, meta):
-    """A checkpoint was read into ``run``; restore what your :func:`rtlab_checkpoint_save` added."""
+    """A training state was restored into ``run`` (a resumed run, before ``rtlab_run_start``): restore what your
+    :func:`rtlab_checkpoint_save` added to it. ``run.step`` is the step the run continues from."""
 
 
 @hookspec
 def rtlab_summarize(run, summary):
     """Training and the final evaluation are done: add entries to ``summary`` before ``summary.json`` is written.
 
-    ``summary["metrics"]`` holds the final flat metrics (``knn/student``, ``linear/teacher``, …).
+    ``summary["metrics"]`` holds the final flat metrics (``knn/student``, ``linear/teacher``, …). Each
+    implementation is called even when another one fails (its error is recorded in ``summary["errors"]``), and
+    ``summary.json`` is written either way: a failing analysis never costs the training results.
     """
 
 
 @hookspec
 def rtlab_run_end(run, summary):
-    """``summary.json`` was written. Close trackers, print tables, write plots."""
+    """``summary.json`` was written. Close trackers, print tables, write plots. Each implementation is called
+    even when another one fails; failures are added to ``summary.json`` and the command exits with code 1."""
 
 
 @hookspec
 def rtlab_run_error(run, error):
-    """The run stopped with ``error`` (an exception). Finished work on disk must stay intact; flush and close."""
+    """The run stopped with ``error`` (an exception). Finished work on disk must stay intact; flush and close.
+
+    Every implementation is called even when another one fails.
+    """

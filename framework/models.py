@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from typing import Any, Iterator, Protocol
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -56,21 +56,6 @@ def adapter_for(registry: Registry, model_name: str) -> Component:
             return comp
     raise RtlabError(f"no backbone adapter handles '{model_name}' (timm module {module}); "
                      "install or write a plugin that registers a backbone_adapter")
-
-
-def backbone_nodes(registry: Registry) -> Iterator[tuple[str, Any]]:
-    """(name, typed node) for every timm model: the node is its adapter's options with ``name`` filled in."""
-    import timm
-
-    comps = adapters(registry)
-    if not comps:
-        return
-    for name in timm.list_models():
-        module = timm_module(name)
-        for comp in comps:
-            if comp.factory.matches(name, module):
-                yield name, comp.options(name=name)
-                break
 
 
 def backbone_options(registry: Registry, node: Any) -> BackboneOptions:

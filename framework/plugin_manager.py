@@ -18,7 +18,7 @@ from typing import Any, Iterable
 import pluggy
 
 from framework import __version__, hookspecs
-from framework.errors import RtlabError
+from framework.errors import PluginError, RtlabError
 from framework.registry import Registry
 
 ENTRY_POINT_GROUP = "rtlab"
@@ -54,6 +54,7 @@ DEFAULT_PLUGINS = (
     "plugins.analysis.barrier",
     "plugins.analysis.landscape",
     "plugins.report",
+    "plugins.collapse_guard",
 )
 
 
@@ -91,6 +92,38 @@ class PluginManager(pluggy.PluginManager):
                     self.registry.current_plugin = "?"
         return name
 
+    def _hookexec(self, hook_name: str, methods: Any, kwargs: Any, firstresult: bool) -> Any:
+        """pluggy's call, with an unexpected exception turned into a :class:`PluginError` naming its plugin.
+
+        :class:`RtlabError` (bad input, already explained) passes through unchanged.
+        """
+        try:
+            return super()._hookexec(hook_name, methods, kwargs, firstresult)
+        except (RtlabError, PluginError):
+            raise
+        except Exception as exc:
+            culprit = _raising_impl(exc, methods)
+            if culprit is None:
+                raise
+            raise PluginError(culprit.plugin_name, hook_name, exc) from exc
+
+    def call_each(self, hook_name: str, **kwargs: Any) -> list[Exception]:
+        """Call every implementation of ``hook_name`` even when some fail; returns their errors.
+
+        For hooks after training (evaluation results, summary, run end), where one plugin's failure must not
+        keep the others from saving their results.
+        """
+        caller = getattr(self.hook, hook_name)
+        impls = caller.get_hookimpls()
+        wrappers = [i for i in impls if i.wrapper or i.hookwrapper]
+        errors: list[Exception] = []
+        for impl in reversed([i for i in impls if not (i.wrapper or i.hookwrapper)]):
+            try:
+                self._hookexec(hook_name, [impl, *wrappers], kwargs, False)
+            except Exception as exc:  # recorded and reported by the caller
+                errors.append(exc)
+        return errors
+
     def plugin_infos(self) -> list[PluginInfo]:
         return [self.infos[n] for n, _ in self.list_name_plugin() if n in self.infos]
 
@@ -110,6 +143,23 @@ class PluginManager(pluggy.PluginManager):
             }
             for info in self.plugin_infos()
         ]
+
+
+def _raising_impl(exc: BaseException, impls: Any) -> Any:
+    """The hook implementation whose code raised ``exc`` (from the traceback), or None."""
+    codes = {}
+    for impl in impls:
+        fn = getattr(impl.function, "__func__", impl.function)
+        code = getattr(fn, "__code__", None)
+        if code is not None:
+            codes[code] = impl
+    tb = exc.__traceback__
+    while tb is not None:
+        impl = codes.get(tb.tb_frame.f_code)
+        if impl is not None:
+            return impl
+        tb = tb.tb_next
+    return None
 
 
 def _version_of(plugin: Any) -> str:

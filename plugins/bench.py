@@ -192,7 +192,7 @@ def bench_case(case: BenchCase, batch: int, steps: int, repeats: int, device: st
         f"train.batch_size={batch}", f"train.epochs={repeats + 1}", f"train.device={device}",
         f"train.precision={precision}", f"train.log_every={10 ** 9}", "eval.before=false", "eval.every=0",
         "evaluator=[]", "checkpoint.final=false", "tensorboard.enabled=false", "progress.enabled=false",
-        "train.drop_last=true", "student=copy",
+        "train.drop_last=true", "student=copy", "train.state_every=0",
     ]
     results: dict[str, list[float]] = {}
     for mode in (["uncached", "cached"] if cached else ["uncached"]):
@@ -227,19 +227,28 @@ def bench_case(case: BenchCase, batch: int, steps: int, repeats: int, device: st
 
 
 # ------------------------------------------------------------------------------------------------------ probes
+def _device(name: str) -> torch.device:
+    return torch.device(name if name != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def _clusters(n_train: int, n_test: int, dim: int, classes: int, noise: float, seed: int):
+    """Gaussian class clusters (train features, labels, test features, labels) on the CPU."""
+    g = torch.Generator().manual_seed(seed)
+    centers = torch.randn(classes, dim, generator=g)
+    ytr = torch.randint(0, classes, (n_train,), generator=g)
+    yte = torch.randint(0, classes, (n_test,), generator=g)
+    return (centers[ytr] + noise * torch.randn(n_train, dim, generator=g), ytr,
+            centers[yte] + noise * torch.randn(n_test, dim, generator=g), yte)
+
+
 def bench_knn(n_train: int, n_test: int, dim: int, k: int, device: str, classes: int = 10) -> dict[str, Any]:
     """rtlab's chunked k-NN against scikit-learn's brute force on the same random features."""
     from sklearn.neighbors import KNeighborsClassifier
 
     from plugins.knn import knn_predict
 
-    dev = torch.device(device if device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
-    g = torch.Generator().manual_seed(0)
-    centers = torch.randn(classes, dim, generator=g)
-    ytr = torch.randint(0, classes, (n_train,), generator=g)
-    yte = torch.randint(0, classes, (n_test,), generator=g)
-    xtr = centers[ytr] + 2.0 * torch.randn(n_train, dim, generator=g)
-    xte = centers[yte] + 2.0 * torch.randn(n_test, dim, generator=g)
+    dev = _device(device)
+    xtr, ytr, xte, yte = _clusters(n_train, n_test, dim, classes, noise=2.0, seed=0)
     xtr_d, ytr_d, xte_d = xtr.to(dev), ytr.to(dev), xte.to(dev)
     knn_predict(xtr_d[:1000], ytr_d[:1000], xte_d[:100], k=k, num_classes=classes)  # warm-up
     _sync(dev)
@@ -266,13 +275,8 @@ def bench_linear(n_train: int, n_test: int, dim: int, device: str, classes: int 
 
     from plugins.linear_probe import train_linear_probe
 
-    dev = torch.device(device if device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
-    g = torch.Generator().manual_seed(1)
-    centers = torch.randn(classes, dim, generator=g)
-    ytr = torch.randint(0, classes, (n_train,), generator=g)
-    yte = torch.randint(0, classes, (n_test,), generator=g)
-    xtr = centers[ytr] + 3.0 * torch.randn(n_train, dim, generator=g)
-    xte = centers[yte] + 3.0 * torch.randn(n_test, dim, generator=g)
+    dev = _device(device)
+    xtr, ytr, xte, yte = _clusters(n_train, n_test, dim, classes, noise=3.0, seed=1)
     t0 = time.perf_counter()
     acc = train_linear_probe(xtr.to(dev), ytr.to(dev), xte.to(dev), yte.to(dev), classes)
     _sync(dev)

@@ -142,6 +142,21 @@ class Distillation:
             run.summary["teacher_cache"] = why or "on"
         return []
 
+    # The cache is state: a resumed run must reuse the values computed before the interruption (recomputing them
+    # in other batches can differ in the last bits), so it travels with the training state (framework/state.py).
+    def state_dict(self):
+        if self.cache is None:
+            return {}
+        store = [None if t is None else torch.where(f[:, None], t, 0)  # rows not filled yet are uninitialised
+                 for t, f in zip(self.cache.store, self.cache.filled)]
+        return {"store": store, "filled": list(self.cache.filled)}
+
+    def load_state_dict(self, state):
+        if self.cache is None or not state:
+            return
+        self.cache.store = [None if t is None else t.to(self.cache.filled[0].device) for t in state["store"]]
+        self.cache.filled = [t.to(self.cache.filled[0].device) for t in state["filled"]]
+
     def teacher_outputs(self, run, views, index):
         """The teacher's outputs on the global views (from the cache where it is exact)."""
         with torch.no_grad():

@@ -64,6 +64,9 @@ class KNNProbe:
     def __init__(self, opts: KNNOptions) -> None:
         if opts.k <= 0:
             raise RtlabError(f"evaluator.knn.k must be positive, got {opts.k}")
+        if opts.metric not in ("l2", "cosine") or opts.vote not in ("majority", "weighted"):
+            raise RtlabError(f"evaluator.knn.metric must be l2 or cosine and evaluator.knn.vote majority or weighted, "
+                             f"got {opts.metric}/{opts.vote}")
         self.opts = opts
 
     def evaluate(self, features, run):

@@ -1,8 +1,14 @@
-"""``metrics.jsonl``: one JSON object per logged training step and per evaluation, appended and flushed."""
+"""``metrics.jsonl``: one JSON object per logged training step and per evaluation, appended and flushed.
+
+A resumed run continues the file where its training state was saved: every training state records the file's
+length, and records written after it (by the attempt that crashed) are cut off before the run goes on, so the
+file of a resumed run equals that of an uninterrupted one (up to the ``time`` fields).
+"""
 
 from __future__ import annotations
 
 import json
+import os
 import time
 
 from framework import hookimpl
@@ -10,14 +16,45 @@ from framework import hookimpl
 _files: dict[int, object] = {}
 
 
+def _path(run):
+    return run.out_dir / "metrics.jsonl"
+
+
 def _write(run, record: dict) -> None:
     f = _files.get(id(run))
     if f is None:
-        f = open(run.out_dir / "metrics.jsonl", "a", encoding="utf-8")
+        f = open(_path(run), "a", encoding="utf-8")
         _files[id(run)] = f
     record = {"time": round(time.time(), 3), **record}
     f.write(json.dumps(record) + "\n")  # type: ignore[attr-defined]
     f.flush()  # type: ignore[attr-defined]
+
+
+def _truncate(run, size: int) -> None:
+    path = _path(run)
+    if path.exists() and path.stat().st_size > size:
+        with open(path, "r+b") as f:
+            f.truncate(size)
+            os.fsync(f.fileno())
+
+
+@hookimpl
+def rtlab_run_start(run):
+    if run.resume and run.resumed_step is None:  # resumed before any training state: start the file over
+        _truncate(run, 0)
+
+
+@hookimpl
+def rtlab_checkpoint_save(run, tensors, meta):
+    if meta.get("kind") == "train_state":  # every record is flushed as it is written
+        meta["metrics_log"] = {"bytes": _path(run).stat().st_size if _path(run).exists() else 0}
+
+
+@hookimpl
+def rtlab_checkpoint_load(run, tensors, meta):
+    saved = meta.get("metrics_log")
+    if saved is not None:
+        _truncate(run, int(saved["bytes"]))
 
 
 @hookimpl

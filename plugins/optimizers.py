@@ -92,6 +92,16 @@ class _Scheduled:
                   {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0, "decayed": False}]
         return [g for g in groups if g["params"]]
 
+    def build(self, params, run) -> torch.optim.Optimizer:
+        params = list(params)
+        if self.opts.lr <= 0:  # type: ignore[attr-defined]
+            raise RtlabError(f"optimizer.lr must be positive, got {self.opts.lr}")  # type: ignore[attr-defined]
+        return self.make(self.param_groups(params, run), self.opts, _fused_ok(params, run))
+
+    def make(self, params: list, opts, kernel: dict) -> torch.optim.Optimizer:
+        """The torch optimiser; ``kernel`` selects fused (CUDA) or multi-tensor (foreach) updates."""
+        raise NotImplementedError
+
     def schedule(self, optimizer: torch.optim.Optimizer, run) -> None:
         o = self.opts
         if o.final_weight_decay is not None:
@@ -145,13 +155,9 @@ class AdamWOptions(ScheduleOptions):
 class AdamW(_Scheduled):
     """AdamW (the paper: lr 1e-3, no weight decay, constant schedule)."""
 
-    def build(self, params, run):
-        params = list(params)
-        o = self.opts
-        if o.lr <= 0:
-            raise RtlabError(f"optimizer.lr must be positive, got {o.lr}")
-        return torch.optim.AdamW(self.param_groups(params, run), lr=o.lr, betas=tuple(o.betas), eps=o.eps,
-                                 weight_decay=o.weight_decay, **_fused_ok(params, run))
+    def make(self, params, o: AdamWOptions, kernel: dict):
+        return torch.optim.AdamW(params, lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay,
+                                 **kernel)
 
 
 @dataclass
@@ -166,14 +172,9 @@ class SGDOptions(ScheduleOptions):
 class SGD(_Scheduled):
     """Momentum SGD."""
 
-    def build(self, params, run):
-        params = list(params)
-        o = self.opts
-        if o.lr <= 0:
-            raise RtlabError(f"optimizer.lr must be positive, got {o.lr}")
-        return torch.optim.SGD(self.param_groups(params, run), lr=o.lr, momentum=o.momentum,
-                               weight_decay=o.weight_decay, nesterov=o.nesterov, dampening=o.dampening,
-                               **_fused_ok(params, run))
+    def make(self, params, o: SGDOptions, kernel: dict):
+        return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay,
+                               nesterov=o.nesterov, dampening=o.dampening, **kernel)
 
 
 @hookimpl

@@ -22,7 +22,9 @@ def _writer(run):
     if w is None:
         from torch.utils.tensorboard import SummaryWriter
 
-        w = SummaryWriter(log_dir=str(run.out_dir))
+        # a resumed run drops the events its crashed attempt logged after the saved state
+        purge = run.resumed_step + 1 if run.resumed_step is not None else None
+        w = SummaryWriter(log_dir=str(run.out_dir), purge_step=purge)
         _writers[id(run)] = w
     return w
 

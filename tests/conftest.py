@@ -46,6 +46,19 @@ def offline_env(tmp_path_factory):
             os.environ[k] = v
 
 
+@pytest.fixture(autouse=True)
+def restore_logging():
+    """In-process ``rtlab train`` lets Hydra configure logging with handlers bound to pytest's capture streams;
+    put the root logger back after each test so later tests do not log into closed streams."""
+    import logging
+
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
 @pytest.fixture
 def pm():
     """A fresh plugin manager with the built-in plugins (entry points not loaded)."""

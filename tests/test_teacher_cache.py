@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 from conftest import TINY
@@ -40,3 +41,11 @@ def test_cache_refuses_where_it_would_not_be_exact(tmp_path):
     run.teacher.eval()
     run.augment.deterministic = False
     assert "random" in TeacherCache.unusable(run)
+
+
+@pytest.mark.slow
+def test_compiled_networks_train_like_eager_ones(tmp_path):
+    eager, _, _ = _losses(tmp_path, "eager", "train.epochs=1")
+    compiled, _, run = _losses(tmp_path, "compiled", "train.epochs=1", "train.compile=true")
+    assert torch.allclose(torch.tensor(eager), torch.tensor(compiled), rtol=1e-4, atol=1e-5)
+    assert "encoder.conv1.0.weight" in dict(run.student.named_parameters())  # names unchanged by compile

@@ -38,15 +38,16 @@ def plugin_manager():
     return _pm
 
 
-def compose_run(out: Path, *overrides: str, base=FAST):
-    """A set-up :class:`framework.run.Run` for ``base`` + ``overrides`` writing to ``out``."""
+def compose_run(out: Path, *overrides: str, base=FAST, resume: bool = False):
+    """A set-up :class:`framework.run.Run` for ``base`` + ``overrides`` writing to ``out`` (``resume``: restoring
+    the training state saved there)."""
     from framework.config import check_config, compose
     from framework.run import Run
 
     pm = plugin_manager()
     cfg = compose([*base, *overrides], pm.registry)
     check_config(cfg, pm.registry)
-    return Run(cfg, out, pm).setup()
+    return Run(cfg, out, pm, resume=resume).setup()
 
 
 def fit(out: Path, *overrides: str, base=FAST) -> dict:

@@ -1,0 +1,29 @@
+"""rtlab bench writes the table the performance checks read (tiny sizes: this checks the plumbing, not speed)."""
+
+from __future__ import annotations
+
+import json
+
+
+def test_bench_writes_the_documented_keys(cli, tmp_path):
+    out = tmp_path / "bench.json"
+    res = cli("bench", "--backbone", "test_resnet", "--input", "1x16x16", "--out-dim", "64", "128", "--batch", "8",
+              "--steps", "1", "--repeats", "1", "--knn", "600", "100", "16", "--out", str(out),
+              env={"OMP_NUM_THREADS": "1"})
+    assert res.returncode == 0, res.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert [r["out_dim"] for r in report["results"]] == [64, 128]
+    for r in report["results"]:
+        assert r["backbone"] == "test_resnet" and r["input"] == "1x16x16" and r["batch"] == 8
+        assert r["bound_img_s"] > 0 and r["step_img_s"] > 0 and r["cached_img_s"] > 0
+        assert r["step_over_bound"] > 0 and r["cached_over_step"] > 0
+        assert r["device"] == "cpu"
+    knn = report["knn"]
+    assert knn["rtlab_s"] > 0 and knn["sklearn_s"] > 0 and knn["agreement"] > 0.99
+    assert report["versions"]["torch"] and "linear" in report
+    assert "rtlab/bound" in res.stdout
+
+
+def test_bench_rejects_a_malformed_input_shape(cli):
+    res = cli("bench", "--backbone", "test_resnet", "--input", "16", "--no-probes")
+    assert res.returncode == 2 and "--input must look like 3x32x32" in res.stderr
