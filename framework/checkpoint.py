@@ -325,3 +325,4 @@ def prefixed(state: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.
 
 def strip_prefix(tensors: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
     return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+

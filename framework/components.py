@@ -63,6 +63,9 @@ class Updater(Protocol):
 
     frozen: bool  # True when the teacher never changes during training (its probes then run once)
 
+    def setup(self, run: "Run") -> None:
+        """Optional: once, after teacher and student are built (e.g. put the teacher's BN in train mode)."""
+
     def update(self, run: "Run") -> None:
         """After every optimiser step."""
 
@@ -85,6 +88,9 @@ class Objective(Protocol):
 class Loss(Protocol):
     """Kind ``loss``: a distance between student and teacher outputs of one view pair."""
 
+    def set_epoch(self, epoch: float) -> None:
+        """Optional: the fractional epoch before each step, for schedules (e.g. a teacher-temperature warm-up)."""
+
     def __call__(self, student: torch.Tensor, teacher: torch.Tensor
                  ) -> tuple[torch.Tensor, Mapping[str, torch.Tensor]]:
         """Scalar loss and detached tensors to log."""
@@ -94,6 +100,9 @@ class Augment(Protocol):
     """Kind ``augment``: batched views on the training device."""
 
     deterministic: bool  # same image → same views every time (enables teacher-output caching)
+    # optional: the first ``global_views`` views are the global crops — the ones a teacher sees in DINO-style
+    # objectives; None or absent: every view is global
+    global_views: int | None
 
     def views(self, images: torch.Tensor, generator: torch.Generator) -> list[torch.Tensor]:
         """Views of float images in [0, 1], shape (B, C, H, W); the run normalises them afterwards."""
@@ -107,6 +116,10 @@ class OptimizerFactory(Protocol):
 
     def schedule(self, optimizer: torch.optim.Optimizer, run: "Run") -> None:
         """Before every step: set learning rate / weight decay for ``run.step`` (no-op when constant)."""
+
+    def step(self, optimizer: torch.optim.Optimizer, run: "Run") -> Mapping[str, torch.Tensor] | None:
+        """Optional: after ``backward``, instead of ``optimizer.step()`` — clip or cancel gradients, then step.
+        Returns detached tensors to log (e.g. the gradient norm) or nothing."""
 
 
 class Evaluator(Protocol):

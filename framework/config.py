@@ -34,9 +34,14 @@ class TrainConfig:
     """The training loop. Defaults are the paper's (PAPER.md §2.5)."""
 
     epochs: int = 100
+    # a fixed number of training samples instead of epochs: epochs = max(1, sample_budget // train images), the
+    # data-size study's protocol (PAPER.md Fig. 4); None: train.epochs
+    sample_budget: Optional[int] = None
     batch_size: int = 256
     seed: int = 0  # data order and augmentation streams
-    precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on the CPU) | fp32 | bf16 | fp16
+    # auto (bf16 autocast on CUDA, fp32 on the CPU) | fp32 | bf16 | fp16 | fp64 (networks and inputs in float64:
+    # a student at α = 1e-10 then really differs from its teacher, PAPER.md §2.7)
+    precision: str = "auto"
     channels_last: bool = True
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     log_every: int = 50  # optimiser steps between logged (host-synchronised) train metrics
@@ -59,6 +64,11 @@ class EvalConfig:
     batch_size: int = 1024  # feature-extraction batch
     seed: int = 0  # probe stream (linear-probe init and order)
     targets: List[str] = field(default_factory=lambda: ["teacher", "teacher_bn", "student", "input"])
+    # more datasets to probe (transfer probing): a data preset or source name (cifar100, fashion_mnist, …) or a
+    # node {preset: NAME, key: KEY, <data option>: …}. Their metrics are `<metric>/<target>@<key>`; the
+    # training dataset keeps `<metric>/<target>`. See docs/experiments.md.
+    datasets: List[Any] = field(default_factory=list)
+    train_data: bool = True  # probe the training dataset too (false: only eval.datasets, e.g. for data subsets)
 
 
 def build_schema(registry: Registry) -> type:
@@ -77,6 +87,20 @@ def build_schema(registry: Registry) -> type:
     for section, cls in registry.settings.items():
         fields.append((section, cls, field(default_factory=cls)))
     return dataclasses.make_dataclass("RtlabConfig", fields)
+
+
+def _stream_seed(stream: str, *, _root_: DictConfig) -> int:
+    from framework.run import stream_seed
+
+    return stream_seed(int(_root_.train.seed), str(stream)) % 2 ** 31
+
+
+def register_resolvers() -> None:
+    """``${stream_seed:NAME}`` — a seed for the stream NAME derived from ``train.seed``, so one knob seeds a sweep
+    (``-m train.seed=0,1,2`` with ``teacher.seed: ${stream_seed:teacher}`` gives every run its own teacher)."""
+    if not OmegaConf.has_resolver("stream_seed"):
+        OmegaConf.register_new_resolver("stream_seed", _stream_seed)
+
 
 
 _active: list[Registry | None] = [None]  # the registry whose components the ConfigStore holds
@@ -140,6 +164,7 @@ def register_configs(registry: Registry) -> None:
     option through :class:`BackboneGroup`."""
     from hydra.core.config_store import ConfigStore
 
+    register_resolvers()
     if _active[0] is registry:
         return
     cs = ConfigStore.instance()
@@ -187,8 +212,18 @@ def check_overrides(overrides: Sequence[str], registry: Registry) -> None:
                     known = known_backbones()
                     if name not in known:
                         raise unknown_name("backbone", name, known, "(list them with: rtlab backbones PATTERN)")
-                else:
-                    registry.get(groups[key].name, name)
+                elif name not in group_presets(key) and name not in registry.names(groups[key].name):
+                    presets = group_presets(key)
+                    if not presets:
+                        registry.get(groups[key].name, name)
+                    raise unknown_name(f"{key} option", name, registry.names(groups[key].name) + presets,
+                                       f"(select with {key}=NAME)")
+
+
+def group_presets(group: str) -> list[str]:
+    """Names of the YAML presets shipped in ``configs/<group>/`` (e.g. the data presets cifar10, stl10, …)."""
+    folder = config_dir() / group
+    return sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
 
 
 def _one_line(text: str) -> str:
@@ -312,3 +347,49 @@ def check_ranges(cfg: DictConfig) -> None:
 
 def to_yaml(cfg: DictConfig) -> str:
     return OmegaConf.to_yaml(cfg, resolve=True)
+
+
+# ------------------------------------------------------------------------------------------------ data presets
+DATA_GROUP = "data"
+
+
+def _preset_values(registry: Registry, preset: str) -> tuple[str, Any]:
+    """(dataset source name, option values) of a data preset or of a dataset source used by name."""
+    path = config_dir() / DATA_GROUP / f"{preset}.yaml"
+    if path.exists():
+        values = OmegaConf.load(path)
+        defaults = [d for d in values.pop("defaults", []) if d != "_self_"]
+        if len(defaults) != 1 or not isinstance(defaults[0], str):
+            raise RtlabError(f"data preset {path} must name exactly one dataset source in its defaults list")
+        return defaults[0], values
+    if preset in registry.names("dataset"):
+        return preset, OmegaConf.create({})
+    raise unknown_name("dataset preset or source", preset, group_presets(DATA_GROUP) + registry.names("dataset"))
+
+
+def dataset_node(registry: Registry, spec: Any) -> tuple[str, DictConfig]:
+    """The typed ``data`` node for one ``eval.datasets`` entry and the key its metrics carry.
+
+    An entry is a preset or source name (``cifar100``) or a mapping: ``{preset: NAME, key: KEY, <option>: value}``
+    or ``{name: SOURCE, key: KEY, <option>: value}``; the key defaults to the preset or source name.
+    """
+    if isinstance(spec, str):
+        preset, key, overrides = spec, None, {}
+    else:
+        if not isinstance(spec, (dict, DictConfig)):
+            raise RtlabError(f"an eval.datasets entry must be a name or a mapping, got {spec!r}")
+        overrides = dict(OmegaConf.to_container(spec, resolve=True) if isinstance(spec, DictConfig) else spec)
+        preset, key = overrides.pop("preset", None), overrides.pop("key", None)
+        if preset is None and "name" not in overrides:
+            raise RtlabError(f"the eval.datasets entry {overrides} names no dataset; give preset: NAME or name: "
+                             "SOURCE")
+    if preset is not None:
+        source, values = _preset_values(registry, preset)
+    else:
+        source, values = overrides.pop("name"), OmegaConf.create({})
+    comp = registry.get("dataset", source)
+    try:
+        node = OmegaConf.merge(OmegaConf.structured(node_class(comp)), values, overrides)
+    except Exception as exc:
+        raise RtlabError(f"invalid eval.datasets entry {spec!r}: {_one_line(str(exc))}") from None
+    return str(key or preset or source), node

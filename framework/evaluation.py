@@ -9,20 +9,28 @@ Targets (``eval.targets``):
   distillation effect. A teacher without BatchNorm is its own control;
 * ``student`` — the student's encoder embedding;
 * ``input`` — the flattened normalised pixels (the paper's "input" baseline).
+
+Probe datasets: the training data (when it has labels) and every ``eval.datasets`` entry (transfer probing).
+Metric keys are ``<metric>/<target>`` for the training data and ``<metric>/<target>@<key>`` for the others, e.g.
+``linear/student@cifar100``. A probe dataset is resized to the training images' size and converted to their
+number of channels unless its entry sets ``image_size``/``channels``, and normalised with its own statistics.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import torch
 from torch import nn
 
 from framework import distributed
+from framework.errors import RtlabError
 from framework.models import clone, has_batchnorm
 
 if TYPE_CHECKING:
+    from framework.data import ImageData, Normalize
+    from framework.registry import Registry
     from framework.run import Run
 
 BUILTIN_TARGETS = ("teacher", "teacher_bn", "student", "input")
@@ -46,13 +54,14 @@ class Features:
 
 
 @torch.no_grad()
-def extract(embed: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, run: "Run") -> torch.Tensor:
-    """``embed`` of every uint8 image, normalised and batched as in training, as float32 rows."""
+def extract(embed: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, run: "Run",
+            normalize: "Normalize | None" = None) -> torch.Tensor:
+    """``embed`` of every uint8 image, normalised (by default as in training) and batched, as float32 rows."""
     out = []
     bs = run.cfg.eval.batch_size
     share = distributed.shard(images)  # with torchrun: this process's rows; the others embed the rest
     for i in range(0, len(share), bs):
-        x = run.prepare(share[i:i + bs])
+        x = run.prepare(share[i:i + bs], normalize)
         with run.autocast():
             out.append(embed(x).float())
     return distributed.gather_rows(torch.cat(out)) if out else torch.zeros(0, 0, device=images.device)
@@ -75,9 +84,10 @@ def bn_control(teacher: nn.Module, run: "Run") -> nn.Module:
     return net.eval()
 
 
-def target_embedder(run: "Run", target: str) -> Callable[[torch.Tensor], torch.Tensor]:
-    """How to embed normalised images for ``target``. Plugins add targets with
-    ``run.extra_targets[name] = lambda run: embed_fn`` (re-evaluated at every evaluation)."""
+def target_embedder(run: "Run", target: str, cache: dict[str, Any] | None = None
+                    ) -> Callable[[torch.Tensor], torch.Tensor]:
+    """How to embed normalised images for ``target``; ``cache`` keeps the BN control for one evaluation. Plugins
+    add targets with ``run.extra_targets[name] = lambda run: embed_fn`` (re-evaluated at every evaluation)."""
     if target in run.extra_targets:
         return run.extra_targets[target](run)
     if target == "teacher":
@@ -85,24 +95,56 @@ def target_embedder(run: "Run", target: str) -> Callable[[torch.Tensor], torch.T
     if target == "student":
         return run.student.embed
     if target == "teacher_bn":
-        net = bn_control(run.teacher, run) if has_batchnorm(run.teacher) else run.teacher
-        return net.embed
+        cache = {} if cache is None else cache
+        if "teacher_bn" not in cache:
+            cache["teacher_bn"] = bn_control(run.teacher, run) if has_batchnorm(run.teacher) else run.teacher
+        return cache["teacher_bn"].embed
     if target == "input":
         return lambda x: x.flatten(1)
     raise KeyError(target)
 
 
-def features(run: "Run", target: str) -> Features:
-    """Embeddings of the train and test split for ``target``, with the networks in eval mode."""
+def features(run: "Run", target: str, data: "ImageData | None" = None, cache: dict[str, Any] | None = None
+             ) -> Features:
+    """Embeddings of the train and test split of ``data`` (default: the training data) for ``target``, with the
+    networks in eval mode."""
+    data = run.data if data is None else data
+    normalize = None if data is run.data else data.normalizer(run.device)
     modes = [(m, m.training) for m in (run.student, run.teacher)]
     for m, _ in modes:
         m.eval()
     try:
-        embed = target_embedder(run, target)
-        train = extract(embed, run.data.train.images, run)
-        test = extract(embed, run.data.test.images, run)
+        embed = target_embedder(run, target, cache)
+        train = extract(embed, data.train.images, run, normalize)
+        test = extract(embed, data.test.images, run, normalize)
     finally:
         for m, mode in modes:
             m.train(mode)
-    return Features(target, train, run.data.train.labels, test, run.data.test.labels, run.data.num_classes,
-                    run.cfg.eval.seed)
+    return Features(target, train, data.train.labels, test, data.test.labels, data.num_classes, run.cfg.eval.seed)
+
+
+def load_probe_datasets(registry: "Registry", specs: Sequence[Any], train_data: "ImageData",
+                        device: torch.device) -> dict[str, "ImageData"]:
+    """The ``eval.datasets`` entries as decoded datasets on ``device``, by metric key (see the module doc)."""
+    from framework.config import dataset_node
+    from framework.data import load_image_data
+
+    out: dict[str, ImageData] = {}
+    h, w = train_data.size
+    for spec in specs:
+        key, node = dataset_node(registry, spec)
+        if key in out:
+            raise RtlabError(f"eval.datasets names '{key}' twice; give one entry another key ({{preset: ..., "
+                             "key: NAME}})")
+        if "/" in key or "@" in key:
+            raise RtlabError(f"eval.datasets key '{key}' must not contain '/' or '@'")
+        if node.get("image_size") is None and h == w:
+            node.image_size = h
+        if node.get("channels") is None:
+            node.channels = train_data.channels
+        data = load_image_data(registry, node)
+        if not data.train.labelled or not data.test.labelled:
+            raise RtlabError(f"probe dataset '{key}' has no labels; eval.datasets needs labelled data "
+                             f"(set its label_column)")
+        out[key] = data.to(device)
+    return out

@@ -82,8 +82,10 @@ def rtlab_evaluate_end(run, epoch, results):
     another one fails; a failure is recorded in ``summary.json`` (``errors``) and training goes on.
 
     ``results`` is a flat dict ``{"<metric>/<target>": value}``, e.g. ``knn/student`` or ``linear_std/teacher``,
-    accuracies as fractions in [0, 1]. Frozen targets (teacher, its BN control, the input) are evaluated once
-    and appear only in the first results.
+    accuracies as fractions in [0, 1]; probe datasets of ``eval.datasets`` add ``<metric>/<target>@<key>`` (e.g.
+    ``linear/student@cifar100``). Frozen targets (teacher, its BN control, the input) are evaluated once and appear
+    only in the first results. Every result also holds the parameter distances ``teacher_student_distance`` and
+    ``student_distance_from_init`` (keys without ``/``: not accuracies).
     """
 
 

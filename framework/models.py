@@ -195,6 +195,58 @@ def load_network_state(net: nn.Module, tensors: dict[str, torch.Tensor], prefix:
     return net
 
 
+def network_state(tensors: dict[str, torch.Tensor], which: str) -> tuple[dict[str, torch.Tensor], str]:
+    """The state of one network in a checkpoint's tensors and where it goes (``""``: the whole network,
+    ``"encoder"``: the backbone only).
+
+    rtlab checkpoints hold ``student.*`` and ``teacher.*``: ``which`` picks one. A plain weights file holds either
+    a whole network (``encoder.*`` and ``head.*`` keys) or a bare backbone (a timm state dict).
+    """
+    prefix = f"{which}."
+    if any(k.startswith(prefix) for k in tensors):
+        return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}, ""
+    if any(k.startswith(("student.", "teacher.")) for k in tensors):
+        raise RtlabError(f"the checkpoint holds no '{which}' network; choose student or teacher")
+    if any(k.startswith("encoder.") for k in tensors):
+        return dict(tensors), ""
+    return dict(tensors), "encoder"
+
+
+def load_network_checkpoint(net: "Network", path: Any, which: str = "student", encoder_only: bool = False
+                            ) -> dict[str, Any]:
+    """Load ``which`` network (``student``/``teacher``) of an rtlab run or checkpoint — or a plain safetensors
+    weights file — into ``net`` in place; returns the checkpoint's metadata. ``encoder_only`` keeps ``net``'s
+    head. A different architecture is refused with the keys and shapes that differ."""
+    from framework.checkpoint import load_checkpoint, resolve_checkpoint
+
+    base = resolve_checkpoint(path)
+    tensors, meta = load_checkpoint(base)
+    state, part = network_state(tensors, which)
+    if encoder_only and part == "":
+        state = {k[len("encoder."):]: v for k, v in state.items() if k.startswith("encoder.")}
+        part = "encoder"
+    target = net.encoder if part == "encoder" else net
+    load_network_state(target, state, "", str(base))
+    return meta
+
+
+def forward_views(net: nn.Module, views: "list[torch.Tensor]") -> "list[torch.Tensor]":
+    """``net`` applied to every view; consecutive views of one shape go through the network as one batch (their
+    batch-norm statistics are shared, as in DINO's multi-crop wrapper)."""
+    outs: list[torch.Tensor] = []
+    i = 0
+    while i < len(views):
+        j = i + 1
+        while j < len(views) and views[j].shape == views[i].shape:
+            j += 1
+        if j - i == 1:
+            outs.append(net(views[i]))
+        else:
+            outs.extend(net(torch.cat(views[i:j])).chunk(j - i))
+        i = j
+    return outs
+
+
 def network_from_checkpoint(registry: Registry, path: Any, part: str = "student") -> tuple[Network, dict]:
     """The ``part`` network ("student" or "teacher") of an rtlab checkpoint, rebuilt from the backbone, head and
     input shape recorded in it (so stems and strides match the run that wrote it), and its metadata."""

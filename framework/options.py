@@ -17,6 +17,9 @@ class BackboneOptions:
     # stem wherever the input allows it). Each family adapter says what its small-input stem is.
     stem: str = "auto"
     init: str = "paper"  # paper: Kaiming fan-out convs, norm weight 1 / bias 0, no zero-init | timm: family default
+    # norm-layer swap (PAPER.md Fig. 11): None keeps the family's own | batchnorm | groupnorm8 | instancenorm |
+    # layernorm | identity, for families that take a norm layer (ResNets, the paper's CIFAR nets)
+    norm: Optional[str] = None
     kwargs: Dict[str, Any] = field(default_factory=dict)  # extra timm.create_model keyword arguments
 
 

@@ -30,7 +30,7 @@ from framework import __version__, distributed, state
 from framework.checkpoint import atomic_write_text, checkpoint_paths, load_checkpoint, prefixed, save_checkpoint
 from framework.data import ImageData, load_image_data
 from framework.errors import PluginError, RtlabError
-from framework.evaluation import BUILTIN_TARGETS, features
+from framework.evaluation import BUILTIN_TARGETS, features, load_probe_datasets
 from framework.guards import StepMetrics, check_parameters
 from framework.models import Network, build_network, parameter_distance
 from framework.plugin_manager import PluginManager, get_plugin_manager
@@ -56,15 +56,17 @@ def resolve_device(name: str) -> torch.device:
 
 
 def resolve_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype (None = plain fp32). ``auto``: bf16 on CUDA, fp32 elsewhere (see
-    :func:`cpu_bf16_hazards` for why the CPU is not bf16 by default)."""
-    table = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+    """The autocast dtype (None = no autocast: fp32, or fp64 networks). ``auto``: bf16 on CUDA, fp32 elsewhere
+    (see :func:`cpu_bf16_hazards` for why the CPU is not bf16 by default)."""
+    table = {"fp32": None, "fp64": None, "bf16": torch.bfloat16, "fp16": torch.float16}
     if precision == "auto":
         return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else None
     if precision not in table:
-        raise RtlabError(f"train.precision must be auto, fp32, bf16 or fp16, got '{precision}'")
+        raise RtlabError(f"train.precision must be auto, fp32, bf16, fp16 or fp64, got '{precision}'")
     if precision == "fp16" and device.type == "cpu":
         raise RtlabError("train.precision=fp16 needs a GPU; use bf16 or fp32 on the CPU")
+    if precision == "fp64" and device.type == "mps":
+        raise RtlabError("train.precision=fp64 is not supported on MPS; use train.device=cpu or a CUDA GPU")
     return table[precision]
 
 
@@ -127,6 +129,8 @@ class Run:
         self.hook = self.pm.hook if self.is_main else _Muted()
         self.device = distributed.local_device(resolve_device(cfg.train.device))
         self.amp_dtype = resolve_dtype(cfg.train.precision, self.device)
+        # the dtype of the networks and their inputs: float64 for train.precision=fp64, else float32
+        self.dtype = torch.float64 if cfg.train.precision == "fp64" else torch.float32
         self.resume = resume
         self.resumed_step: int | None = None  # the step a resumed run continued from
         self.step = 0
@@ -156,9 +160,12 @@ class Run:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
-    def prepare(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 or [0, 1] images → normalised float on the run's device, in the run's memory format."""
-        x = self.normalize(images.to(self.device, non_blocking=True))
+    def prepare(self, images: torch.Tensor, normalize: Any = None) -> torch.Tensor:
+        """uint8 or [0, 1] images → normalised float on the run's device, in the run's memory format.
+        ``normalize`` defaults to the training data's normalisation (probe datasets bring their own)."""
+        x = (normalize or self.normalize)(images.to(self.device, non_blocking=True))
+        if x.dtype != self.dtype:
+            x = x.to(self.dtype)
         if self.cfg.train.channels_last and x.ndim == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         return x
@@ -169,10 +176,18 @@ class Run:
                              seed)
 
     def place(self, net: nn.Module) -> nn.Module:
-        net = net.to(self.device)
+        net = net.to(self.device, dtype=self.dtype)
         if self.cfg.train.channels_last:
             net = net.to(memory_format=torch.channels_last)
         return net
+
+    @property
+    def epochs(self) -> int:
+        """Epochs to train: ``train.epochs``, or ``train.sample_budget`` // train images when a budget is set."""
+        budget = self.cfg.train.sample_budget
+        if budget is None:
+            return int(self.cfg.train.epochs)
+        return max(1, int(budget) // len(self.data.train))
 
     @property
     def steps_per_epoch(self) -> int:
@@ -181,7 +196,7 @@ class Run:
 
     @property
     def total_steps(self) -> int:
-        total = self.steps_per_epoch * self.cfg.train.epochs
+        total = self.steps_per_epoch * self.epochs
         if self.cfg.train.max_steps is not None:
             total = min(total, self.cfg.train.max_steps)
         return total
@@ -210,6 +225,9 @@ class Run:
             enable_determinism(self.device)
         if cfg.train.batch_size <= 0 or cfg.train.epochs < 0:
             raise RtlabError("train.batch_size must be positive and train.epochs non-negative")
+        if cfg.train.sample_budget is not None and cfg.train.sample_budget <= 0:
+            raise RtlabError(f"train.sample_budget must be a positive number of samples, got "
+                             f"{cfg.train.sample_budget}")
         if self.is_main:
             atomic_write_text(self.out_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
             atomic_write_text(self.out_dir / "plugins.json", json.dumps(self.pm.listing(), indent=2))
@@ -218,6 +236,7 @@ class Run:
         if len(self.data.train) == 0:
             raise RtlabError("the train split is empty; check data.train_size and data.train_split")
         self.normalize = self.data.normalizer(self.device)
+        self.probe_data = load_probe_datasets(self.registry, cfg.eval.datasets, self.data, self.device)
         self.order_gen = torch.Generator().manual_seed(stream_seed(cfg.train.seed, "order"))
         self.aug_gen = torch.Generator(device=self.device).manual_seed(stream_seed(cfg.train.seed, "augment"))
         self.augment = self.registry.build("augment", cfg.augment)
@@ -229,6 +248,8 @@ class Run:
                 a is b for a, b in zip(self.student.parameters(), self.teacher.parameters())):
             raise RtlabError("the student initialiser returned the teacher itself; it must return a copy")
         self.updater = self.registry.build("updater", cfg.updater)
+        if hasattr(self.updater, "setup"):
+            self.updater.setup(self)
         self.loss_fn = self.registry.build("loss", cfg.loss) if cfg.get("loss") is not None else None
         self.objective = self.registry.build("objective", cfg.objective)
         extra = list(self.objective.setup(self) or [])
@@ -238,10 +259,13 @@ class Run:
         self.trainable = [p for p in self.student.parameters() if p.requires_grad] + extra
         self.optimizer = self.optimizer_factory.build(self.trainable, self)
         self.evaluators = {name: self.registry.build("evaluator", node) for name, node in cfg.evaluator.items()}
+        if self.evaluators and not self.cfg.eval.train_data and not self.probe_data:
+            raise RtlabError("eval.train_data=false leaves nothing to probe; name datasets with eval.datasets=[NAME]")
         needs_labels = [n for n, e in self.evaluators.items() if getattr(e, "needs_labels", True)]
-        if needs_labels and not (self.data.train.labelled and self.data.test.labelled):
+        if needs_labels and not (self.data.train.labelled and self.data.test.labelled) and not self.probe_data:
             raise RtlabError(f"evaluator(s) {', '.join(needs_labels)} need labels, but dataset '{self.data.name}' "
-                             "has none; set data.label_column=NAME, or train without probes: evaluator=[]")
+                             "has none; set data.label_column=NAME, or train without probes: evaluator=[] (or probe a "
+                             "labelled dataset: eval.datasets=[NAME])")
         if self.device.type == "cpu" and self.amp_dtype == torch.bfloat16:
             hazards = cpu_bf16_hazards(self.student, self.prepare(self.data.train.images[:2]))
             if hazards:
@@ -316,7 +340,7 @@ class Run:
     def _state_due(self, epoch_end: bool) -> bool:
         t = self.cfg.train
         if epoch_end:
-            return bool(t.state_every) and (self.epoch % t.state_every == 0 or self.epoch == t.epochs
+            return bool(t.state_every) and (self.epoch % t.state_every == 0 or self.epoch == self.epochs
                                               or self.out_of_steps)
         return bool(t.state_steps) and self.step % t.state_steps == 0
 
@@ -325,30 +349,44 @@ class Run:
         return bool(getattr(self.updater, "frozen", False))
 
     # ---------------------------------------------------------------------------------------------- evaluation
+    def probe_sets(self) -> dict[str, ImageData]:
+        """The datasets the evaluators probe, by metric suffix: ``""`` is the training data (skipped when it has no
+        labels or ``eval.train_data`` is false), then every ``eval.datasets`` entry."""
+        sets = {"": self.data} if self.data.train.labelled and self.cfg.eval.train_data else {}
+        return {**sets, **self.probe_data}
+
     def evaluate(self, epoch: int) -> dict[str, float]:
-        """Run every evaluator on every target; frozen targets are evaluated only the first time."""
-        if not self.evaluators:
-            return {}
-        results: dict[str, float] = {}
-        for target in self.cfg.eval.targets:
-            frozen = target == "input" or (target in ("teacher", "teacher_bn") and self.teacher_frozen)
-            if frozen and any(k.endswith(f"/{target}") for k in self.metrics):
-                continue
-            try:
-                feats = features(self, target)  # every rank embeds its share; all get every row
-            except Exception as exc:  # an optional part: recorded, training goes on
-                self.record_error(f"feature extraction for eval target '{target}' at epoch {epoch}", exc)
-                continue
-            for name, evaluator in (self.evaluators.items() if self.is_main else ()):
-                try:
-                    values = evaluator.evaluate(feats, self)
-                except Exception as exc:
-                    plugin = self.registry.get("evaluator", name).plugin
-                    self.record_error(f"evaluator '{name}' (plugin {plugin}) on {target} at epoch {epoch}", exc)
+        """Run every evaluator on every target of every probe dataset; frozen targets are evaluated only the first
+        time. The results also hold the parameter distances ``teacher_student_distance`` and
+        ``student_distance_from_init`` (no ``/``: they are not accuracies). A failing evaluator is recorded in the
+        summary and training goes on."""
+        results: dict[str, float] = {
+            "teacher_student_distance": parameter_distance(self.student, self.teacher),
+            "student_distance_from_init": parameter_distance(self.student, self._init_student),
+        }
+        cache: dict[str, Any] = {}
+        for key, data in self.probe_sets().items() if self.evaluators else ():
+            for target in self.cfg.eval.targets:
+                name = f"{target}@{key}" if key else target
+                frozen = target == "input" or (target in ("teacher", "teacher_bn") and self.teacher_frozen)
+                if frozen and any(k.endswith(f"/{name}") for k in self.metrics):
                     continue
-                for metric, value in values.items():
-                    results[f"{metric}/{target}"] = float(value)
-            del feats
+                try:
+                    feats = features(self, target, data, cache)  # every rank embeds its share; all get every row
+                except Exception as exc:  # an optional part: recorded, training goes on
+                    self.record_error(f"feature extraction for eval target '{name}' at epoch {epoch}", exc)
+                    continue
+                for ename, evaluator in (self.evaluators.items() if self.is_main else ()):
+                    try:
+                        values = evaluator.evaluate(feats, self)
+                    except Exception as exc:
+                        plugin = self.registry.get("evaluator", ename).plugin
+                        self.record_error(f"evaluator '{ename}' (plugin {plugin}) on {name} at epoch {epoch}", exc)
+                        continue
+                    for metric, value in values.items():
+                        results[f"{metric}/{name}"] = float(value)
+                del feats
+        del cache
         results = distributed.broadcast(results)
         self.metrics.update(results)
         self.history.append({"epoch": epoch, "step": self.step, **results})
@@ -373,7 +411,7 @@ class Run:
 
     def _eval_due(self, epoch: int) -> bool:
         every = self.cfg.eval.every
-        return epoch == self.cfg.train.epochs or (every > 0 and epoch % every == 0)
+        return epoch == self.epochs or (every > 0 and epoch % every == 0)
 
     # ------------------------------------------------------------------------------------------------- training
     def batches(self) -> Iterator[torch.Tensor]:
@@ -398,11 +436,12 @@ class Run:
         loss.backward()
         share = len(index) / len(batch)
         distributed.reduce_gradients(self.trainable, share)
-        self.optimizer.step()
+        step = getattr(self.optimizer_factory, "step", None)  # clipping, last-layer freeze (after the reduction)
+        step_logs = (step(self.optimizer, self) if step is not None else self.optimizer.step()) or {}
         self.updater.update(self)
         self.step += 1
         self.images_seen += len(batch)
-        logs = {"train/loss": loss.detach(), **{f"train/{k}": v.detach() for k, v in logs.items()}}
+        logs = {"train/loss": loss.detach(), **{f"train/{k}": v.detach() for k, v in {**logs, **step_logs}.items()}}
         return logs if self.world_size == 1 else {k: v * share for k, v in logs.items()}  # summed at log time
 
     def fit(self) -> dict[str, Any]:
@@ -415,7 +454,7 @@ class Run:
             raise RtlabError(f"unknown eval target(s) {', '.join(unknown)}; known: {', '.join(known)}")
         if cfg.eval.before and not self.history:
             self.evaluate(0)
-        while self.epoch < cfg.train.epochs and not (self.out_of_steps and self.position == 0):
+        while self.epoch < self.epochs and not (self.out_of_steps and self.position == 0):
             epoch = self.epoch + 1
             t0 = time.time()
             for index in self.batches():
@@ -500,6 +539,7 @@ class Run:
             "best": _best(self.history),
             "steps": self.step,
             "epochs": self.epoch,
+            "sample_budget": self.cfg.train.sample_budget,
             "train_images": len(self.data.train),
             "test_images": len(self.data.test),
             "wall_time_s": round(wall, 2),
@@ -508,7 +548,8 @@ class Run:
             "student_distance_from_init": moved,
             "teacher_student_distance": parameter_distance(self.student, self.teacher),
             "device": str(self.device),
-            "precision": str(self.amp_dtype).replace("torch.", "") if self.amp_dtype else "fp32",
+            "precision": (str(self.amp_dtype).replace("torch.", "") if self.amp_dtype
+                          else "fp64" if self.dtype == torch.float64 else "fp32"),
             "world_size": self.world_size,
             "versions": {"rtlab": __version__, "torch": torch.__version__, "timm": _version("timm"),
                          "python": platform.python_version()},
@@ -547,13 +588,14 @@ class Run:
 
 
 def _best(history: list[dict[str, Any]]) -> dict[str, float]:
-    """Best value over evaluations (epoch ≥ 1) of every student metric (the paper's max-over-epochs)."""
+    """Best value over evaluations (epoch ≥ 1) of every student metric (the paper's max-over-epochs), for the
+    training data (``linear/student``) and every probe dataset (``linear/student@cifar100``)."""
     best: dict[str, float] = {}
     for row in history:
         if row["epoch"] < 1:
             continue
         for k, v in row.items():
-            if k.endswith("/student") and isinstance(v, float):
+            if "/" in k and k.split("/", 1)[1].split("@", 1)[0] == "student" and isinstance(v, float):
                 best[k] = max(best.get(k, -math.inf), v)
     return best
 

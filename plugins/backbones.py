@@ -1,5 +1,9 @@
 """Backbone adapters: how each timm family takes small inputs and how it is initialised.
 
+``backbone.norm`` swaps the normalisation layers (BatchNorm / GroupNorm8 / InstanceNorm / LayerNorm / Identity,
+:mod:`plugins.norm_layers`) of families that take a ``norm_layer`` (timm ResNets, the paper's CIFAR nets); the
+others refuse it.
+
 Init schemes (``backbone.init``):
 
 * ``paper`` (default) — the paper's torchvision-style init: every conv Kaiming-normal (fan-out, ReLU) with zero
@@ -21,6 +25,7 @@ from torch import nn
 from framework import hookimpl
 from framework.errors import RtlabError
 from framework.options import BackboneOptions
+from plugins.norm_layers import norm_layer
 
 SMALL_INPUT = 64  # inputs up to this many pixels a side get the small-input adaptations under "auto"
 
@@ -38,6 +43,19 @@ def paper_init_(model: nn.Module) -> None:
                 nn.init.ones_(m.weight)
             if getattr(m, "bias", None) is not None:
                 nn.init.zeros_(m.bias)
+
+
+def _refuse_norm(opts: BackboneOptions, family: str) -> None:
+    if opts.norm is not None:
+        raise RtlabError(f"backbone.norm is not supported for {family} ('{opts.name}'); it works for ResNets and "
+                         "the paper's CIFAR nets (vgg11_nobn, cifar_resnet20, …)")
+
+
+def _check_norm_swapped(model: nn.Module, opts: BackboneOptions) -> nn.Module:
+    """Refuse a model that took ``norm_layer`` but did not use it (some families swallow unknown arguments)."""
+    if opts.norm is not None and not any(isinstance(m, norm_layer(opts.norm)) for m in model.modules()):
+        _refuse_norm(opts, "this model")
+    return model
 
 
 def _check_init(opts: BackboneOptions) -> None:
@@ -100,7 +118,15 @@ class GenericAdapter:
         for key in list(optional):
             if key in opts.kwargs:
                 optional.pop(key)
-        model = _create_tolerant(opts.name, in_chans, optional, **opts.kwargs)
+        kwargs = dict(opts.kwargs)
+        if opts.norm is not None:
+            kwargs["norm_layer"] = norm_layer(opts.norm)
+        try:
+            model = _check_norm_swapped(_create_tolerant(opts.name, in_chans, optional, **kwargs), opts)
+        except (TypeError, AssertionError, ValueError, KeyError):
+            if opts.norm is not None:  # the family cannot build itself around a plain norm layer
+                _refuse_norm(opts, "this model")
+            raise
         if opts.init == "paper":
             paper_init_(model)
         return model
@@ -131,7 +157,9 @@ class ResNetAdapter:
         kwargs = dict(opts.kwargs)
         if opts.init == "paper":
             kwargs.setdefault("zero_init_last", False)
-        model = _create(opts.name, in_chans, **kwargs)
+        if opts.norm is not None:
+            kwargs["norm_layer"] = norm_layer(opts.norm)
+        model = _check_norm_swapped(_create(opts.name, in_chans, **kwargs), opts)
         if small_stem(opts, input_size):
             self._cifar_stem(model, in_chans)
         if opts.init == "paper":
@@ -184,6 +212,7 @@ class ViTAdapter:
 
     def create(self, opts: ViTBackboneOptions, in_chans: int, input_size: tuple[int, int]) -> nn.Module:
         _check_init(opts)
+        _refuse_norm(opts, "Vision Transformers")
         model_patch = _model_patch_size(opts.name)
         patch = opts.patch_size
         if patch is None:
@@ -240,6 +269,7 @@ class ConvNeXtAdapter:
 
     def create(self, opts: ConvNeXtBackboneOptions, in_chans: int, input_size: tuple[int, int]) -> nn.Module:
         _check_init(opts)
+        _refuse_norm(opts, "ConvNeXt")
         patch = opts.patch_size
         if patch is None:
             patch = self.auto_patch(input_size)

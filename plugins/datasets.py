@@ -83,6 +83,21 @@ class HFOptions(DataOptions):
     path: Optional[str] = None  # hub id, save_to_disk folder, folder of parquet/arrow/image files, or one such file
     config_name: Optional[str] = None  # the hub dataset's configuration ("name" in datasets.load_dataset)
     revision: Optional[str] = None
+    classes: Optional[int] = None  # the expected number of classes: another count fails (e.g. a wrong label column)
+
+
+def check_class_count(splits: Mapping[str, Any], opts: HFOptions) -> None:
+    """Fail when the label column's ClassLabel does not have ``opts.classes`` classes."""
+    import datasets
+
+    first = next(iter(splits.values()))
+    features = first.features
+    column = opts.label_column or next((c for c in features if isinstance(features[c], datasets.ClassLabel)), None)
+    feature = features.get(column) if column else None
+    if isinstance(feature, datasets.ClassLabel) and feature.num_classes != opts.classes:
+        raise RtlabError(f"dataset '{opts.path}' column '{column}' has {feature.num_classes} classes, not the "
+                         f"expected data.classes={opts.classes}; set data.label_column (e.g. fine_label) or "
+                         "data.classes")
 
 
 class HFSource:
@@ -94,7 +109,10 @@ class HFSource:
         self.opts = opts
 
     def load(self) -> Mapping[str, Any]:
-        return load_hf(self.opts.path, self.opts.config_name, self.opts.revision)
+        splits = load_hf(self.opts.path, self.opts.config_name, self.opts.revision)
+        if self.opts.classes is not None and splits:
+            check_class_count(splits, self.opts)
+        return splits
 
 
 # ------------------------------------------------------------------------------------------------ imagefolder

@@ -1,45 +1,75 @@
-"""Teacher–student distillation (PAPER.md §2.1, §2.4) and its losses.
+"""Teacher–student distillation (PAPER.md §2.1, §2.4): objective ``distillation``.
 
-Objective ``distillation``: the teacher (no gradients) and the student see the same views; the loss component
-compares their outputs view by view. Loss ``ce``: cross-entropy between softmax(teacher/τ_t) and
-log-softmax(student/τ_s) — the same gradient as KL(teacher‖student) for a frozen teacher. The KL itself is
-logged (``train/kl``), computed directly so the ~1e-5 values of the paper's setting are not lost to rounding.
+The teacher (no gradients) sees the global views — all views unless the augmentation says which are global
+(``global_views``, e.g. DINO's two large crops) — and the student sees every view; views of one size go through
+a network together. The loss component compares one teacher output with one student output; ``pairing`` says
+which pairs (teacher view i, student view j) count, and the loss is their mean:
+
+* ``same`` — i = j: every global view against itself (the paper's single-crop loss);
+* ``opposite`` — i ≠ j: every student view against every *other* global view (DINO);
+* ``all`` — every pair.
+
+``cache_teacher`` (on by default) computes a frozen, eval-mode teacher's head input once per image where the views
+are deterministic (:class:`TeacherCache`); the losses are the same as without it.
+
+``center_momentum`` turns on DINO's centering: the teacher's outputs have a running centre c subtracted before the
+loss, and c ← m·c + (1 − m)·(mean teacher output of the step) afterwards. None (the default, the paper) = off. The
+centre is saved in checkpoints (``distillation.center``) and restored from them.
+:class:`Centering` and :func:`view_pairs` are usable on their own.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
-import torch.nn.functional as F
 
 from framework import hookimpl
 from framework.errors import RtlabError
+from framework.models import forward_views
+
+PAIRINGS = ("same", "opposite", "all")
 
 
-@dataclass
-class CrossEntropyOptions:
-    teacher_temp: float = 1.0  # τ_t (the paper: 1; DINO: 0.04)
-    student_temp: float = 1.0  # τ_s (the paper: 1; DINO: 0.1)
+def view_pairs(pairing: str, teacher_views: int, student_views: int) -> list[tuple[int, int]]:
+    """(teacher view, student view) index pairs that enter the loss."""
+    if pairing not in PAIRINGS:
+        raise RtlabError(f"objective.pairing must be one of {', '.join(PAIRINGS)}, got '{pairing}'")
+    keep = {"same": lambda i, j: i == j, "opposite": lambda i, j: i != j, "all": lambda i, j: True}[pairing]
+    pairs = [(i, j) for i in range(teacher_views) for j in range(student_views) if keep(i, j)]
+    if not pairs:
+        raise RtlabError(f"objective.pairing={pairing} pairs nothing with {teacher_views} teacher and "
+                         f"{student_views} student view(s); use an augmentation with several views (augment="
+                         "multicrop) or objective.pairing=same")
+    return pairs
 
 
-class CrossEntropy:
-    """CE(softmax(t/τ_t), log_softmax(s/τ_s)); logs the KL divergence and the teacher's entropy."""
+def global_view_count(augment, views: int) -> int:
+    """How many leading views are global (the teacher's): the augmentation's ``global_views``, else all."""
+    n = getattr(augment, "global_views", None)
+    return views if n is None else min(int(n), views)
 
-    def __init__(self, opts: CrossEntropyOptions) -> None:
-        if opts.teacher_temp <= 0 or opts.student_temp <= 0:
-            raise RtlabError("loss.teacher_temp and loss.student_temp must be positive")
-        self.opts = opts
 
-    def __call__(self, student: torch.Tensor, teacher: torch.Tensor):
-        log_q = F.log_softmax(student.float() / self.opts.student_temp, dim=-1)
-        log_p = F.log_softmax(teacher.float() / self.opts.teacher_temp, dim=-1)
-        p = log_p.exp()
-        ce = -(p * log_q).sum(-1).mean()
-        with torch.no_grad():
-            kl = (p * (log_p - log_q)).sum(-1).mean()
-            entropy = -(p * log_p).sum(-1).mean()
-        return ce, {"kl": kl, "teacher_entropy": entropy}
+class Centering:
+    """DINO's centering of the teacher's outputs: subtract a running mean updated with ``momentum``."""
+
+    def __init__(self, momentum: float) -> None:
+        if not 0.0 <= momentum < 1.0:
+            raise RtlabError(f"objective.center_momentum must be in [0, 1), got {momentum}")
+        self.momentum = momentum
+        self.center: torch.Tensor | None = None
+
+    def __call__(self, outputs: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The centred outputs (with the centre before this step's update)."""
+        if self.center is None:
+            self.center = torch.zeros(outputs[0].shape[-1], device=outputs[0].device, dtype=torch.float32)
+        return [o.float() - self.center for o in outputs]
+
+    @torch.no_grad()
+    def update(self, outputs: list[torch.Tensor]) -> None:
+        batch_center = torch.cat(outputs).float().mean(0)
+        self.center.mul_(self.momentum).add_(batch_center, alpha=1.0 - self.momentum)
 
 
 class TeacherCache:
@@ -84,14 +114,18 @@ class TeacherCache:
 
 @dataclass
 class DistillationOptions:
+    pairing: str = "same"  # same (the paper) | opposite (DINO) | all
+    center_momentum: Optional[float] = None  # teacher-output centering momentum; None: off (the paper), DINO: 0.9
     cache_teacher: bool = True  # reuse the frozen teacher's head input per image where that is exact
 
 
 class Distillation:
-    """The student matches the teacher's output on the same view (single-crop distillation)."""
+    """The student matches the teacher's outputs on paired views."""
 
     def __init__(self, opts: DistillationOptions) -> None:
+        view_pairs(opts.pairing, 2, 2)  # validates the name
         self.opts = opts
+        self.centering = Centering(opts.center_momentum) if opts.center_momentum is not None else None
         self.cache: TeacherCache | None = None
 
     def setup(self, run):
@@ -102,8 +136,9 @@ class Distillation:
         if self.opts.cache_teacher:
             why = TeacherCache.unusable(run)
             if why is None:
-                n_views = len(run.augment.views(run.data.train.images[:1].float() / 255.0, run.aug_gen))
-                self.cache = TeacherCache(len(run.data.train), n_views, run.device)
+                views = run.augment.views(run.data.train.images[:1].float() / 255.0, run.aug_gen)
+                self.cache = TeacherCache(len(run.data.train), global_view_count(run.augment, len(views)),
+                                          run.device)
             run.summary["teacher_cache"] = why or "on"
         return []
 
@@ -123,25 +158,57 @@ class Distillation:
         self.cache.filled = [t.to(self.cache.filled[0].device) for t in state["filled"]]
 
     def teacher_outputs(self, run, views, index):
+        """The teacher's outputs on the global views (from the cache where it is exact)."""
         with torch.no_grad():
             if self.cache is not None:
                 return self.cache(run.teacher, views, index)
-            return [run.teacher(v) for v in views]
+            return forward_views(run.teacher, views)
 
     def loss(self, run, views, index):
-        targets = self.teacher_outputs(run, views, index)
+        n_global = global_view_count(run.augment, len(views))
+        pairs = view_pairs(self.opts.pairing, n_global, len(views))
+        targets = self.teacher_outputs(run, views[:n_global], index)
+        if self.centering is not None:
+            centred = self.centering(targets)
+            self.centering.update(targets)
+            targets = centred
+        outputs = forward_views(run.student, views)
+        set_epoch = getattr(run.loss_fn, "set_epoch", None)
+        if set_epoch is not None:
+            set_epoch(run.step / max(run.steps_per_epoch, 1))
         total = None
         logs: dict[str, torch.Tensor] = {}
-        for view, target in zip(views, targets):
-            value, parts = run.loss_fn(run.student(view), target)
+        for i, j in pairs:
+            value, parts = run.loss_fn(outputs[j], targets[i])
             total = value if total is None else total + value
             for k, v in parts.items():
                 logs[k] = logs[k] + v if k in logs else v
-        n = len(views)
+        n = len(pairs)
         return total / n, {k: v / n for k, v in logs.items()}
 
 
 @hookimpl
 def rtlab_register(registry):
     registry.add("objective", "distillation", Distillation, DistillationOptions)
-    registry.add("loss", "ce", CrossEntropy, CrossEntropyOptions)
+
+
+CENTER_KEY = "distillation.center"
+
+
+def _centering(run) -> Centering | None:
+    objective = getattr(run, "objective", None)
+    return objective.centering if isinstance(objective, Distillation) else None
+
+
+@hookimpl
+def rtlab_checkpoint_save(run, tensors, meta):
+    centering = _centering(run)
+    if centering is not None and centering.center is not None:
+        tensors[CENTER_KEY] = centering.center
+
+
+@hookimpl
+def rtlab_checkpoint_load(run, tensors, meta):
+    centering = _centering(run)
+    if centering is not None and CENTER_KEY in tensors:
+        centering.center = tensors[CENTER_KEY].to(run.device, torch.float32).clone()

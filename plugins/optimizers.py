@@ -1,17 +1,25 @@
-"""Optimisers and their learning-rate schedules.
+"""Optimisers with their learning-rate and weight-decay schedules, gradient clipping and last-layer freezing.
 
 * ``adamw`` — the paper's optimiser: lr 1e-3, betas (0.9, 0.999), eps 1e-8, weight decay 0 (AdamW ≡ Adam);
 * ``sgd`` — momentum SGD (the supervised recipe of PAPER.md §6: lr 0.1, momentum 0.9, wd 1e-4, multistep).
 
-Schedules (``optimizer.schedule``): ``constant``; ``cosine`` (to ``min_lr``); ``multistep`` (× ``gamma`` at
-each epoch in ``milestones``). ``warmup_epochs`` ramps linearly from 0 first.
+Options shared by both (their defaults switch each effect off):
+
+* ``schedule`` — the learning rate: ``constant``; ``cosine`` (to ``min_lr``); ``multistep`` (× ``gamma`` at each
+  epoch in ``milestones``). ``warmup_epochs`` ramps it linearly from 0 first (DINO: 10 epochs, then cosine);
+* ``final_weight_decay`` — weight decay on a cosine schedule from ``weight_decay`` to this value (DINO: 0.04 → 0.4);
+* ``decay_bias_and_norm`` — false: biases and norm weights (every 1-d tensor) get no weight decay (DINO);
+* ``clip_grad`` — clip the gradient norm to this value (DINO: 3), over all parameters together or, with
+  ``clip_per_parameter``, each tensor on its own (as DINO's original code);
+* ``freeze_last_layer_epochs`` — the student's ``last_layer`` module gets no updates during the first N epochs
+  (DINO: 1): its gradients are dropped, so the optimiser skips it.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 
@@ -28,6 +36,12 @@ class ScheduleOptions:
     min_lr: float = 0.0  # cosine floor
     milestones: List[int] = field(default_factory=list)  # multistep epochs
     gamma: float = 0.1  # multistep factor
+    final_weight_decay: Optional[float] = None  # cosine weight-decay schedule to this value; None: constant
+    decay_bias_and_norm: bool = True  # false: no weight decay on 1-d tensors (biases, norm weights)
+    clip_grad: float = 0.0  # max gradient norm; 0: no clipping
+    clip_per_parameter: bool = False  # clip every tensor's norm on its own instead of the global norm
+    freeze_last_layer_epochs: float = 0.0  # epochs without updates to last_layer
+    last_layer: str = "head.last"  # the student's module frozen by freeze_last_layer_epochs
 
 
 def lr_factor(opts: ScheduleOptions, step: int, steps_per_epoch: int, total_steps: int) -> float:
@@ -45,30 +59,82 @@ def lr_factor(opts: ScheduleOptions, step: int, steps_per_epoch: int, total_step
     return 0.5 * (1.0 + math.cos(math.pi * min(max(progress, 0.0), 1.0)))
 
 
+def cosine_value(start: float, end: float, step: int, total_steps: int) -> float:
+    """``start`` at step 0 to ``end`` at ``total_steps`` along a half cosine."""
+    progress = min(max(step / max(total_steps, 1), 0.0), 1.0)
+    return end + 0.5 * (start - end) * (1.0 + math.cos(math.pi * progress))
+
+
 class _Scheduled:
     def __init__(self, opts: ScheduleOptions) -> None:
         if opts.schedule not in SCHEDULES:
             raise RtlabError(f"optimizer.schedule must be one of {', '.join(SCHEDULES)}, got '{opts.schedule}'")
+        if opts.clip_grad < 0 or opts.freeze_last_layer_epochs < 0:
+            raise RtlabError("optimizer.clip_grad and optimizer.freeze_last_layer_epochs must be >= 0")
         self.opts = opts
+        self.last_layer: list[torch.nn.Parameter] = []
+        self.params: list[torch.nn.Parameter] = []
+
+    def param_groups(self, params: list, run) -> list[dict]:
+        """Weight-decayed and (with ``decay_bias_and_norm=false``) non-decayed groups; remembers the last layer."""
+        self.params = params
+        if self.opts.freeze_last_layer_epochs:
+            try:
+                module = run.student.get_submodule(self.opts.last_layer)
+            except AttributeError:
+                raise RtlabError(f"optimizer.last_layer '{self.opts.last_layer}' is not a module of the student; "
+                                 "name the last layer (e.g. head.last) or set freeze_last_layer_epochs=0") from None
+            self.last_layer = list(module.parameters())
+        wd = self.opts.weight_decay  # type: ignore[attr-defined]
+        if self.opts.decay_bias_and_norm:
+            return [{"params": params, "weight_decay": wd, "decayed": True}]
+        groups = [{"params": [p for p in params if p.ndim > 1], "weight_decay": wd, "decayed": True},
+                  {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0, "decayed": False}]
+        return [g for g in groups if g["params"]]
 
     def build(self, params, run) -> torch.optim.Optimizer:
         params = list(params)
         if self.opts.lr <= 0:  # type: ignore[attr-defined]
             raise RtlabError(f"optimizer.lr must be positive, got {self.opts.lr}")  # type: ignore[attr-defined]
-        return self.make(params, self.opts, _fused_ok(params, run))
+        return self.make(self.param_groups(params, run), self.opts, _fused_ok(params, run))
 
     def make(self, params: list, opts, kernel: dict) -> torch.optim.Optimizer:
         """The torch optimiser; ``kernel`` selects fused (CUDA) or multi-tensor (foreach) updates."""
         raise NotImplementedError
 
     def schedule(self, optimizer: torch.optim.Optimizer, run) -> None:
-        if self.opts.schedule == "constant" and not self.opts.warmup_epochs:
+        o = self.opts
+        if o.final_weight_decay is not None:
+            wd = cosine_value(o.weight_decay, o.final_weight_decay, run.step, run.total_steps)  # type: ignore
+            for group in optimizer.param_groups:
+                if group.get("decayed", True):
+                    group["weight_decay"] = wd
+        if o.schedule == "constant" and not o.warmup_epochs:
             return
-        f = lr_factor(self.opts, run.step, run.steps_per_epoch, run.total_steps)
-        base = self.opts.lr  # type: ignore[attr-defined]
-        lr = self.opts.min_lr + (base - self.opts.min_lr) * f if self.opts.schedule == "cosine" else base * f
+        f = lr_factor(o, run.step, run.steps_per_epoch, run.total_steps)
+        base = o.lr  # type: ignore[attr-defined]
+        lr = o.min_lr + (base - o.min_lr) * f if o.schedule == "cosine" else base * f
         for group in optimizer.param_groups:
             group["lr"] = lr
+
+    def step(self, optimizer: torch.optim.Optimizer, run) -> dict[str, torch.Tensor]:
+        """Drop the frozen last layer's gradients, clip, step; logs the gradient norm when clipping."""
+        logs: dict[str, torch.Tensor] = {}
+        if self.last_layer and run.step < self.opts.freeze_last_layer_epochs * run.steps_per_epoch:
+            for p in self.last_layer:
+                p.grad = None
+        if self.opts.clip_grad > 0:
+            params = [p for p in self.params if p.grad is not None]
+            if self.opts.clip_per_parameter and params:
+                grads = [p.grad for p in params]
+                norms = torch._foreach_norm(grads)
+                scale = [(self.opts.clip_grad / (n + 1e-6)).clamp(max=1.0) for n in norms]
+                torch._foreach_mul_(grads, scale)
+                logs["grad_norm"] = torch.stack(norms).norm()
+            elif params:
+                logs["grad_norm"] = torch.nn.utils.clip_grad_norm_(params, self.opts.clip_grad, foreach=True)
+        optimizer.step()
+        return logs
 
 
 def _fused_ok(params: list, run) -> dict:

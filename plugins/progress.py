@@ -29,7 +29,7 @@ def rtlab_run_start(run):
 
     d = run.data
     print(f"rtlab: {run.cfg.name}: {run.cfg.backbone.name} on {d.name} ({len(d.train)} train / {len(d.test)} test, "
-          f"{d.channels}x{d.size[0]}x{d.size[1]}), {run.cfg.train.epochs} epochs, device {run.device}, "
+          f"{d.channels}x{d.size[0]}x{d.size[1]}), {run.epochs} epochs, device {run.device}, "
           f"output {run.out_dir}", file=sys.stderr)
     _bars[id(run)] = tqdm(total=run.total_steps, desc="train", unit="step", dynamic_ncols=True, file=sys.stderr,
                           initial=run.step)
@@ -51,7 +51,7 @@ def rtlab_step_end(run, metrics):
 @hookimpl
 def rtlab_evaluate_end(run, epoch, results):
     bar = _bars.get(id(run))
-    shown = {k: v for k, v in results.items() if k.endswith("/student")}
+    shown = {k: v for k, v in results.items() if k.partition("/")[2].partition("@")[0] == "student"}
     if bar is not None and shown:
         bar.write("epoch %d: %s" % (epoch, "  ".join(f"{k} {v:.4f}" for k, v in sorted(shown.items()))))
 

@@ -8,8 +8,16 @@ ROW_NAMES = {"teacher": "teacher", "teacher_bn": "teacher (BN control)", "studen
              "input": "input pixels"}
 
 
+def row_name(target: str) -> str:
+    """``teacher_bn`` → "teacher (BN control)"; a probe dataset's ``teacher_bn@cifar100`` → "… @ cifar100"."""
+    base, _, dataset = target.partition("@")
+    name = ROW_NAMES.get(base, base)
+    return f"{name} @ {dataset}" if dataset else name
+
+
 def format_table(metrics: dict[str, float]) -> str:
-    """``target | metric …`` rows from flat ``metric/target`` keys (accuracies in %)."""
+    """``target | metric …`` rows from flat ``metric/target`` keys (accuracies in %), the training data's rows
+    first, then each probe dataset's (``metric/target@dataset``)."""
     cols: list[str] = []
     rows: list[str] = []
     for key in metrics:
@@ -23,12 +31,12 @@ def format_table(metrics: dict[str, float]) -> str:
     if not cols:
         return ""
     order = {t: i for i, t in enumerate(ROW_NAMES)}
-    rows.sort(key=lambda t: order.get(t, len(order)))
-    width = max(len(ROW_NAMES.get(r, r)) for r in rows)
+    rows.sort(key=lambda t: (t.partition("@")[2], order.get(t.partition("@")[0], len(order))))
+    width = max(len(row_name(r)) for r in rows)
     lines = [f"{'':{width}}  " + "  ".join(f"{c:>10}" for c in cols)]
     for r in rows:
         vals = [metrics.get(f"{c}/{r}") for c in cols]
-        lines.append(f"{ROW_NAMES.get(r, r):{width}}  " + "  ".join(
+        lines.append(f"{row_name(r):{width}}  " + "  ".join(
             f"{100 * v:>9.2f}%" if v is not None else f"{'-':>10}" for v in vals))
     return "\n".join(lines)
 

@@ -13,7 +13,7 @@ from framework.config import compose
 from framework.errors import RtlabError
 from framework.models import has_batchnorm, parameter_distance
 from framework.run import Run
-from plugins.distillation import CrossEntropy, CrossEntropyOptions
+from plugins.losses import CrossEntropy, CrossEntropyOptions
 from plugins.students import interpolate
 
 
@@ -43,7 +43,7 @@ def test_interpolation_endpoints_and_variance_preservation():
     assert torch.allclose(half.weight, expected)
     assert same.weight is not teacher.weight
     tiny = interpolate(teacher, fresh, 1e-10, True)  # PAPER.md §2.7: float32 turns α = 1e-10 into a copy
-    assert float((tiny.weight - teacher.weight).abs().max()) < 1e-9
+    assert float((tiny.weight - teacher.weight).detach().abs().max()) < 1e-9
     with pytest.raises(RtlabError, match=r"alpha must be in \[0, 1\]"):
         interpolate(teacher, fresh, 1.5, True)
 

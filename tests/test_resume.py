@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 from conftest import ROOT, TINY
@@ -141,3 +142,39 @@ def test_resume_auto_continues_the_unfinished_run_of_the_same_config(tmp_path, m
     time.sleep(1.1)  # run folders are named by the second
     assert main(["train", *job, "teacher.seed=5", "resume=auto"]) == 0  # another config: a run of its own
     assert len(list((tmp_path / "runs" / "requeued").iterdir())) == 2
+
+
+def test_dino_machinery_resumes_exactly(tmp_path):
+    """EMA teacher, centering, teacher-temperature warm-up, multi-crop and the schedules continue bit-exactly from
+    a training state saved mid-epoch (in-process: pre-empted after step 5, then resumed)."""
+    from tiny_runs import compose_run
+
+    dino = ["updater=ema", "updater.momentum=0.9", "augment=dino", "augment.local_views=2", "augment.local_size=4",
+            "objective.pairing=opposite", "objective.center_momentum=0.9", "loss.teacher_temp_start=0.04",
+            "loss.teacher_temp_warmup_epochs=1", "loss.student_temp=0.1", "optimizer.schedule=cosine",
+            "optimizer.warmup_epochs=0.5", "optimizer.final_weight_decay=0.1", "optimizer.weight_decay=0.01",
+            "optimizer.clip_grad=3", "train.epochs=2", "train.state_steps=1", "train.log_every=1", "evaluator=[]", "train.seed=5"]
+    ref = compose_run(tmp_path / "ref", *dino)
+    ref.fit()
+    ref.release()
+
+    first = compose_run(tmp_path / "run", *dino)
+    first.pm.register(Preempted(5), name="preempted")  # killed after step 5, mid-epoch 2 (4 steps per epoch)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            first.fit()
+    finally:
+        first.pm.unregister(name="preempted")
+        first.release()
+    assert first.step == 5 and first.objective.centering.center is not None
+    resumed = compose_run(tmp_path / "run", *dino, resume=True)
+    assert resumed.step == 4  # the state saved before the interrupted step's hooks ran
+    assert resumed.objective.centering.center is not None and resumed.objective.centering.center.abs().sum() > 0
+    resumed.fit()
+    resumed.release()
+    assert resumed.step == ref.step
+    for (name, a), b in zip(ref.student.state_dict().items(), resumed.student.state_dict().values()):
+        assert torch.equal(a, b), name
+    for (name, a), b in zip(ref.teacher.state_dict().items(), resumed.teacher.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert torch.equal(ref.objective.centering.center, resumed.objective.centering.center)

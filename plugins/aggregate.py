@@ -1,0 +1,119 @@
+"""``rtlab aggregate DIR… --by KEY``: mean ± std of run results grouped by config values (a sweep's table).
+
+Every run folder under the given folders (a Hydra multirun folder holds one per job) contributes its
+``summary.json`` and resolved ``config.yaml``. Runs are grouped by the values of the ``--by`` keys (dotted config
+paths such as ``student.alpha`` or ``data.name``); every group gets the mean and sample standard deviation over its
+runs (seeds) of each selected metric. ``--best`` uses each run's best evaluation over the epochs (the paper's
+max-over-epochs) instead of its final one. Accuracies are printed in %.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import math
+import statistics
+from pathlib import Path
+from typing import Any, Iterable
+
+from framework import hookimpl
+from framework.errors import RtlabError
+
+
+def find_runs(folders: Iterable[str]) -> list[Path]:
+    """Run folders (holding ``summary.json`` and ``config.yaml``) at or below ``folders``."""
+    runs: list[Path] = []
+    for folder in folders:
+        root = Path(folder)
+        if not root.exists():
+            raise RtlabError(f"{root} does not exist; give run or multirun folders")
+        runs += sorted(p.parent for p in root.rglob("summary.json") if (p.parent / "config.yaml").exists())
+    if not runs:
+        raise RtlabError(f"no finished runs (summary.json + config.yaml) under {', '.join(map(str, folders))}")
+    return runs
+
+
+def config_value(config: Any, key: str) -> Any:
+    node = config
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            raise RtlabError(f"config key '{key}' is not in the runs' config.yaml; give a dotted path such as "
+                             "student.alpha")
+        node = node[part]
+    return node
+
+
+def aggregate(runs: list[Path], by: list[str], patterns: list[str], best: bool = False
+              ) -> tuple[list[str], list[dict[str, Any]]]:
+    """(metric names, one row per group: the ``by`` values, ``runs`` and ``{metric: (mean, std, n)}``)."""
+    from omegaconf import OmegaConf
+
+    groups: dict[tuple, list[dict[str, float]]] = {}
+    for run in runs:
+        config = OmegaConf.to_container(OmegaConf.load(run / "config.yaml"))
+        summary = json.loads((run / "summary.json").read_text())
+        values = dict(summary.get("metrics", {}))
+        if best:
+            values.update(summary.get("best", {}))
+        key = tuple(config_value(config, k) for k in by)
+        groups.setdefault(key, []).append({k: v for k, v in values.items() if isinstance(v, (int, float))})
+    names = sorted({m for rows in groups.values() for r in rows for m in r
+                    if any(fnmatch.fnmatch(m, p) for p in patterns)})
+    table = []
+    for key in sorted(groups, key=lambda k: tuple((str(type(v)), v) for v in k)):
+        rows = groups[key]
+        stats = {}
+        for m in names:
+            vals = [r[m] for r in rows if m in r and math.isfinite(r[m])]
+            if vals:
+                stats[m] = (statistics.fmean(vals), statistics.stdev(vals) if len(vals) > 1 else 0.0, len(vals))
+        table.append({"by": dict(zip(by, key)), "runs": len(rows), "stats": stats})
+    return names, table
+
+
+def markdown(by: list[str], names: list[str], table: list[dict[str, Any]]) -> str:
+    def cell(name: str, stat: tuple | None) -> str:
+        if stat is None:
+            return "-"
+        mean, std, _ = stat
+        if "/" in name:  # accuracies
+            return f"{100 * mean:.2f} ± {100 * std:.2f}"
+        return f"{mean:.4g} ± {std:.2g}"
+
+    head = [*by, "runs", *names]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in table:
+        cells = [str(row["by"][k]) for k in by] + [str(row["runs"])]
+        cells += [cell(m, row["stats"].get(m)) for m in names]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _configure(parser) -> None:
+    parser.add_argument("folders", nargs="+", help="run or multirun folders")
+    parser.add_argument("--by", action="append", default=[], help="config key to group by (repeatable)")
+    parser.add_argument("--metrics", default="knn/*,linear/*",
+                        help="comma-separated glob patterns of metric names (default: knn/*,linear/*)")
+    parser.add_argument("--best", action="store_true", help="best evaluation over epochs instead of the final one")
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def _run(args) -> int:
+    runs = find_runs(args.folders)
+    patterns = [p.strip() for p in args.metrics.split(",") if p.strip()]
+    names, table = aggregate(runs, args.by, patterns, args.best)
+    if not names:
+        raise RtlabError(f"no metric matches {args.metrics}; the runs have e.g. "
+                         f"{', '.join(list(json.loads((runs[0] / 'summary.json').read_text())['metrics'])[:5])}")
+    if args.json:
+        print(json.dumps({"by": args.by, "metrics": names, "groups": table}, indent=2, default=str))
+    else:
+        print(markdown(args.by, names, table))
+        print(f"{len(runs)} runs", flush=True)
+    return 0
+
+
+@hookimpl
+def rtlab_add_commands(commands):
+    commands.add("aggregate", "mean ± std of runs' metrics grouped by config values (Hydra sweeps)", _configure,
+                 _run)

@@ -1,0 +1,47 @@
+"""``rtlab aggregate``: mean ± std of sweep results grouped by config values."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from framework.errors import RtlabError
+from plugins.aggregate import aggregate, find_runs, markdown
+
+
+def write_run(folder, alpha, seed, knn, best=None):
+    folder.mkdir(parents=True)
+    (folder / "config.yaml").write_text(yaml.safe_dump({"student": {"alpha": alpha}, "train": {"seed": seed}}))
+    (folder / "summary.json").write_text(json.dumps({"metrics": {"knn/student": knn, "knn/teacher": 0.5,
+                                                                 "teacher_student_distance": 1.0},
+                                                     "best": {"knn/student": best or knn}}))
+
+
+def test_groups_and_statistics(tmp_path):
+    for i, (alpha, seed, knn) in enumerate([(0.0, 0, 0.6), (0.0, 1, 0.8), (1.0, 0, 0.55), (1.0, 1, 0.65)]):
+        write_run(tmp_path / "sweep" / str(i), alpha, seed, knn, best=knn + 0.01)
+    names, table = aggregate(find_runs([str(tmp_path / "sweep")]), ["student.alpha"], ["knn/*"])
+    assert names == ["knn/student", "knn/teacher"]
+    assert [row["by"]["student.alpha"] for row in table] == [0.0, 1.0]
+    mean, std, n = table[0]["stats"]["knn/student"]
+    assert (mean, n) == (pytest.approx(0.7), 2) and std == pytest.approx(0.1414213, rel=1e-5)
+    _, best = aggregate(find_runs([str(tmp_path / "sweep")]), ["student.alpha"], ["knn/student"], best=True)
+    assert best[1]["stats"]["knn/student"][0] == pytest.approx(0.61)
+    text = markdown(["student.alpha"], names, table)
+    assert "| 0.0 | 2 | 70.00 ± 14.14 | 50.00 ± 0.00 |" in text
+
+
+def test_command(tmp_path, capsys):
+    from framework.cli import main
+
+    write_run(tmp_path / "r0", 0.5, 0, 0.7)
+    assert main(["aggregate", str(tmp_path), "--by", "student.alpha", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["groups"][0]["stats"]["knn/student"][0] == 0.7
+    assert main(["aggregate", str(tmp_path / "missing")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["aggregate", str(tmp_path), "--by", "student.beta"]) == 2
+    assert "student.beta" in capsys.readouterr().err
+    with pytest.raises(RtlabError):
+        find_runs([str(tmp_path / "r0" / "config.yaml")])
