@@ -20,6 +20,7 @@ centre is saved in checkpoints (``distillation.center``) and restored from them.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Optional
 
@@ -127,11 +128,13 @@ class Distillation:
         self.opts = opts
         self.centering = Centering(opts.center_momentum) if opts.center_momentum is not None else None
         self.cache: TeacherCache | None = None
+        self.loss_diagnoses = True  # the loss takes diagnose= (set in setup)
 
     def setup(self, run):
         if run.loss_fn is None:
             raise RtlabError("objective=distillation needs a loss component (e.g. loss=ce)")
         self.cache = None
+        self.loss_diagnoses = "diagnose" in inspect.signature(run.loss_fn).parameters
         run.summary["teacher_cache"] = "off"
         if self.opts.cache_teacher:
             why = TeacherCache.unusable(run)
@@ -178,8 +181,9 @@ class Distillation:
             set_epoch(run.step / max(run.steps_per_epoch, 1))
         total = None
         logs: dict[str, torch.Tensor] = {}
+        extra = {"diagnose": run.logging_step} if self.loss_diagnoses else {}
         for i, j in pairs:
-            value, parts = run.loss_fn(outputs[j], targets[i])
+            value, parts = run.loss_fn(outputs[j], targets[i], **extra)
             total = value if total is None else total + value
             for k, v in parts.items():
                 logs[k] = logs[k] + v if k in logs else v

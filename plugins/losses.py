@@ -8,7 +8,8 @@
   teacher is ignored, which shows what sharpening alone does).
 
 Every loss logs ``kl`` = KL(softmax(t/τ_t)‖softmax(s/τ_s)), computed directly so the ~1e-5 values of the
-paper's setting are not lost to rounding, and the teacher's entropy ``teacher_entropy``. Temperatures: τ_s is
+paper's setting are not lost to rounding, and the teacher's entropy ``teacher_entropy`` — on the steps whose metrics
+are logged (``diagnose=True``); the others skip these extra passes over the 65,536-wide outputs. Temperatures: τ_s is
 ``student_temp``; τ_t is ``teacher_temp``, optionally warmed up linearly from ``teacher_temp_start`` over
 ``teacher_temp_warmup_epochs`` (DINO: 0.04 → 0.07 over 30 epochs). The objective calls ``set_epoch`` before
 every step.
@@ -65,8 +66,12 @@ class Tempered:
 
     @staticmethod
     @torch.no_grad()
-    def divergences(log_q: torch.Tensor, log_p: torch.Tensor) -> dict[str, torch.Tensor]:
-        p = log_p.exp()
+    def divergences(log_q: torch.Tensor, log_p: torch.Tensor, diagnose: bool = True,
+                    p: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """KL(p‖q) and H(p) when ``diagnose`` (else nothing); ``p`` = exp(log p) if the caller has it."""
+        if not diagnose:
+            return {}
+        p = log_p.exp() if p is None else p
         return {"kl": (p * (log_p - log_q)).sum(-1).mean(), "teacher_entropy": -(p * log_p).sum(-1).mean()}
 
 
@@ -78,10 +83,11 @@ class CrossEntropyOptions(TemperatureOptions):
 class CrossEntropy(Tempered):
     """CE(softmax(t/τ_t), log_softmax(s/τ_s)); logs the KL divergence and the teacher's entropy."""
 
-    def __call__(self, student: torch.Tensor, teacher: torch.Tensor):
+    def __call__(self, student: torch.Tensor, teacher: torch.Tensor, diagnose: bool = True):
         log_q, log_p = self.log_probs(student, teacher)
-        ce = -(log_p.exp() * log_q).sum(-1).mean()
-        return ce, self.divergences(log_q, log_p)
+        p = log_p.exp()
+        ce = -(p * log_q).sum(-1).mean()
+        return ce, self.divergences(log_q, log_p, diagnose, p)
 
 
 @dataclass
@@ -97,22 +103,22 @@ class MeanSquaredError(Tempered):
             raise RtlabError(f"loss.space must be logits or probabilities, got '{opts.space}'")
         super().__init__(opts)
 
-    def __call__(self, student: torch.Tensor, teacher: torch.Tensor):
+    def __call__(self, student: torch.Tensor, teacher: torch.Tensor, diagnose: bool = True):
         log_q, log_p = self.log_probs(student, teacher)
         if self.opts.space == "logits":
             loss = F.mse_loss(student.float() / self.opts.student_temp, teacher.float() / self.teacher_temp)
         else:
             loss = F.mse_loss(log_q.exp(), log_p.exp())
-        return loss, self.divergences(log_q, log_p)
+        return loss, self.divergences(log_q, log_p, diagnose)
 
 
 class PredictionEntropy(Tempered):
     """H(softmax(s/τ_s)): the entropy of the student's prediction; the teacher only enters the logged KL."""
 
-    def __call__(self, student: torch.Tensor, teacher: torch.Tensor):
+    def __call__(self, student: torch.Tensor, teacher: torch.Tensor, diagnose: bool = True):
         log_q, log_p = self.log_probs(student, teacher)
         entropy = -(log_q.exp() * log_q).sum(-1).mean()
-        return entropy, self.divergences(log_q, log_p)
+        return entropy, self.divergences(log_q, log_p, diagnose)
 
 
 @hookimpl
