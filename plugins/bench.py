@@ -242,29 +242,37 @@ def _clusters(n_train: int, n_test: int, dim: int, classes: int, noise: float, s
 
 
 def bench_knn(n_train: int, n_test: int, dim: int, k: int, device: str, classes: int = 10) -> dict[str, Any]:
-    """rtlab's chunked k-NN against scikit-learn's brute force on the same random features."""
+    """rtlab's chunked k-NN (as the probe runs it, and with every distance in fp32) against scikit-learn's brute
+    force on the same clustered features."""
     from sklearn.neighbors import KNeighborsClassifier
 
-    from plugins.knn import knn_predict
+    from plugins.knn import bf16_screening_pays, knn_predict
 
     dev = _device(device)
     xtr, ytr, xte, yte = _clusters(n_train, n_test, dim, classes, noise=2.0, seed=0)
     xtr_d, ytr_d, xte_d = xtr.to(dev), ytr.to(dev), xte.to(dev)
-    knn_predict(xtr_d[:1000], ytr_d[:1000], xte_d[:100], k=k, num_classes=classes)  # warm-up
-    _sync(dev)
-    t0 = time.perf_counter()
-    ours = knn_predict(xtr_d, ytr_d, xte_d, k=k, num_classes=classes)
-    _sync(dev)
-    rtlab_s = time.perf_counter() - t0
+
+    def timed(screen: str) -> tuple[torch.Tensor, float]:
+        knn_predict(xtr_d[:5000], ytr_d[:5000], xte_d[:100], k=k, num_classes=classes, screen=screen)  # warm-up
+        _sync(dev)
+        t0 = time.perf_counter()
+        pred = knn_predict(xtr_d, ytr_d, xte_d, k=k, num_classes=classes, screen=screen)
+        _sync(dev)
+        return pred.cpu(), time.perf_counter() - t0
+
+    ours, rtlab_s = timed("auto")
+    exact, exact_s = timed("off")
     t0 = time.perf_counter()
     ref = KNeighborsClassifier(n_neighbors=k, algorithm="brute", n_jobs=-1).fit(xtr.numpy(), ytr.numpy())
     ref_pred = ref.predict(xte.numpy())
     sklearn_s = time.perf_counter() - t0
-    ours = ours.cpu().numpy()
+    ours = ours.numpy()
     return {"n_train": n_train, "n_test": n_test, "dim": dim, "k": k, "device": str(dev),
-            "rtlab_s": round(rtlab_s, 3), "sklearn_s": round(sklearn_s, 3),
+            "screen": "bf16" if bf16_screening_pays(dev) else "off",
+            "rtlab_s": round(rtlab_s, 3), "rtlab_fp32_s": round(exact_s, 3), "sklearn_s": round(sklearn_s, 3),
             "speedup": round(sklearn_s / rtlab_s, 2),
             "agreement": round(float((ours == ref_pred).mean()), 4),
+            "agreement_fp32": round(float((ours == exact.numpy()).mean()), 4),
             "rtlab_acc": round(float((ours == yte.numpy()).mean()), 4),
             "sklearn_acc": round(float((ref_pred == yte.numpy()).mean()), 4)}
 
@@ -346,8 +354,9 @@ def run_bench(args: argparse.Namespace) -> int:
         n_train, n_test, dim = args.knn or preset["knn"]
         report["knn"] = bench_knn(n_train, n_test, dim, 20, args.device)
         kn = report["knn"]
-        print(f"k-NN {n_train}x{n_test}x{dim}, k=20: rtlab {kn['rtlab_s']} s, scikit-learn brute {kn['sklearn_s']}"
-              f" s ({kn['speedup']}x), agreement {kn['agreement']}", flush=True)
+        print(f"k-NN {n_train}x{n_test}x{dim}, k=20: rtlab {kn['rtlab_s']} s (screen {kn['screen']}; all-fp32 "
+              f"{kn['rtlab_fp32_s']} s, same predictions: {kn['agreement_fp32']}), scikit-learn brute "
+              f"{kn['sklearn_s']} s ({kn['speedup']}x), agreement {kn['agreement']}", flush=True)
         report["linear"] = bench_linear(min(n_train, 50_000), min(n_test, 10_000), dim, args.device)
         ln = report["linear"]
         print(f"linear probe {ln['n_train']}x{ln['dim']}: rtlab {ln['rtlab_s']} s (acc {ln['rtlab_acc']}), "
