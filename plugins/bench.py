@@ -241,7 +241,8 @@ def _clusters(n_train: int, n_test: int, dim: int, classes: int, noise: float, s
             centers[yte] + noise * torch.randn(n_test, dim, generator=g), yte)
 
 
-def bench_knn(n_train: int, n_test: int, dim: int, k: int, device: str, classes: int = 10) -> dict[str, Any]:
+def bench_knn(n_train: int, n_test: int, dim: int, k: int, device: str, classes: int = 10,
+              repeats: int = 3) -> dict[str, Any]:
     """rtlab's chunked k-NN (as the probe runs it, and with every distance in fp32) against scikit-learn's brute
     force on the same clustered features."""
     from sklearn.neighbors import KNeighborsClassifier
@@ -252,25 +253,37 @@ def bench_knn(n_train: int, n_test: int, dim: int, k: int, device: str, classes:
     xtr, ytr, xte, yte = _clusters(n_train, n_test, dim, classes, noise=2.0, seed=0)
     xtr_d, ytr_d, xte_d = xtr.to(dev), ytr.to(dev), xte.to(dev)
 
-    def timed(screen: str) -> tuple[torch.Tensor, float]:
-        knn_predict(xtr_d[:5000], ytr_d[:5000], xte_d[:100], k=k, num_classes=classes, screen=screen)  # warm-up
+    for screen in ("auto", "off"):  # warm-up
+        knn_predict(xtr_d[:5000], ytr_d[:5000], xte_d[:100], k=k, num_classes=classes, screen=screen)
+
+    def ours(screen: str) -> tuple[torch.Tensor, float]:
         _sync(dev)
         t0 = time.perf_counter()
         pred = knn_predict(xtr_d, ytr_d, xte_d, k=k, num_classes=classes, screen=screen)
         _sync(dev)
         return pred.cpu(), time.perf_counter() - t0
 
-    ours, rtlab_s = timed("auto")
-    exact, exact_s = timed("off")
-    t0 = time.perf_counter()
-    ref = KNeighborsClassifier(n_neighbors=k, algorithm="brute", n_jobs=-1).fit(xtr.numpy(), ytr.numpy())
-    ref_pred = ref.predict(xte.numpy())
-    sklearn_s = time.perf_counter() - t0
-    ours = ours.numpy()
+    def sklearn() -> tuple[np.ndarray, float]:
+        t0 = time.perf_counter()
+        ref = KNeighborsClassifier(n_neighbors=k, algorithm="brute", n_jobs=-1).fit(xtr.numpy(), ytr.numpy())
+        pred = ref.predict(xte.numpy())
+        return pred, time.perf_counter() - t0
+
+    times: dict[str, list[float]] = {"auto": [], "off": [], "sklearn": []}
+    for _ in range(repeats):  # interleaved, medians: a load change hits all three alike
+        ours_pred, t = ours("auto")
+        times["auto"].append(t)
+        exact, t = ours("off")
+        times["off"].append(t)
+        ref_pred, t = sklearn()
+        times["sklearn"].append(t)
+    rtlab_s, exact_s, sklearn_s = (statistics.median(times[key]) for key in ("auto", "off", "sklearn"))
+    ours = ours_pred.numpy()
     return {"n_train": n_train, "n_test": n_test, "dim": dim, "k": k, "device": str(dev),
             "screen": "bf16" if bf16_screening_pays(dev) else "off",
-            "rtlab_s": round(rtlab_s, 3), "rtlab_fp32_s": round(exact_s, 3), "sklearn_s": round(sklearn_s, 3),
-            "speedup": round(sklearn_s / rtlab_s, 2),
+            "repeats": repeats, "rtlab_s": round(rtlab_s, 3), "rtlab_fp32_s": round(exact_s, 3),
+            "sklearn_s": round(sklearn_s, 3), "speedup": round(sklearn_s / rtlab_s, 2),
+            "times_s": {key: [round(t, 3) for t in v] for key, v in times.items()},
             "agreement": round(float((ours == ref_pred).mean()), 4),
             "agreement_fp32": round(float((ours == exact.numpy()).mean()), 4),
             "rtlab_acc": round(float((ours == yte.numpy()).mean()), 4),
@@ -352,7 +365,7 @@ def run_bench(args: argparse.Namespace) -> int:
               flush=True)
     if not args.no_probes:
         n_train, n_test, dim = args.knn or preset["knn"]
-        report["knn"] = bench_knn(n_train, n_test, dim, 20, args.device)
+        report["knn"] = bench_knn(n_train, n_test, dim, 20, args.device, repeats=repeats)
         kn = report["knn"]
         print(f"k-NN {n_train}x{n_test}x{dim}, k=20: rtlab {kn['rtlab_s']} s (screen {kn['screen']}; all-fp32 "
               f"{kn['rtlab_fp32_s']} s, same predictions: {kn['agreement_fp32']}), scikit-learn brute "

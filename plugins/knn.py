@@ -135,17 +135,20 @@ class _Scorer:
             a = a.float()
             return a - rel * a.abs() - err
 
-        blocks = s.view(c, -1, BLOCK)
-        block_max = blocks.amax(-1)  # (c, blocks)
+        # block b holds the rows b, b + nb, b + 2·nb, … (strided: the block maxima are a max over BLOCK contiguous
+        # row vectors, which vectorises; any partition of the rows works)
+        n_blocks = s.shape[1] // BLOCK
+        blocks = s.view(c, BLOCK, n_blocks)
+        block_max = blocks.amax(1)  # (c, n_blocks)
         tau = block_max.topk(k, dim=1).values[:, -1:]  # ≥ k rows score ≥ tau (each of k blocks has one)
         keep_block = upper(block_max) >= lower(tau)  # a block below this holds no row of the top k
         nb = int(keep_block.sum(1).max())
-        block_idx = torch.where(keep_block, torch.arange(block_max.shape[1], device=q.device), -1
+        block_idx = torch.where(keep_block, torch.arange(n_blocks, device=q.device), -1
                                 ).topk(nb, dim=1, sorted=False).values  # kept block ids (-1: padding)
-        approx = blocks.gather(1, block_idx.clamp(min=0)[:, :, None].expand(-1, -1, BLOCK)).float()  # (c, nb, B)
-        approx = approx.masked_fill_((block_idx < 0)[:, :, None], float("-inf")).flatten(1)
-        train_idx = (block_idx.clamp(min=0)[:, :, None] * BLOCK
-                     + torch.arange(BLOCK, device=q.device)).flatten(1)  # (c, nb·B); padding rows score -3e38
+        approx = blocks.gather(2, block_idx.clamp(min=0)[:, None, :].expand(-1, BLOCK, -1)).float()  # (c, B, nb)
+        approx = approx.masked_fill_((block_idx < 0)[:, None, :], float("-inf")).flatten(1)
+        train_idx = (torch.arange(BLOCK, device=q.device)[None, :, None] * n_blocks
+                     + block_idx.clamp(min=0)[:, None, :]).flatten(1)  # (c, B·nb); padding rows score -3e38
         # the k-th best approximate score among the kept rows is the k-th best overall: a tighter floor
         floor = lower(approx.topk(k, dim=1, sorted=False).values.amin(1, keepdim=True))
         keep = upper(approx) >= floor
