@@ -242,7 +242,7 @@ def _clusters(n_train: int, n_test: int, dim: int, classes: int, noise: float, s
 
 
 def bench_knn(n_train: int, n_test: int, dim: int, k: int, device: str, classes: int = 10,
-              repeats: int = 3) -> dict[str, Any]:
+              repeats: int = 3, threads: int | None = None) -> dict[str, Any]:
     """rtlab's chunked k-NN (as the probe runs it, and with every distance in fp32) against scikit-learn's brute
     force on the same clustered features."""
     from sklearn.neighbors import KNeighborsClassifier
@@ -264,9 +264,12 @@ def bench_knn(n_train: int, n_test: int, dim: int, k: int, device: str, classes:
         return pred.cpu(), time.perf_counter() - t0
 
     def sklearn() -> tuple[np.ndarray, float]:
+        from threadpoolctl import threadpool_limits
+
         t0 = time.perf_counter()
-        ref = KNeighborsClassifier(n_neighbors=k, algorithm="brute", n_jobs=-1).fit(xtr.numpy(), ytr.numpy())
-        pred = ref.predict(xte.numpy())
+        with threadpool_limits(limits=threads):  # None: no limit; else the same threads as torch
+            ref = KNeighborsClassifier(n_neighbors=k, algorithm="brute", n_jobs=threads or -1)
+            pred = ref.fit(xtr.numpy(), ytr.numpy()).predict(xte.numpy())
         return pred, time.perf_counter() - t0
 
     times: dict[str, list[float]] = {"auto": [], "off": [], "sklearn": []}
@@ -326,6 +329,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-probes", action="store_true", help="skip the k-NN / linear-probe comparison")
     parser.add_argument("--knn", type=int, nargs=3, metavar=("N_TRAIN", "N_TEST", "DIM"),
                         help="k-NN problem size (preset's by default: 50000 10000 512)")
+    parser.add_argument("--threads", type=int, help="CPU threads for torch and scikit-learn alike (default: all "
+                        "cores; 1 measures reliably on a machine shared with other jobs)")
     parser.add_argument("--out", type=Path, help="write the results as JSON to this file")
 
 
@@ -344,6 +349,10 @@ def _cases(args: argparse.Namespace) -> list[BenchCase]:
 def run_bench(args: argparse.Namespace) -> int:
     import timm
 
+    if args.threads is not None:
+        if args.threads <= 0:
+            raise RtlabError(f"--threads must be positive, got {args.threads}")
+        torch.set_num_threads(args.threads)
     preset = PRESETS[args.preset]
     batch = args.batch or preset["batch"]
     steps = args.steps or preset["steps"]
@@ -365,7 +374,7 @@ def run_bench(args: argparse.Namespace) -> int:
               flush=True)
     if not args.no_probes:
         n_train, n_test, dim = args.knn or preset["knn"]
-        report["knn"] = bench_knn(n_train, n_test, dim, 20, args.device, repeats=repeats)
+        report["knn"] = bench_knn(n_train, n_test, dim, 20, args.device, repeats=repeats, threads=args.threads)
         kn = report["knn"]
         print(f"k-NN {n_train}x{n_test}x{dim}, k=20: rtlab {kn['rtlab_s']} s (screen {kn['screen']}; all-fp32 "
               f"{kn['rtlab_fp32_s']} s, same predictions: {kn['agreement_fp32']}), scikit-learn brute "

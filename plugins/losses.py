@@ -58,20 +58,32 @@ class Tempered:
     def set_epoch(self, epoch: float) -> None:
         self.teacher_temp = teacher_temperature(self.opts, epoch)
 
+    @staticmethod
+    def _tempered(x: torch.Tensor, temperature: float) -> torch.Tensor:
+        x = x.float()
+        return x if temperature == 1.0 else x / temperature  # τ = 1 (the paper): no extra pass over the outputs
+
+    def student_log_probs(self, student: torch.Tensor) -> torch.Tensor:
+        return F.log_softmax(self._tempered(student, self.opts.student_temp), dim=-1)
+
+    def teacher_log_probs(self, teacher: torch.Tensor) -> torch.Tensor:
+        return F.log_softmax(self._tempered(teacher, self.teacher_temp), dim=-1)
+
+    def teacher_probs(self, teacher: torch.Tensor) -> torch.Tensor:
+        return F.softmax(self._tempered(teacher, self.teacher_temp), dim=-1)
+
     def log_probs(self, student: torch.Tensor, teacher: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(log q, log p): log-softmax of the tempered student and teacher outputs, in float32."""
-        log_q = F.log_softmax(student.float() / self.opts.student_temp, dim=-1)
-        log_p = F.log_softmax(teacher.float() / self.teacher_temp, dim=-1)
-        return log_q, log_p
+        return self.student_log_probs(student), self.teacher_log_probs(teacher)
 
-    @staticmethod
     @torch.no_grad()
-    def divergences(log_q: torch.Tensor, log_p: torch.Tensor, diagnose: bool = True,
-                    p: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """KL(p‖q) and H(p) when ``diagnose`` (else nothing); ``p`` = exp(log p) if the caller has it."""
+    def divergences(self, log_q: torch.Tensor, teacher: torch.Tensor, diagnose: bool = True
+                    ) -> dict[str, torch.Tensor]:
+        """KL(p‖q) and H(p) of the teacher's outputs when ``diagnose`` (else nothing)."""
         if not diagnose:
             return {}
-        p = log_p.exp() if p is None else p
+        log_p = self.teacher_log_probs(teacher)
+        p = log_p.exp()
         return {"kl": (p * (log_p - log_q)).sum(-1).mean(), "teacher_entropy": -(p * log_p).sum(-1).mean()}
 
 
@@ -84,10 +96,9 @@ class CrossEntropy(Tempered):
     """CE(softmax(t/τ_t), log_softmax(s/τ_s)); logs the KL divergence and the teacher's entropy."""
 
     def __call__(self, student: torch.Tensor, teacher: torch.Tensor, diagnose: bool = True):
-        log_q, log_p = self.log_probs(student, teacher)
-        p = log_p.exp()
-        ce = -(p * log_q).sum(-1).mean()
-        return ce, self.divergences(log_q, log_p, diagnose, p)
+        log_q = self.student_log_probs(student)
+        ce = -(self.teacher_probs(teacher) * log_q).sum(-1).mean()
+        return ce, self.divergences(log_q.detach(), teacher, diagnose)
 
 
 @dataclass
@@ -104,21 +115,22 @@ class MeanSquaredError(Tempered):
         super().__init__(opts)
 
     def __call__(self, student: torch.Tensor, teacher: torch.Tensor, diagnose: bool = True):
-        log_q, log_p = self.log_probs(student, teacher)
+        log_q = self.student_log_probs(student)
         if self.opts.space == "logits":
-            loss = F.mse_loss(student.float() / self.opts.student_temp, teacher.float() / self.teacher_temp)
+            loss = F.mse_loss(self._tempered(student, self.opts.student_temp),
+                              self._tempered(teacher, self.teacher_temp))
         else:
-            loss = F.mse_loss(log_q.exp(), log_p.exp())
-        return loss, self.divergences(log_q, log_p, diagnose)
+            loss = F.mse_loss(log_q.exp(), self.teacher_probs(teacher))
+        return loss, self.divergences(log_q.detach(), teacher, diagnose)
 
 
 class PredictionEntropy(Tempered):
     """H(softmax(s/τ_s)): the entropy of the student's prediction; the teacher only enters the logged KL."""
 
     def __call__(self, student: torch.Tensor, teacher: torch.Tensor, diagnose: bool = True):
-        log_q, log_p = self.log_probs(student, teacher)
+        log_q = self.student_log_probs(student)
         entropy = -(log_q.exp() * log_q).sum(-1).mean()
-        return entropy, self.divergences(log_q, log_p, diagnose)
+        return entropy, self.divergences(log_q.detach(), teacher, diagnose)
 
 
 @hookimpl
