@@ -34,6 +34,17 @@ BLOCK = 16  # train rows per block of the screening pass
 _U = 2.0 ** -8  # bfloat16's unit roundoff
 
 
+def _compact(mask: torch.Tensor) -> torch.Tensor:
+    """Per row, the column indices where ``mask`` is true, left-aligned in a (rows, max count) tensor padded
+    with -1."""
+    counts = mask.sum(1)
+    out = torch.full((mask.shape[0], int(counts.max())), -1, dtype=torch.long, device=mask.device)
+    rows, cols = mask.nonzero(as_tuple=True)
+    slot = torch.arange(len(rows), device=mask.device) - (counts.cumsum(0) - counts)[rows]
+    out[rows, slot] = cols
+    return out
+
+
 def bf16_screening_pays(device: torch.device) -> bool:
     """bf16 screening is worth it on CPUs with bf16 matrix instructions (on GPUs the fp32 product is fast)."""
     if device.type != "cpu":
@@ -82,45 +93,52 @@ class _Scorer:
     def _prepare_screen(self) -> None:
         n, d = self.train.shape
         x_hi, x_lo = _split(self.train)
-        cols = [x_hi]
-        sq_err = torch.zeros(())
-        if self.sq is not None:  # -‖x‖² enters the product as two bf16 columns (hi + lo) against a -1 column
+        # columns: x (bf16) | −‖x‖² as hi + lo (l2 only) | a padding flag; the row count is padded to whole blocks
+        # and the width to a multiple of 32 (what the bf16 matrix units tile; 514 columns run ~25 % slower)
+        self.norm_cols = 2 if self.sq is not None else 0
+        self.flag_col = d + self.norm_cols
+        width = -(-(self.flag_col + 1) // 32) * 32
+        rows = -(-n // BLOCK) * BLOCK
+        xa = torch.zeros(rows, width, dtype=torch.bfloat16, device=self.train.device)
+        xa[:n, :d] = x_hi
+        self.sq_err = torch.zeros((), device=self.train.device)
+        if self.sq is not None:  # scored against −1 columns of the queries
             sq_hi, sq_lo = _split(self.sq)
-            sq_lo_hi = sq_lo.to(torch.bfloat16)
-            cols += [sq_hi[:, None], sq_lo_hi[:, None]]
-            sq_err = (sq_lo - sq_lo_hi.float()).abs().max()
-        xa = torch.cat(cols, 1)
-        pad = (-n) % BLOCK  # padding rows score about -3e38 (l2) or 0 - 3e38 via the norm column: never chosen
-        if pad:
-            filler = torch.zeros(pad, xa.shape[1], dtype=xa.dtype, device=xa.device)
-            if self.sq is not None:
-                filler[:, d] = 3e38
-            else:
-                filler = torch.cat([filler, torch.full((pad, 1), 3e38, dtype=xa.dtype, device=xa.device)], 1)
-                xa = torch.cat([xa, torch.zeros(n, 1, dtype=xa.dtype, device=xa.device)], 1)
-            xa = torch.cat([xa, filler])
-        elif self.sq is None:
-            xa = torch.cat([xa, torch.zeros(n, 1, dtype=xa.dtype, device=xa.device)], 1)
+            xa[:n, d] = sq_hi
+            xa[:n, d + 1] = sq_lo.to(torch.bfloat16)
+            self.sq_err = (sq_lo - xa[:n, d + 1].float()).abs().max()
+        xa[n:, self.flag_col] = 3e38  # padding rows score about −3e38: never candidates
         self.xa = xa
         self.n = n
         self.x_hi_norm = x_hi.float().norm(dim=1).max()
         self.x_lo_norm = x_lo.norm(dim=1).max()
         # fp32 accumulation over K terms: at most K·2⁻²⁴ of the sum of |terms|
-        sq_max = self.sq.max() if self.sq is not None else torch.zeros(())
-        self.acc = (xa.shape[1] + 1) * 2.0 ** -24
-        self.sq_max = sq_max
-        self.sq_err = sq_err
+        self.acc = (width + 1) * 2.0 ** -24
+        self.sq_max = self.sq.max() if self.sq is not None else torch.zeros((), device=self.train.device)
 
     def screened_topk(self, q: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(scores, train indices) of the k best train rows of every query, as the fp32 scores would rank them."""
         c = len(q)
         scale = 2.0 if self.sq is not None else 1.0
         q_hi, q_lo = _split(scale * q)
-        qa = torch.cat([q_hi, -torch.ones(c, self.xa.shape[1] - q_hi.shape[1], dtype=torch.bfloat16,
-                                          device=q.device)], 1)
-        if self.sq is None:  # the padding column: 0 for real rows, a huge negative score for padding rows
-            qa[:, -1] = -1
+        qa = torch.zeros(c, self.xa.shape[1], dtype=torch.bfloat16, device=q.device)
+        qa[:, :q.shape[1]] = q_hi
+        qa[:, q.shape[1]:self.flag_col + 1] = -1  # −‖x‖² (hi, lo) and the padding flag
         s = qa @ self.xa.T  # (c, n padded), bf16
+        # the selection below is two dozen small or memory-bound operations: on one thread they cost about as much
+        # as on two when the cores are free, and several times less when another process holds a core (every
+        # parallel operation ends in a barrier that waits for the descheduled thread)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            return self._select(q, q_hi, q_lo, s, k)
+        finally:
+            torch.set_num_threads(threads)
+
+    def _select(self, q: torch.Tensor, q_hi: torch.Tensor, q_lo: torch.Tensor, s: torch.Tensor, k: int
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The top k of every row of the bf16 scores ``s``: bound, discard, re-score the rest in fp32."""
+        c = len(q)
         q_hi_norm, q_lo_norm = q_hi.float().norm(dim=1), q_lo.norm(dim=1)
         err = (q_hi_norm * self.x_lo_norm + q_lo_norm * self.x_hi_norm + q_lo_norm * self.x_lo_norm + self.sq_err
                + self.acc * (q_hi_norm * self.x_hi_norm + self.sq_max)) * 1.01  # E(q): operand rounding
@@ -135,16 +153,21 @@ class _Scorer:
             a = a.float()
             return a - rel * a.abs() - err
 
+        def reaching(floor):
+            """A bf16 threshold per row: every bf16 score a with upper(a) ≥ floor is ≥ it (upper is increasing in
+            a; the threshold is lowered by 2⁻⁷ so rounding it to bf16 cannot raise it past the exact one)."""
+            t = floor - err
+            t = torch.where(t >= 0, t / (1 + rel), t / (1 - rel))
+            return (t - t.abs() * 2.0 ** -7 - 1e-30).to(torch.bfloat16)
+
         # block b holds the rows b, b + nb, b + 2·nb, … (strided: the block maxima are a max over BLOCK contiguous
         # row vectors, which vectorises; any partition of the rows works)
         n_blocks = s.shape[1] // BLOCK
         blocks = s.view(c, BLOCK, n_blocks)
         block_max = blocks.amax(1)  # (c, n_blocks)
         tau = block_max.topk(k, dim=1).values[:, -1:]  # ≥ k rows score ≥ tau (each of k blocks has one)
-        keep_block = upper(block_max) >= lower(tau)  # a block below this holds no row of the top k
-        nb = int(keep_block.sum(1).max())
-        block_idx = torch.where(keep_block, torch.arange(n_blocks, device=q.device), -1
-                                ).topk(nb, dim=1, sorted=False).values  # kept block ids (-1: padding)
+        keep_block = block_max >= reaching(lower(tau))  # a block below this holds no row of the top k
+        block_idx = _compact(keep_block)  # kept block ids, left-aligned (-1: padding)
         approx = blocks.gather(2, block_idx.clamp(min=0)[:, None, :].expand(-1, BLOCK, -1)).float()  # (c, B, nb)
         approx = approx.masked_fill_((block_idx < 0)[:, None, :], float("-inf")).flatten(1)
         train_idx = (torch.arange(BLOCK, device=q.device)[None, :, None] * n_blocks
