@@ -10,9 +10,11 @@ with bf16 matrix units: AMX or AVX512-BF16) computes that product in bfloat16, ~
 1. approximate scores s̃ = 2q·x − ‖x‖² (l2; q·x for cosine) from bf16 operands with fp32 accumulation, rounded to
    bf16. Every score's error is bounded by E(q) + u·|s̃| (u = 2⁻⁸), with E(q) from the actual rounding residuals of
    q and x (Cauchy–Schwarz) — a bound, not an estimate;
-2. the train rows are cut into blocks of 128; the k-th largest block maximum τ has at least k rows at or above it,
-   so the k-th best exact score is at least L = lower(τ); every row whose upper bound falls below L is out;
-3. the remaining candidates (typically k + a few dozen) are re-scored in fp32 and the top k taken.
+2. the train rows are cut into blocks of 16; the k-th largest block maximum τ has at least k rows at or above it,
+   so blocks whose upper bound falls below lower(τ) hold no neighbour;
+3. the k best remaining rows are re-scored in fp32: the k-th best exact score is at least their worst one, which
+   is a far tighter floor; every other row whose upper bound reaches it (typically a dozen or two) is re-scored in
+   fp32 too, and the top k of all re-scored rows is the answer.
 
 The neighbours found are therefore those of the fp32 computation (up to exact ties); ``screen=off`` computes every
 score in the input precision.
@@ -172,20 +174,31 @@ class _Scorer:
         approx = approx.masked_fill_((block_idx < 0)[:, None, :], float("-inf")).flatten(1)
         train_idx = (torch.arange(BLOCK, device=q.device)[None, :, None] * n_blocks
                      + block_idx.clamp(min=0)[:, None, :]).flatten(1)  # (c, B·nb); padding rows score -3e38
-        # the k-th best approximate score among the kept rows is the k-th best overall: a tighter floor
-        floor = lower(approx.topk(k, dim=1, sorted=False).values.amin(1, keepdim=True))
+        # stage 1: the k best approximate rows, scored exactly; k rows reach their worst exact score, so the k-th
+        # best exact score overall is at least that (typically far tighter than the bound below S_k)
+        best_approx, best_pos = approx.topk(k, dim=1, sorted=False)
+        first = train_idx.gather(1, best_pos)
+        first_scores = self._exact_at(q, first)
+        floor = torch.maximum(lower(best_approx.amin(1, keepdim=True)), first_scores.amin(1, keepdim=True))
+        # stage 2: every other row whose upper bound reaches the floor
+        approx.scatter_(1, best_pos, float("-inf"))
         keep = upper(approx) >= floor
         m = int(keep.sum(1).max())
-        top_approx, pos = approx.masked_fill_(~keep, float("-inf")).topk(m, dim=1, sorted=False)
-        cand_ok = top_approx > float("-inf")
-        cand = train_idx.gather(1, pos).masked_fill_(~cand_ok, 0)  # padding points at row 0, masked below
-        x = self.train.index_select(0, cand.flatten()).view(c, m, -1)
+        if m == 0:
+            top, pos = first_scores.topk(k, dim=1)
+            return top, first.gather(1, pos)
+        more_approx, pos = approx.masked_fill_(~keep, float("-inf")).topk(m, dim=1, sorted=False)
+        more_ok = more_approx > float("-inf")
+        more = train_idx.gather(1, pos).masked_fill_(~more_ok, 0)  # padding points at row 0, masked below
+        more_scores = self._exact_at(q, more).masked_fill_(~more_ok, float("-inf"))
+        top, pos = torch.cat([first_scores, more_scores], 1).topk(k, dim=1)
+        return top, torch.cat([first, more], 1).gather(1, pos)
+
+    def _exact_at(self, q: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """fp32 scores of every query against its own train rows ``rows`` (queries × r)."""
+        x = self.train.index_select(0, rows.flatten()).view(*rows.shape, -1)
         scores = torch.bmm(x, q.unsqueeze(2)).squeeze(2)
-        if self.sq is not None:
-            scores = scores.mul_(2.0).sub_(self.sq[cand])
-        scores = scores.masked_fill_(~cand_ok, float("-inf"))
-        top, pos = scores.topk(k, dim=1)
-        return top, cand.gather(1, pos)
+        return scores if self.sq is None else scores.mul_(2.0).sub_(self.sq[rows])
 
 
 def knn_neighbours(train: torch.Tensor, test: torch.Tensor, k: int = 20, metric: str = "l2", chunk: int = 1024,
