@@ -23,3 +23,19 @@ def test_train_writes_run_folder(cli, tmp_path):
             assert 0.0 <= value <= 1.0
     assert summary["student_distance_from_init"] > 0.0
     assert "teacher (BN control)" in res.stdout
+
+
+def test_seed_sweep_with_the_joblib_launcher(cli, tmp_path):
+    """A Hydra multirun through the joblib launcher (parallel processes): one finished run per seed, each with
+    its own teacher."""
+    res = cli("train", "-m", *TINY, "data=digits", "data.train_size=100", "data.test_size=50", "evaluator=[knn]",
+              "tensorboard.enabled=false", "train.threads=1", "teacher.seed=0,1", "hydra/launcher=joblib",
+              "hydra.launcher.n_jobs=2", f"hydra.sweep.dir={tmp_path}")
+    assert res.returncode == 0, res.stderr[-3000:]
+    runs = sorted(p.parent for p in tmp_path.glob("*/summary.json"))
+    assert [p.name for p in runs] == ["0", "1"]
+    from omegaconf import OmegaConf
+
+    assert [OmegaConf.load(p / "config.yaml").teacher.seed for p in runs] == [0, 1]
+    teachers = [json.loads((p / "summary.json").read_text())["metrics"]["knn/teacher"] for p in runs]
+    assert all(0.0 < t <= 1.0 for t in teachers)
