@@ -55,6 +55,13 @@ DEFAULT_PLUGINS = (
     "plugins.analysis.landscape",
     "plugins.report",
     "plugins.collapse_guard",
+    "plugins.methods.random_teacher",
+    "plugins.methods.dino",
+    "plugins.methods.byol",
+    "plugins.methods.simsiam",
+    "plugins.methods.simclr",
+    "plugins.methods.barlow_twins",
+    "plugins.methods.vicreg",
 )
 
 
