@@ -62,6 +62,7 @@ DEFAULT_PLUGINS = (
     "plugins.methods.simclr",
     "plugins.methods.barlow_twins",
     "plugins.methods.vicreg",
+    "plugins.compare",
 )
 
 
