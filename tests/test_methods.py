@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from tiny_runs import compose_run, plugin_manager
+from tiny_runs import FAST, compose_run, plugin_manager
 
 # 1,024 Fashion-MNIST training images (2,000 test images: k-NN noise below the margins), 96 steps, a small ResNet with timm's stem (7x7 maps), one thread
 SHORT = [
@@ -60,3 +60,40 @@ def test_method_student_beats_its_random_init(method, tmp_path):
     baseline = max(init["knn/student"], init["knn/teacher"], init["knn/teacher_bn"])
     final = summary["metrics"]["knn/student"]
     assert final > baseline, f"{method}: student k-NN {final:.3f} <= random init {baseline:.3f}"
+
+
+def test_byol_resumes_exactly(tmp_path):
+    """EMA target, predictor (and its optimiser state), momentum schedule and two-view augmentation continue
+    bit-exactly from a training state saved mid-epoch (pre-empted after step 5, then resumed)."""
+    from test_resume import Preempted
+
+    byol = ["method=byol", "head.hidden_dims=[32]", "head.out_dim=16", "objective.predictor_hidden_dims=[32]",
+            "updater.momentum=0.9", "train.epochs=2", "train.state_steps=1", "train.log_every=1", "evaluator=[]",
+            "train.seed=5", "train.deterministic=true"]
+    base = [o for o in FAST if not o.startswith("head.")]
+    ref = compose_run(tmp_path / "ref", *byol, base=base)
+    ref.fit()
+    ref.release()
+
+    first = compose_run(tmp_path / "run", *byol, base=base)
+    first.pm.register(Preempted(5), name="preempted")  # 4 steps per epoch: killed mid-epoch 2
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            first.fit()
+    finally:
+        first.pm.unregister(name="preempted")
+        first.release()
+    resumed = compose_run(tmp_path / "run", *byol, base=base, resume=True)
+    assert resumed.step == 4
+    # the predictor was restored, not re-initialised: it differs from a fresh one of the same seed
+    fresh = compose_run(tmp_path / "fresh", *byol, base=base)
+    fresh.release()
+    assert not torch.equal(next(resumed.objective.predictor.parameters()), next(fresh.objective.predictor.parameters()))
+    resumed.fit()
+    resumed.release()
+    assert resumed.step == ref.step == 8
+    for part in ("student", "teacher"):
+        a, b = getattr(ref, part).state_dict(), getattr(resumed, part).state_dict()
+        assert all(torch.equal(a[k], b[k]) for k in a), part
+    a, b = ref.objective.state_dict(), resumed.objective.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
