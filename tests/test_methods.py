@@ -97,3 +97,17 @@ def test_byol_resumes_exactly(tmp_path):
         assert all(torch.equal(a[k], b[k]) for k in a), part
     a, b = ref.objective.state_dict(), resumed.objective.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("preset", ["compare_cpu", "compare_cifar10"])
+def test_compare_presets_compose_for_every_method(preset):
+    """Each method of a comparison preset composes with the preset and its per-method overrides."""
+    from framework.config import check_config, compose
+
+    registry = plugin_manager().registry
+    cfg = compose([f"experiment={preset}"], registry)
+    for method in sorted(SIZED):
+        extra = list(cfg.compare.overrides.get(method, []))
+        cell = compose([f"experiment={preset}", f"method={method}", *extra], registry)
+        check_config(cell, registry)
+        assert cell.objective.name == registry.preset("method", method).choices["objective"]
