@@ -74,6 +74,13 @@ def apply_layout(opts: DinoHeadOptions) -> DinoHeadOptions:
                    last_bias=lin2 == "lb", output_norm=fn2 == "fn")
 
 
+def activation_layer(name: str) -> type[nn.Module]:
+    """The activation module class of ``head.activation``."""
+    if name not in ("gelu", "relu"):
+        raise RtlabError(f"head.activation must be gelu or relu, got '{name}'")
+    return nn.GELU if name == "gelu" else nn.ReLU
+
+
 class NormalizedLinear(nn.Linear):
     """A linear layer whose weight rows are optionally normalised to unit length in the forward pass."""
 
@@ -94,9 +101,7 @@ class DinoHead(nn.Module):
         opts = apply_layout(opts)
         if opts.out_dim <= 0:
             raise RtlabError(f"head.out_dim must be positive, got {opts.out_dim}")
-        if opts.activation not in ("gelu", "relu"):
-            raise RtlabError(f"head.activation must be gelu or relu, got '{opts.activation}'")
-        act = nn.GELU if opts.activation == "gelu" else nn.ReLU
+        act = activation_layer(opts.activation)
         layers: list[nn.Module] = []
         dim = in_dim
         for width in opts.hidden_dims:
@@ -170,9 +175,7 @@ class MLP(nn.Sequential):
         if opts.out_dim <= 0 or any(w <= 0 for w in opts.hidden_dims):
             raise RtlabError(f"head.out_dim and head.hidden_dims must be positive, got {opts.out_dim} and "
                              f"{list(opts.hidden_dims)}")
-        if opts.activation not in ("gelu", "relu"):
-            raise RtlabError(f"head.activation must be gelu or relu, got '{opts.activation}'")
-        act = nn.GELU if opts.activation == "gelu" else nn.ReLU
+        act = activation_layer(opts.activation)
         layers: list[nn.Module] = []
         dim = in_dim
         for width in opts.hidden_dims:

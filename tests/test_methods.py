@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from tiny_runs import FAST, compose_run, plugin_manager
+from tiny_runs import FAST, compose_run, plugin_manager, preempted_then_resumed
 
 # 1,024 Fashion-MNIST training images (2,000 test images: k-NN noise below the margins), 96 steps, a small ResNet with timm's stem (7x7 maps), one thread
 SHORT = [
@@ -65,8 +65,6 @@ def test_method_student_beats_its_random_init(method, tmp_path):
 def test_byol_resumes_exactly(tmp_path):
     """EMA target, predictor (and its optimiser state), momentum schedule and two-view augmentation continue
     bit-exactly from a training state saved mid-epoch (pre-empted after step 5, then resumed)."""
-    from test_resume import Preempted
-
     byol = ["method=byol", "head.hidden_dims=[32]", "head.out_dim=16", "objective.predictor_hidden_dims=[32]",
             "updater.momentum=0.9", "train.epochs=2", "train.state_steps=1", "train.log_every=1", "evaluator=[]",
             "train.seed=5", "train.deterministic=true"]
@@ -75,15 +73,7 @@ def test_byol_resumes_exactly(tmp_path):
     ref.fit()
     ref.release()
 
-    first = compose_run(tmp_path / "run", *byol, base=base)
-    first.pm.register(Preempted(5), name="preempted")  # 4 steps per epoch: killed mid-epoch 2
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            first.fit()
-    finally:
-        first.pm.unregister(name="preempted")
-        first.release()
-    resumed = compose_run(tmp_path / "run", *byol, base=base, resume=True)
+    resumed = preempted_then_resumed(tmp_path / "run", 5, *byol, base=base)  # 4 steps per epoch: mid-epoch 2
     assert resumed.step == 4
     # the predictor was restored, not re-initialised: it differs from a fresh one of the same seed
     fresh = compose_run(tmp_path / "fresh", *byol, base=base)

@@ -13,15 +13,14 @@ The teacher is never used: it stays the random init the student started from. Th
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import List
+from dataclasses import dataclass
 
 import torch
 
 from framework import hookimpl
-from plugins.heads import MLPHeadOptions, mlp_head
+from plugins.heads import mlp_head
 from plugins.methods import add_method
-from plugins.methods.joint_embedding import JointEmbedding
+from plugins.methods.joint_embedding import JointEmbedding, WideProjectorOptions
 
 
 def standardise(z: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
@@ -50,17 +49,10 @@ class BarlowTwins(JointEmbedding):
         return on + self.opts.lambd * off, {"on_diagonal": on.detach(), "off_diagonal": off.detach()}
 
 
-@dataclass
-class BarlowTwinsProjectorOptions(MLPHeadOptions):
-    hidden_dims: List[int] = field(default_factory=lambda: [8192, 8192])
-    out_dim: int = 8192
-    output_bias: bool = False
-
-
 @hookimpl
 def rtlab_register(registry):
     registry.add("objective", "barlow_twins", BarlowTwins, BarlowTwinsOptions)
-    registry.add("head", "barlow_twins", mlp_head, BarlowTwinsProjectorOptions,
+    registry.add("head", "barlow_twins", mlp_head, WideProjectorOptions,
                  doc="Barlow Twins' projector: 3 linear layers of 8192 with BN and ReLU between them")
     add_method(registry, "barlow_twins",
                {"teacher": "random", "student": "copy", "updater": "frozen", "objective": "barlow_twins",

@@ -5,11 +5,22 @@ views: one pair). The teacher is not used; it stays the random init the student 
 
 from __future__ import annotations
 
-from typing import Mapping
+from dataclasses import dataclass, field
+from typing import List, Mapping
 
 import torch
 
+from plugins.heads import MLPHeadOptions
 from plugins.methods.prediction import needs_two_views
+
+
+@dataclass
+class WideProjectorOptions(MLPHeadOptions):
+    """Barlow Twins' projector, which VICReg reuses as its expander: 3 linear layers of 8192, the last without bias."""
+
+    hidden_dims: List[int] = field(default_factory=lambda: [8192, 8192])
+    out_dim: int = 8192
+    output_bias: bool = False
 
 
 class JointEmbedding:

@@ -14,16 +14,15 @@ The teacher is never used: it stays the random init the student started from. Th
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import List
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from framework import hookimpl
-from plugins.heads import MLPHeadOptions, mlp_head
+from plugins.heads import mlp_head
 from plugins.methods import add_method
-from plugins.methods.joint_embedding import JointEmbedding
+from plugins.methods.joint_embedding import JointEmbedding, WideProjectorOptions
 
 
 @dataclass
@@ -63,17 +62,10 @@ class VICReg(JointEmbedding):
                       "covariance": covariance.detach()}
 
 
-@dataclass
-class VICRegExpanderOptions(MLPHeadOptions):
-    hidden_dims: List[int] = field(default_factory=lambda: [8192, 8192])
-    out_dim: int = 8192
-    output_bias: bool = False
-
-
 @hookimpl
 def rtlab_register(registry):
     registry.add("objective", "vicreg", VICReg, VICRegOptions)
-    registry.add("head", "vicreg", mlp_head, VICRegExpanderOptions,
+    registry.add("head", "vicreg", mlp_head, WideProjectorOptions,
                  doc="VICReg's expander: 3 linear layers of 8192 with BN and ReLU between them")
     add_method(registry, "vicreg",
                {"teacher": "random", "student": "copy", "updater": "frozen", "objective": "vicreg",
