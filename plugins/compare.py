@@ -15,13 +15,16 @@ cells share: data, budget, optimiser, probes. The ``compare`` section says what 
 
 Every (method, backbone) pair is one Hydra multirun (``rtlab train -m … train.seed=0,1,2``) into
 ``OUT/cells/<method>/<backbone>/seed_<seed>``. A cell whose ``summary.json`` exists is finished and is never
-trained again, so re-running the command (or adding a method or a seed) trains only what is missing. ``OUT`` is
+trained again, so re-running the command (or adding a method or a seed) trains only what is missing; a cell folder
+without one (an interrupted or failed cell) is trained again from the start. ``OUT`` is
 ``runs/<name>/compare-<hash of the shared configuration>`` unless ``--out`` is given.
 
 Results: ``compare.md`` and ``compare.csv`` (per method and backbone: k-NN and linear accuracy of the student,
-mean ± sample std over seeds; the student's k-NN accuracy at its random init; wall time; training images/s),
-``plots/compare.png`` and ``compare.json`` (every cell). A failed cell is reported (its ``error.txt``) and the
-command exits with code 1 after writing everything else.
+mean ± sample std over seeds; the student's k-NN accuracy at its random init and the gain over it, paired per seed;
+wall time; training images/s),
+``plots/compare.png`` and ``compare.json`` (every cell). A failed cell is reported (the last line of its
+``error.txt``; the seeds after it in its multirun are not trained) and the command exits with code 1 after writing
+everything else.
 """
 
 from __future__ import annotations
@@ -30,7 +33,9 @@ import argparse
 import csv
 import io
 import json
+import logging
 import math
+import shutil
 import statistics
 import sys
 from dataclasses import dataclass, field
@@ -41,11 +46,16 @@ from framework import hookimpl
 from framework.checkpoint import atomic_write_text
 from framework.errors import RtlabError
 
+log = logging.getLogger("rtlab")
+
 SECTION = "compare"
 CELLS = "cells"
 # overrides the grid sets for every cell: the user gives them through compare.* instead
 GRID_KEYS = ("method", "backbone", "train.seed")
 LAUNCHERS = ("basic", "joblib")
+# per cell: the student's k-NN and linear accuracy, its k-NN accuracy before training and the gain over it (paired
+# per seed), wall time, training images/s
+NUMBERS = ("knn", "linear", "knn_init", "knn_gain", "wall_time_s", "images_per_s")
 
 
 @dataclass
@@ -100,11 +110,11 @@ def shared_hash(cfg: Any) -> str:
     return config_hash(shared)
 
 
-def cell_overrides(user: list[str], cell: Cell, extra: list[str]) -> list[str]:
-    """The ``rtlab train`` overrides of one cell (the seed is swept by the caller); the comparison's own
-    ``compare.*`` settings stay out of the cells."""
+def cell_overrides(user: list[str], method: str, backbone: str, extra: list[str]) -> list[str]:
+    """The ``rtlab train`` overrides of a method's cells on a backbone (the seed is swept by the caller); the
+    comparison's own ``compare.*`` settings stay out of the cells."""
     shared = [o for o in user if not o.lstrip("+~").startswith(f"{SECTION}.")]
-    return [*shared, f"method={cell.method}", *extra, f"backbone={cell.backbone}"]
+    return [*shared, f"method={method}", *extra, f"backbone={backbone}"]
 
 
 def check_cell(folder: Path, want: Any) -> None:
@@ -120,7 +130,8 @@ def check_cell(folder: Path, want: Any) -> None:
 # ---------------------------------------------------------------------------------------------------- running
 def train_cells(method: str, backbone: str, seeds: list[int], overrides: list[str], out: Path, settings: Any
                 ) -> int:
-    """One Hydra multirun over ``seeds`` for a (method, backbone) pair; returns the exit code of ``rtlab train``."""
+    """One Hydra multirun over ``seeds`` for a (method, backbone) pair; returns the exit code of ``rtlab train``
+    (a failing cell stops the seeds after it; they are trained by the next invocation)."""
     from framework.cli import train_command
 
     launcher = [] if settings.launcher == "basic" else [f"hydra/launcher={settings.launcher}",
@@ -150,25 +161,25 @@ def run_comparison(overrides: list[str], out: str | None = None, pm: Any = None)
     folder = Path(out or settings.out or Path("runs") / str(cfg.name) / f"compare-{shared_hash(cfg)}")
     folder.mkdir(parents=True, exist_ok=True)
     cells = [Cell(m, b, s) for m in methods for b in backbones for s in seeds]
-    trained, reused, failures = 0, 0, []
+    trained = reused = 0
     for m in methods:
         extra = list(settings.overrides.get(m, []))
         for b in backbones:
-            want = cell_overrides(overrides, Cell(m, b, 0), extra)
+            want = cell_overrides(overrides, m, b, extra)
             todo = []
             for s in seeds:
                 cell_dir = Cell(m, b, s).folder(folder)
                 if (cell_dir / "summary.json").exists():
                     check_cell(cell_dir, compose([*want, f"train.seed={s}"], pm.registry))
                     reused += 1
-                else:
-                    todo.append(s)
-            if not todo:
-                continue
-            code = train_cells(m, b, todo, want, folder, settings)
-            trained += sum((Cell(m, b, s).folder(folder) / "summary.json").exists() for s in todo)
-            if code not in (0, None):
-                failures.append(f"{m} on {b} (exit code {code})")
+                    continue
+                if cell_dir.exists():  # what an interrupted or failed cell left behind: it starts over
+                    log.warning("restarting the unfinished cell %s", cell_dir)
+                    shutil.rmtree(cell_dir)
+                todo.append(s)
+            if todo:
+                train_cells(m, b, todo, want, folder, settings)  # failures are read from the cells below
+                trained += sum((Cell(m, b, s).folder(folder) / "summary.json").exists() for s in todo)
     results = [cell_result(c, c.folder(folder)) for c in cells]
     rows = summarise(results, methods, backbones)
     record = {"methods": methods, "backbones": backbones, "seeds": seeds, "overrides": overrides,
@@ -215,8 +226,9 @@ def cell_result(cell: Cell, folder: Path) -> dict:
     summary = json.loads(summary_file.read_text())
     metrics = summary.get("metrics", {})
     init = _eval_at_init(folder)
-    return {**base, "status": "done", "knn": metrics.get("knn/student"), "linear": metrics.get("linear/student"),
-            "knn_init": init.get("knn/student"), "wall_time_s": summary.get("wall_time_s"),
+    knn, knn_init = metrics.get("knn/student"), init.get("knn/student")
+    return {**base, "status": "done", "knn": knn, "linear": metrics.get("linear/student"), "knn_init": knn_init,
+            "knn_gain": knn - knn_init if knn is not None and knn_init is not None else None, "wall_time_s": summary.get("wall_time_s"),
             "images_per_s": summary.get("images_per_s"), "steps": summary.get("steps"),
             "errors": [e["error"] for e in summary.get("errors", [])]}
 
@@ -236,7 +248,7 @@ def summarise(results: list[dict], methods: list[str], backbones: list[str]) -> 
             done = [r for r in results if r["method"] == m and r["backbone"] == b and r["status"] == "done"]
             failed = sum(r["method"] == m and r["backbone"] == b and r["status"] != "done" for r in results)
             row = {"method": m, "backbone": b, "runs": len(done), "failed": failed}
-            for key in ("knn", "linear", "knn_init", "wall_time_s", "images_per_s"):
+            for key in NUMBERS:
                 row[key] = _stats([r.get(key) for r in done])
             rows.append(row)
     return rows
@@ -253,24 +265,24 @@ def _num(stat: tuple | None, digits: int = 0) -> str:
 
 
 def markdown(rows: list[dict]) -> str:
-    lines = ["| method | backbone | seeds | k-NN (%) | linear (%) | k-NN at init (%) | wall time (s) | images/s |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| method | backbone | seeds | k-NN (%) | linear (%) | k-NN at init (%) | k-NN gain (points) | "
+             "wall time (s) | images/s |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         seeds = f"{r['runs']}" + (f" ({r['failed']} failed)" if r["failed"] else "")
         lines.append(f"| {r['method']} | {r['backbone']} | {seeds} | {_pct(r['knn'])} | {_pct(r['linear'])} | "
-                     f"{_pct(r['knn_init'])} | {_num(r['wall_time_s'], 1)} | {_num(r['images_per_s'])} |")
+                     f"{_pct(r['knn_init'])} | {_pct(r['knn_gain'])} | {_num(r['wall_time_s'], 1)} | "
+                     f"{_num(r['images_per_s'])} |")
     return "\n".join(lines)
 
 
 def csv_text(rows: list[dict]) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["method", "backbone", "runs", "failed", "knn_mean", "knn_std", "linear_mean", "linear_std",
-                     "knn_init_mean", "knn_init_std", "wall_time_s_mean", "wall_time_s_std", "images_per_s_mean",
-                     "images_per_s_std"])
+    writer.writerow(["method", "backbone", "runs", "failed", *(f"{k}_{s}" for k in NUMBERS for s in ("mean", "std"))])
     for r in rows:
         cells: list[Any] = [r["method"], r["backbone"], r["runs"], r["failed"]]
-        for key in ("knn", "linear", "knn_init", "wall_time_s", "images_per_s"):
+        for key in NUMBERS:
             stat = r[key]
             cells += ["", ""] if stat is None else [f"{stat[0]:.6g}", f"{stat[1]:.6g}"]
         writer.writerow(cells)
@@ -284,7 +296,7 @@ def plot(rows: list[dict], path: Path) -> Path:
     plt = pyplot()
     methods = list(dict.fromkeys(r["method"] for r in rows))
     backbones = list(dict.fromkeys(r["backbone"] for r in rows))
-    fig, axes = plt.subplots(1, 3, figsize=(4 + 1.4 * len(methods) * 3, 4))
+    fig, axes = plt.subplots(1, 3, figsize=(3 * (1.5 + 0.55 * len(methods) * len(backbones) ** 0.5), 4))
     width = 0.8 / len(backbones)
     for ax, key, title in zip(axes, ("knn", "linear", "images_per_s"),
                               ("k-NN accuracy (%)", "linear accuracy (%)", "training images/s")):

@@ -6,6 +6,8 @@ from __future__ import annotations
 import csv
 import json
 
+import pytest
+
 from test_external_plugin import installed  # noqa: F401  (the example plugin, installed through its entry point)
 
 BUILTIN = ["random_teacher", "dino", "byol", "simsiam", "simclr", "barlow_twins", "vicreg"]
@@ -55,3 +57,19 @@ def test_compare_refuses_unknown_methods_and_grid_overrides(cli, tmp_path):
     res = cli("compare", "train.seed=3", "--out", str(tmp_path / "x"))
     assert res.returncode == 2 and "give compare.methods, compare.backbones and compare.seeds" in res.stderr
     assert not (tmp_path / "x" / "cells").exists()
+
+
+def test_a_failing_cell_is_reported_and_the_others_tabulated(tmp_path):
+    from plugins.compare import CellsFailed, run_comparison
+
+    out = tmp_path / "cmp"
+    grid = [o for o in TINY_GRID if "overrides.dino" not in o]
+    bad = [*grid, "compare.methods=[random_teacher,simclr]", '+compare.overrides.simclr=["objective.temperature=-1"]']
+    with pytest.raises(CellsFailed, match="simclr/test_resnet/seed 0"):
+        run_comparison(bad, str(out))
+    rows = {r["method"]: r for r in csv.DictReader((out / "compare.csv").open())}
+    assert rows["random_teacher"]["runs"] == "1" and rows["random_teacher"]["failed"] == "0"
+    assert rows["simclr"]["runs"] == "0" and rows["simclr"]["failed"] == "1" and rows["simclr"]["knn_mean"] == ""
+    failed = next(c for c in json.loads((out / "compare.json").read_text())["cells"] if c["method"] == "simclr")
+    assert "objective.temperature must be positive" in failed["error"]
+    assert "| simclr | test_resnet | 0 (1 failed) |" in (out / "compare.md").read_text()
