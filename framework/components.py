@@ -91,9 +91,11 @@ class Loss(Protocol):
     def set_epoch(self, epoch: float) -> None:
         """Optional: the fractional epoch before each step, for schedules (e.g. a teacher-temperature warm-up)."""
 
-    def __call__(self, student: torch.Tensor, teacher: torch.Tensor
+    def __call__(self, student: torch.Tensor, teacher: torch.Tensor, diagnose: bool = True
                  ) -> tuple[torch.Tensor, Mapping[str, torch.Tensor]]:
-        """Scalar loss and detached tensors to log."""
+        """Scalar loss and detached tensors to log. ``diagnose`` is False on steps whose metrics are not logged
+        (``run.logging_step``): optional diagnostics may be skipped then. A loss without this parameter is
+        called without it (and computes its logs every step)."""
 
 
 class Augment(Protocol):

@@ -282,6 +282,8 @@ class Run:
         self.summary["teacher_student_distance_init"] = parameter_distance(self.student, self.teacher)
         if self.resume:
             self.restore()
+        if self.teacher_frozen:  # checked here once; check_finite skips it while it cannot change
+            check_parameters([("teacher", self.teacher)], self.step, self._last_good())
         return self
 
     def _check_folder(self) -> None:
@@ -323,7 +325,9 @@ class Run:
         """Stop with :class:`framework.errors.TrainingDiverged` when a logged loss or a weight is not finite."""
         last_good = self._last_good()
         self.step_metrics.check(last_good)
-        check_parameters([("student", self.student), ("teacher", self.teacher)], self.step, last_good)
+        # a frozen teacher cannot turn non-finite: it is checked once, when the run is set up
+        nets = [("student", self.student)] + ([] if self.teacher_frozen else [("teacher", self.teacher)])
+        check_parameters(nets, self.step, last_good)
 
     def save_state(self) -> Path:
         """Write ``checkpoints/last`` (the full training state) after checking that it is finite."""

@@ -241,30 +241,54 @@ def _clusters(n_train: int, n_test: int, dim: int, classes: int, noise: float, s
             centers[yte] + noise * torch.randn(n_test, dim, generator=g), yte)
 
 
-def bench_knn(n_train: int, n_test: int, dim: int, k: int, device: str, classes: int = 10) -> dict[str, Any]:
-    """rtlab's chunked k-NN against scikit-learn's brute force on the same random features."""
+def bench_knn(n_train: int, n_test: int, dim: int, k: int, device: str, classes: int = 10,
+              repeats: int = 3, threads: int | None = None) -> dict[str, Any]:
+    """rtlab's chunked k-NN (as the probe runs it, and with every distance in fp32) against scikit-learn's brute
+    force on the same clustered features."""
     from sklearn.neighbors import KNeighborsClassifier
 
-    from plugins.knn import knn_predict
+    from plugins.knn import bf16_screening_pays, knn_predict
 
     dev = _device(device)
     xtr, ytr, xte, yte = _clusters(n_train, n_test, dim, classes, noise=2.0, seed=0)
     xtr_d, ytr_d, xte_d = xtr.to(dev), ytr.to(dev), xte.to(dev)
-    knn_predict(xtr_d[:1000], ytr_d[:1000], xte_d[:100], k=k, num_classes=classes)  # warm-up
-    _sync(dev)
-    t0 = time.perf_counter()
-    ours = knn_predict(xtr_d, ytr_d, xte_d, k=k, num_classes=classes)
-    _sync(dev)
-    rtlab_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    ref = KNeighborsClassifier(n_neighbors=k, algorithm="brute", n_jobs=-1).fit(xtr.numpy(), ytr.numpy())
-    ref_pred = ref.predict(xte.numpy())
-    sklearn_s = time.perf_counter() - t0
-    ours = ours.cpu().numpy()
+
+    for screen in ("auto", "off"):  # warm-up
+        knn_predict(xtr_d[:5000], ytr_d[:5000], xte_d[:100], k=k, num_classes=classes, screen=screen)
+
+    def ours(screen: str) -> tuple[torch.Tensor, float]:
+        _sync(dev)
+        t0 = time.perf_counter()
+        pred = knn_predict(xtr_d, ytr_d, xte_d, k=k, num_classes=classes, screen=screen)
+        _sync(dev)
+        return pred.cpu(), time.perf_counter() - t0
+
+    def sklearn() -> tuple[np.ndarray, float]:
+        from threadpoolctl import threadpool_limits
+
+        t0 = time.perf_counter()
+        with threadpool_limits(limits=threads):  # None: no limit; else the same threads as torch
+            ref = KNeighborsClassifier(n_neighbors=k, algorithm="brute", n_jobs=threads or -1)
+            pred = ref.fit(xtr.numpy(), ytr.numpy()).predict(xte.numpy())
+        return pred, time.perf_counter() - t0
+
+    times: dict[str, list[float]] = {"auto": [], "off": [], "sklearn": []}
+    for _ in range(repeats):  # interleaved, medians: a load change hits all three alike
+        ours_pred, t = ours("auto")
+        times["auto"].append(t)
+        exact, t = ours("off")
+        times["off"].append(t)
+        ref_pred, t = sklearn()
+        times["sklearn"].append(t)
+    rtlab_s, exact_s, sklearn_s = (statistics.median(times[key]) for key in ("auto", "off", "sklearn"))
+    ours = ours_pred.numpy()
     return {"n_train": n_train, "n_test": n_test, "dim": dim, "k": k, "device": str(dev),
-            "rtlab_s": round(rtlab_s, 3), "sklearn_s": round(sklearn_s, 3),
-            "speedup": round(sklearn_s / rtlab_s, 2),
+            "screen": "bf16" if bf16_screening_pays(dev) else "off",
+            "repeats": repeats, "rtlab_s": round(rtlab_s, 3), "rtlab_fp32_s": round(exact_s, 3),
+            "sklearn_s": round(sklearn_s, 3), "speedup": round(sklearn_s / rtlab_s, 2),
+            "times_s": {key: [round(t, 3) for t in v] for key, v in times.items()},
             "agreement": round(float((ours == ref_pred).mean()), 4),
+            "agreement_fp32": round(float((ours == exact.numpy()).mean()), 4),
             "rtlab_acc": round(float((ours == yte.numpy()).mean()), 4),
             "sklearn_acc": round(float((ref_pred == yte.numpy()).mean()), 4)}
 
@@ -305,6 +329,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-probes", action="store_true", help="skip the k-NN / linear-probe comparison")
     parser.add_argument("--knn", type=int, nargs=3, metavar=("N_TRAIN", "N_TEST", "DIM"),
                         help="k-NN problem size (preset's by default: 50000 10000 512)")
+    parser.add_argument("--threads", type=int, help="CPU threads for torch and scikit-learn alike (default: all "
+                        "cores; 1 measures reliably on a machine shared with other jobs)")
     parser.add_argument("--out", type=Path, help="write the results as JSON to this file")
 
 
@@ -323,6 +349,10 @@ def _cases(args: argparse.Namespace) -> list[BenchCase]:
 def run_bench(args: argparse.Namespace) -> int:
     import timm
 
+    if args.threads is not None:
+        if args.threads <= 0:
+            raise RtlabError(f"--threads must be positive, got {args.threads}")
+        torch.set_num_threads(args.threads)
     preset = PRESETS[args.preset]
     batch = args.batch or preset["batch"]
     steps = args.steps or preset["steps"]
@@ -344,10 +374,11 @@ def run_bench(args: argparse.Namespace) -> int:
               flush=True)
     if not args.no_probes:
         n_train, n_test, dim = args.knn or preset["knn"]
-        report["knn"] = bench_knn(n_train, n_test, dim, 20, args.device)
+        report["knn"] = bench_knn(n_train, n_test, dim, 20, args.device, repeats=repeats, threads=args.threads)
         kn = report["knn"]
-        print(f"k-NN {n_train}x{n_test}x{dim}, k=20: rtlab {kn['rtlab_s']} s, scikit-learn brute {kn['sklearn_s']}"
-              f" s ({kn['speedup']}x), agreement {kn['agreement']}", flush=True)
+        print(f"k-NN {n_train}x{n_test}x{dim}, k=20: rtlab {kn['rtlab_s']} s (screen {kn['screen']}; all-fp32 "
+              f"{kn['rtlab_fp32_s']} s, same predictions: {kn['agreement_fp32']}), scikit-learn brute "
+              f"{kn['sklearn_s']} s ({kn['speedup']}x), agreement {kn['agreement']}", flush=True)
         report["linear"] = bench_linear(min(n_train, 50_000), min(n_test, 10_000), dim, args.device)
         ln = report["linear"]
         print(f"linear probe {ln['n_train']}x{ln['dim']}: rtlab {ln['rtlab_s']} s (acc {ln['rtlab_acc']}), "

@@ -20,6 +20,7 @@ centre is saved in checkpoints (``distillation.center``) and restored from them.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Optional
 
@@ -82,6 +83,8 @@ class TeacherCache:
         self.size = size
         self.store: list[torch.Tensor | None] = [None] * views
         self.filled = [torch.zeros(size, dtype=torch.bool, device=device) for _ in range(views)]
+        # host-side: every image of view v is stored; from then on a step reads the cache without a device sync
+        self.complete = [False] * views
 
     @staticmethod
     def unusable(run) -> str | None:
@@ -100,14 +103,15 @@ class TeacherCache:
     def __call__(self, teacher, views: list[torch.Tensor], index: torch.Tensor) -> list[torch.Tensor]:
         outs = []
         for v, view in enumerate(views):
-            missing = ~self.filled[v][index]
-            if bool(missing.any()):
+            missing = None if self.complete[v] else ~self.filled[v][index]
+            if missing is not None and bool(missing.any()):
                 todo = missing.nonzero().squeeze(1)
                 z = teacher.head.bottleneck(teacher.encoder(view if bool(missing.all()) else view[todo]))
                 if self.store[v] is None:
                     self.store[v] = torch.empty(self.size, z.shape[1], dtype=z.dtype, device=z.device)
                 self.store[v][index[todo]] = z.to(self.store[v].dtype)
                 self.filled[v][index[todo]] = True
+                self.complete[v] = bool(self.filled[v].all())
             outs.append(teacher.head.logits(self.store[v][index]))
         return outs
 
@@ -127,11 +131,13 @@ class Distillation:
         self.opts = opts
         self.centering = Centering(opts.center_momentum) if opts.center_momentum is not None else None
         self.cache: TeacherCache | None = None
+        self.loss_diagnoses = True  # the loss takes diagnose= (set in setup)
 
     def setup(self, run):
         if run.loss_fn is None:
             raise RtlabError("objective=distillation needs a loss component (e.g. loss=ce)")
         self.cache = None
+        self.loss_diagnoses = "diagnose" in inspect.signature(run.loss_fn).parameters
         run.summary["teacher_cache"] = "off"
         if self.opts.cache_teacher:
             why = TeacherCache.unusable(run)
@@ -156,6 +162,7 @@ class Distillation:
             return
         self.cache.store = [None if t is None else t.to(self.cache.filled[0].device) for t in state["store"]]
         self.cache.filled = [t.to(self.cache.filled[0].device) for t in state["filled"]]
+        self.cache.complete = [bool(t.all()) for t in self.cache.filled]
 
     def teacher_outputs(self, run, views, index):
         """The teacher's outputs on the global views (from the cache where it is exact)."""
@@ -178,8 +185,9 @@ class Distillation:
             set_epoch(run.step / max(run.steps_per_epoch, 1))
         total = None
         logs: dict[str, torch.Tensor] = {}
+        extra = {"diagnose": run.logging_step} if self.loss_diagnoses else {}
         for i, j in pairs:
-            value, parts = run.loss_fn(outputs[j], targets[i])
+            value, parts = run.loss_fn(outputs[j], targets[i], **extra)
             total = value if total is None else total + value
             for k, v in parts.items():
                 logs[k] = logs[k] + v if k in logs else v

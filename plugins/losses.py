@@ -8,7 +8,8 @@
   teacher is ignored, which shows what sharpening alone does).
 
 Every loss logs ``kl`` = KL(softmax(t/τ_t)‖softmax(s/τ_s)), computed directly so the ~1e-5 values of the
-paper's setting are not lost to rounding, and the teacher's entropy ``teacher_entropy``. Temperatures: τ_s is
+paper's setting are not lost to rounding, and the teacher's entropy ``teacher_entropy`` — on the steps whose metrics
+are logged (``diagnose=True``); the others skip these extra passes over the 65,536-wide outputs. Temperatures: τ_s is
 ``student_temp``; τ_t is ``teacher_temp``, optionally warmed up linearly from ``teacher_temp_start`` over
 ``teacher_temp_warmup_epochs`` (DINO: 0.04 → 0.07 over 30 epochs). The objective calls ``set_epoch`` before
 every step.
@@ -57,15 +58,31 @@ class Tempered:
     def set_epoch(self, epoch: float) -> None:
         self.teacher_temp = teacher_temperature(self.opts, epoch)
 
+    @staticmethod
+    def _tempered(x: torch.Tensor, temperature: float) -> torch.Tensor:
+        x = x.float()
+        return x if temperature == 1.0 else x / temperature  # τ = 1 (the paper): no extra pass over the outputs
+
+    def student_log_probs(self, student: torch.Tensor) -> torch.Tensor:
+        return F.log_softmax(self._tempered(student, self.opts.student_temp), dim=-1)
+
+    def teacher_log_probs(self, teacher: torch.Tensor) -> torch.Tensor:
+        return F.log_softmax(self._tempered(teacher, self.teacher_temp), dim=-1)
+
+    def teacher_probs(self, teacher: torch.Tensor) -> torch.Tensor:
+        return F.softmax(self._tempered(teacher, self.teacher_temp), dim=-1)
+
     def log_probs(self, student: torch.Tensor, teacher: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(log q, log p): log-softmax of the tempered student and teacher outputs, in float32."""
-        log_q = F.log_softmax(student.float() / self.opts.student_temp, dim=-1)
-        log_p = F.log_softmax(teacher.float() / self.teacher_temp, dim=-1)
-        return log_q, log_p
+        return self.student_log_probs(student), self.teacher_log_probs(teacher)
 
-    @staticmethod
     @torch.no_grad()
-    def divergences(log_q: torch.Tensor, log_p: torch.Tensor) -> dict[str, torch.Tensor]:
+    def divergences(self, log_q: torch.Tensor, teacher: torch.Tensor, diagnose: bool = True
+                    ) -> dict[str, torch.Tensor]:
+        """KL(p‖q) and H(p) of the teacher's outputs when ``diagnose`` (else nothing)."""
+        if not diagnose:
+            return {}
+        log_p = self.teacher_log_probs(teacher)
         p = log_p.exp()
         return {"kl": (p * (log_p - log_q)).sum(-1).mean(), "teacher_entropy": -(p * log_p).sum(-1).mean()}
 
@@ -78,10 +95,10 @@ class CrossEntropyOptions(TemperatureOptions):
 class CrossEntropy(Tempered):
     """CE(softmax(t/τ_t), log_softmax(s/τ_s)); logs the KL divergence and the teacher's entropy."""
 
-    def __call__(self, student: torch.Tensor, teacher: torch.Tensor):
-        log_q, log_p = self.log_probs(student, teacher)
-        ce = -(log_p.exp() * log_q).sum(-1).mean()
-        return ce, self.divergences(log_q, log_p)
+    def __call__(self, student: torch.Tensor, teacher: torch.Tensor, diagnose: bool = True):
+        log_q = self.student_log_probs(student)
+        ce = -(self.teacher_probs(teacher) * log_q).sum(-1).mean()
+        return ce, self.divergences(log_q.detach(), teacher, diagnose)
 
 
 @dataclass
@@ -97,22 +114,23 @@ class MeanSquaredError(Tempered):
             raise RtlabError(f"loss.space must be logits or probabilities, got '{opts.space}'")
         super().__init__(opts)
 
-    def __call__(self, student: torch.Tensor, teacher: torch.Tensor):
-        log_q, log_p = self.log_probs(student, teacher)
+    def __call__(self, student: torch.Tensor, teacher: torch.Tensor, diagnose: bool = True):
+        log_q = self.student_log_probs(student)
         if self.opts.space == "logits":
-            loss = F.mse_loss(student.float() / self.opts.student_temp, teacher.float() / self.teacher_temp)
+            loss = F.mse_loss(self._tempered(student, self.opts.student_temp),
+                              self._tempered(teacher, self.teacher_temp))
         else:
-            loss = F.mse_loss(log_q.exp(), log_p.exp())
-        return loss, self.divergences(log_q, log_p)
+            loss = F.mse_loss(log_q.exp(), self.teacher_probs(teacher))
+        return loss, self.divergences(log_q.detach(), teacher, diagnose)
 
 
 class PredictionEntropy(Tempered):
     """H(softmax(s/τ_s)): the entropy of the student's prediction; the teacher only enters the logged KL."""
 
-    def __call__(self, student: torch.Tensor, teacher: torch.Tensor):
-        log_q, log_p = self.log_probs(student, teacher)
+    def __call__(self, student: torch.Tensor, teacher: torch.Tensor, diagnose: bool = True):
+        log_q = self.student_log_probs(student)
         entropy = -(log_q.exp() * log_q).sum(-1).mean()
-        return entropy, self.divergences(log_q, log_p)
+        return entropy, self.divergences(log_q.detach(), teacher, diagnose)
 
 
 @hookimpl

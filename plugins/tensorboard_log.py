@@ -1,4 +1,8 @@
-"""TensorBoard event files in the run folder (``tensorboard --logdir runs``)."""
+"""TensorBoard event files in the run folder (``tensorboard --logdir runs``).
+
+Training metrics are logged at their step, evaluations as ``eval/<metric>/<target>`` at the step they ran (with
+``eval/epoch``), so one x-axis serves both, and a resumed run's writer purges everything its interrupted attempt
+logged after the saved state (TensorBoard's ``purge_step``) — no point appears twice."""
 
 from __future__ import annotations
 
@@ -54,8 +58,9 @@ def rtlab_step_end(run, metrics):
 def rtlab_evaluate_end(run, epoch, results):
     w = _writer(run)
     if w is not None:
+        w.add_scalar("eval/epoch", epoch, run.step)
         for k, v in results.items():
-            w.add_scalar(f"eval/{k}", v, epoch)
+            w.add_scalar(f"eval/{k}", v, run.step)
         w.flush()
 
 

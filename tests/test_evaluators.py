@@ -5,7 +5,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from plugins.knn import knn_predict
+import pytest
+
+from plugins.knn import knn_neighbours, knn_predict
 from plugins.linear_probe import standardize, train_linear_probe
 
 
@@ -22,6 +24,55 @@ def test_knn_l2_majority_vote_matches_scikit_learn():
     ours = knn_predict(torch.from_numpy(train), torch.from_numpy(labels), torch.from_numpy(test), k=20,
                        num_classes=5, chunk=64).numpy()
     assert (ours == ref).mean() >= 0.99  # float ties in distance order may differ in a rare row
+
+
+def _exact_neighbours(train, test, k, metric):
+    """The k nearest rows by float64 distances (ground truth)."""
+    train, test = train.double(), test.double()
+    if metric == "cosine":
+        score = torch.nn.functional.normalize(test, dim=1) @ torch.nn.functional.normalize(train, dim=1).T
+    else:
+        score = -torch.cdist(test, train)
+    return score.topk(k, dim=1).indices
+
+
+def _features(kind, rng):
+    n, d = 3000, 64
+    if kind == "clusters":  # typical embeddings: class clusters
+        centers = rng.normal(size=(10, d)) * 2
+        x = centers[rng.integers(0, 10, n + 300)] + rng.normal(size=(n + 300, d))
+    elif kind == "offset":  # a large common offset and tiny spread: rounding relative to the norm is coarse
+        x = 100.0 + rng.normal(size=(n + 300, d)) * 0.1
+    elif kind == "heavy":  # heavy-tailed coordinates of very different scales
+        x = rng.standard_cauchy(size=(n + 300, d)) * np.logspace(-3, 3, d)
+    else:  # isotropic noise: all distances nearly equal, the hardest case for a screen
+        x = rng.normal(size=(n + 300, d))
+    x = torch.from_numpy(x.astype(np.float32))
+    return x[:n], x[n:]
+
+
+@pytest.mark.parametrize("kind", ["clusters", "offset", "heavy", "noise"])
+@pytest.mark.parametrize("metric", ["l2", "cosine"])
+def test_bf16_screened_knn_finds_the_exact_neighbours(kind, metric):
+    """The bf16 screen with fp32 re-scoring returns the neighbours of the all-fp32 computation (its error bound is
+    rigorous, so no neighbour is lost), whatever the feature distribution; for L2 these are the float64 ones."""
+    train, test = _features(kind, np.random.default_rng(7))
+    assert len(train) > 16 * 20  # large enough for the screen to run (it skips tiny problems)
+
+    def neighbours(screen):
+        found = list(knn_neighbours(train, test, 20, metric, 128, screen=screen))
+        return torch.cat([top for top, _ in found]), torch.cat([idx for _, idx in found])
+
+    def differing(a, b):
+        return sum(set(x.tolist()) != set(y.tolist()) for x, y in zip(a, b))
+
+    (got_scores, got), (want_scores, want) = neighbours("bf16"), neighbours("off")
+    # the k best scores, best first, are those of the fp32 computation (a lost neighbour would show as a lower one)
+    assert torch.allclose(got_scores, want_scores, rtol=1e-5, atol=1e-5 * float(want_scores.abs().max()))
+    if not (metric == "cosine" and kind == "offset"):  # there every score rounds to 1.0 in fp32: all ties
+        assert differing(got, want) <= 2  # a rare exact tie may order differently
+    if metric == "l2":  # centring keeps fp32 accurate here (the cosine of a large offset is beyond fp32 itself)
+        assert differing(got, _exact_neighbours(train, test, 20, metric)) <= 2
 
 
 def test_knn_cosine_weighted_is_scale_invariant():

@@ -269,3 +269,22 @@ def test_stateful_component_resumes_exactly(tmp_path):
                 for ln in (folder / "metrics.jsonl").read_text().splitlines()]
 
     assert records(tmp_path / "run") == records(tmp_path / "ref")
+
+
+def test_parameter_check_names_the_non_finite_tensor_and_passes_huge_finite_values():
+    from torch import nn
+
+    from framework.errors import TrainingDiverged
+    from framework.guards import check_parameters
+
+    net = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4))
+    check_parameters([("student", net)], 3, "no checkpoint")
+    with torch.no_grad():
+        net[0].weight.fill_(3e38)  # finite, though its sum overflows: the exact check clears it
+    check_parameters([("student", net)], 3, "no checkpoint")
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        with torch.no_grad():
+            net[0].weight.fill_(0.1)
+            net[1].running_var[2] = bad
+        with pytest.raises(TrainingDiverged, match=r"student parameter '1.running_var' is not finite after step 3"):
+            check_parameters([("student", net)], 3, "no checkpoint")

@@ -3,6 +3,7 @@ freezing, gradient clipping and weight-decay schedule — numbers users rely on.
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -128,3 +129,27 @@ def test_centre_is_saved_and_restored_with_checkpoints(tmp_path):
     other = compose_run(tmp_path / "b", "objective.center_momentum=0.9", "evaluator=[]")
     other.hook.rtlab_checkpoint_load(run=other, tensors=tensors, meta=meta)
     assert torch.equal(other.objective.centering.center, run.objective.centering.center)
+
+
+def test_kl_diagnostics_only_on_logged_steps(tmp_path):
+    """The KL and teacher entropy are computed on steps whose metrics are logged; the loss is the same either way,
+    and the logged KL averages over the steps that computed it."""
+    s, t = torch.randn(8, 64), torch.randn(8, 64)
+    for loss in (CrossEntropy(TemperatureOptions()), MeanSquaredError(MSEOptions()),
+                 PredictionEntropy(TemperatureOptions())):
+        full, logs = loss(s, t)
+        quiet, none = loss(s, t, diagnose=False)
+        assert torch.equal(full, quiet) and set(logs) == {"kl", "teacher_entropy"} and none == {}
+    run = compose_run(tmp_path / "run", "train.log_every=3", "evaluator=[]")
+    batches = run.batches()
+    run.logging_step = False
+    assert "train/kl" not in run.train_step(next(batches)) and run.step == 1
+    run.logging_step = True
+    logs = run.train_step(next(batches))
+    assert float(logs["train/kl"]) > 0 and "train/teacher_entropy" in logs
+    fit = compose_run(tmp_path / "fit", "train.log_every=3", "train.epochs=2", "evaluator=[]")
+    fit.fit()
+    rows = [json.loads(line) for line in (tmp_path / "fit" / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in rows if "train/kl" in r]
+    assert [r["step"] for r in steps] == [3, 4, 6, 8]  # multiples of 3 and each epoch's last (4 steps per epoch)
+    assert all(r["train/kl"] > 0 for r in steps)

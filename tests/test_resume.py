@@ -20,7 +20,7 @@ from tiny_runs import Preempted
 # between two states replays the steps since the last one)
 KILL_RUN = [*TINY, "data=digits", "data.train_size=320", "data.test_size=100", "train.batch_size=16",
             "train.epochs=3", "eval.every=1", "evaluator.linear.epochs=2", "train.log_every=1",
-            "train.state_steps=3", "train.threads=1", "train.deterministic=true", "tensorboard.enabled=false"]
+            "train.state_steps=3", "train.threads=1", "train.deterministic=true"]
 TOTAL_STEPS = 60
 
 
@@ -59,6 +59,14 @@ def _kill_at(proc: subprocess.Popen, run_dir: Path, step: int, timeout: float = 
     return out
 
 
+def _scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    """Every TensorBoard scalar of a run folder as TensorBoard shows it: (step, value) per tag."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0}).Reload()
+    return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+
 def _comparable(run_dir: Path) -> list[dict]:
     return [{k: v for k, v in r.items() if k != "time"} for r in _train_records(run_dir)]
 
@@ -92,6 +100,9 @@ def test_sigkill_twice_then_resume_equals_uninterrupted_run(tmp_path):
         assert got[key] == want[key], (key, why)
     # every logged training step and evaluation, in order, with the same values (and no duplicates)
     assert _comparable(run_dir) == _comparable(ref_dir), why
+    # TensorBoard shows each point once, with the uninterrupted run's values (the interrupted attempts' events after
+    # the saved state are purged)
+    assert _scalars(run_dir) == _scalars(ref_dir), why
     # and bit-identical final weights
     from framework.checkpoint import load_checkpoint
 
