@@ -19,13 +19,13 @@ The optimiser is the experiment's (BYOL: LARS, lr 0.2 · batch/256, weight decay
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List, Tuple
+from typing import List
 
 import torch
 import torch.nn.functional as F
 
 from framework import hookimpl
-from plugins.augmentations import MultiCrop, MultiCropOptions
+from plugins.augmentations import MultiCrop, TwoViewOptions
 from plugins.heads import MLPHeadOptions, mlp_head
 from plugins.methods import add_method
 from plugins.methods.prediction import PredictionObjective, PredictionOptions
@@ -38,11 +38,7 @@ class ByolProjectorOptions(MLPHeadOptions):
 
 
 @dataclass
-class ByolAugmentOptions(MultiCropOptions):
-    global_views: int = 2
-    global_scale: Tuple[float, float] = (0.08, 1.0)
-    color_jitter: float = 0.8
-    grayscale: float = 0.2
+class ByolAugmentOptions(TwoViewOptions):
     blur: List[float] = field(default_factory=lambda: [1.0, 0.1, 0.0])
     solarize: List[float] = field(default_factory=lambda: [0.0, 0.2, 0.0])
 

@@ -18,14 +18,14 @@ The teacher is never used: it stays the random init the student started from. Th
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List, Tuple
+from typing import List
 
 import torch
 import torch.nn.functional as F
 
 from framework import hookimpl
 from framework.errors import RtlabError
-from plugins.augmentations import MultiCrop, MultiCropOptions
+from plugins.augmentations import MultiCrop, TwoViewOptions
 from plugins.heads import MLPHeadOptions, mlp_head
 from plugins.methods import add_method
 from plugins.methods.joint_embedding import JointEmbedding
@@ -73,15 +73,11 @@ class SimCLRProjectorOptions(MLPHeadOptions):
 
 
 @dataclass
-class SimCLRAugmentOptions(MultiCropOptions):
-    global_views: int = 2
-    global_scale: Tuple[float, float] = (0.08, 1.0)
-    color_jitter: float = 0.8
+class SimCLRAugmentOptions(TwoViewOptions):
     brightness: float = 0.8
     contrast: float = 0.8
     saturation: float = 0.8
     hue: float = 0.2
-    grayscale: float = 0.2
     blur: List[float] = field(default_factory=lambda: [0.5, 0.5, 0.0])
 
 

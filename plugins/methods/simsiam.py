@@ -22,7 +22,7 @@ from typing import List, Tuple
 import torch.nn.functional as F
 
 from framework import hookimpl
-from plugins.augmentations import MultiCrop, MultiCropOptions
+from plugins.augmentations import MultiCrop, TwoViewOptions
 from plugins.heads import MLPHeadOptions, mlp_head
 from plugins.methods import add_method
 from plugins.methods.prediction import PredictionObjective, PredictionOptions
@@ -37,12 +37,9 @@ class SimSiamProjectorOptions(MLPHeadOptions):
 
 
 @dataclass
-class SimSiamAugmentOptions(MultiCropOptions):
-    global_views: int = 2
+class SimSiamAugmentOptions(TwoViewOptions):
     global_scale: Tuple[float, float] = (0.2, 1.0)
-    color_jitter: float = 0.8
     saturation: float = 0.4
-    grayscale: float = 0.2
     blur: List[float] = field(default_factory=lambda: [0.5, 0.5, 0.0])
 
 
