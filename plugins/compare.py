@@ -143,7 +143,8 @@ def train_cells(method: str, backbone: str, seeds: list[int], overrides: list[st
 
 
 def run_comparison(overrides: list[str], out: str | None = None, pm: Any = None) -> dict:
-    """``rtlab compare OVERRIDES``: train the missing cells, then write the table and plot; returns the record."""
+    """``rtlab compare OVERRIDES``: train the missing cells, then write the table and plot; returns the record.
+    ``pm`` resolves names here; the cells are trained by ``rtlab train`` with the process-wide plugin manager."""
     from framework.config import check_config, compose, register_configs
     from framework.plugin_manager import get_plugin_manager
 
