@@ -22,7 +22,8 @@ SHORT = [
 SMALL_VIEWS = ["augment.blur=[0,0,0]", "augment.global_scale=[0.25,1]"]
 SIZED = {
     "random_teacher": [],
-    "dino": [*SMALL_VIEWS, "augment.local_views=2", "head.bottleneck_dim=32", "loss.teacher_temp_warmup_epochs=1"],
+    "dino": [*SMALL_VIEWS, "augment.local_views=2", "head.bottleneck_dim=32", "head.out_dim=256",
+             "loss.teacher_temp_warmup_epochs=1"],
     # momentum SGD, closest to BYOL's LARS (with AdamW it stays below its init in 96 steps)
     "byol": [*SMALL_VIEWS, "objective.predictor_hidden_dims=[128]", "optimizer=sgd", "optimizer.lr=0.05",
              "optimizer.weight_decay=1e-4"],
