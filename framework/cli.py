@@ -176,6 +176,8 @@ def plugins_command(args: argparse.Namespace) -> int:
         by_kind: dict[str, list[str]] = {}
         for c in p["components"]:
             by_kind.setdefault(c["kind"], []).append(c["name"])
+        for preset in p.get("presets", []):
+            by_kind.setdefault(f"{preset['group']} (preset)", []).append(preset["name"])
         for kind, names in sorted(by_kind.items()):
             print(f"{'':{width}}    {kind}: {', '.join(sorted(names))}")
         if p["settings"]:

@@ -104,6 +104,7 @@ def register_resolvers() -> None:
 
 
 _active: list[Registry | None] = [None]  # the registry whose components the ConfigStore holds
+_preset_groups: set[str] = set()  # config groups of plugin presets stored so far (replaced per registry)
 
 
 class BackboneGroup(dict):
@@ -176,6 +177,11 @@ def register_configs(registry: Registry) -> None:
             package = f"{kind.group}.{comp.name}" if kind.multi else None
             cs.store(group=kind.group, name=comp.name, node=node_class(comp), package=package)
     cs.repo[BACKBONE_GROUP] = BackboneGroup(registry)  # a fresh group: this registry's adapters decide
+    for group in _preset_groups | set(registry.preset_groups):  # only this registry's presets are selectable
+        cs.repo.pop(group, None)
+    for preset in registry.presets():
+        cs.store(group=preset.group, name=preset.name, node=OmegaConf.create(preset.node()), package="_global_")
+    _preset_groups.update(registry.preset_groups)
     _active[0] = registry
 
 
@@ -193,9 +199,11 @@ def check_overrides(overrides: Sequence[str], registry: Registry) -> None:
     except HydraException as exc:
         raise RtlabError(f"cannot parse overrides: {_one_line(str(exc))}") from None
     groups = {k.group: k for k in registry.kinds if k.group}
+    preset_groups = set(registry.preset_groups)
     for ov in parsed:
-        key = ov.key_or_group
-        if ov.is_delete() or (key not in groups and key != BACKBONE_GROUP) or ov.package is not None:
+        key = ov.key_or_group.lstrip("+")
+        if ov.is_delete() or (key not in groups and key != BACKBONE_GROUP and key not in preset_groups) or \
+                ov.package is not None:
             continue
         try:
             values = list(ov.sweep_string_iterator()) if ov.is_sweep_override() else [ov.value()]
@@ -206,7 +214,10 @@ def check_overrides(overrides: Sequence[str], registry: Registry) -> None:
             for name in names:
                 if not isinstance(name, str):
                     continue
-                if key == BACKBONE_GROUP:
+                if key in preset_groups:
+                    if name not in group_presets(key):
+                        registry.preset(key, name)
+                elif key == BACKBONE_GROUP:
                     from framework.models import known_backbones
 
                     known = known_backbones()

@@ -55,6 +55,14 @@ DEFAULT_PLUGINS = (
     "plugins.analysis.landscape",
     "plugins.report",
     "plugins.collapse_guard",
+    "plugins.methods.random_teacher",
+    "plugins.methods.dino",
+    "plugins.methods.byol",
+    "plugins.methods.simsiam",
+    "plugins.methods.simclr",
+    "plugins.methods.barlow_twins",
+    "plugins.methods.vicreg",
+    "plugins.compare",
 )
 
 
@@ -138,6 +146,8 @@ class PluginManager(pluggy.PluginManager):
                 "module": info.module,
                 "builtin": info.builtin,
                 "components": [{"kind": c.kind, "name": c.name} for c in by_plugin.get(info.name, [])],
+                "presets": [{"group": p.group, "name": p.name} for p in self.registry.presets()
+                            if p.plugin == info.name],
                 "settings": sorted(s for s, owner in owners.items() if owner == info.name),
                 "hooks": sorted(h.name for h in self.get_hookcallers(self.get_plugin(info.name)) or []),
             }

@@ -33,6 +33,26 @@ class Component:
     doc: str = ""
 
 
+@dataclass(frozen=True)
+class Preset:
+    """A configuration a plugin contributes to a config group whose options are presets, not components (e.g.
+    ``method=byol``): the components it selects (``choices``: group → component name) and the values it sets
+    (``values``: a nested mapping, e.g. ``{"updater": {"bn_mode": "from_data"}}``). It is stored at the global
+    package, so it can set any section; later overrides (an ``experiment`` preset, the command line) win."""
+
+    group: str
+    name: str
+    choices: dict
+    values: dict
+    plugin: str
+    doc: str = ""
+
+    def node(self) -> dict:
+        """The Hydra config: a defaults list overriding the chosen groups, then the values."""
+        defaults: list[Any] = [{f"override /{group}": name} for group, name in self.choices.items()]
+        return {"defaults": [*defaults, "_self_"], **self.values}
+
+
 @dataclass
 class NoOptions:
     """A component without settings."""
@@ -65,6 +85,7 @@ class Registry:
         self.current_plugin = "?"
         self.settings: dict[str, type] = {}
         self.settings_owner: dict[str, str] = {}
+        self._presets: dict[str, dict[str, Preset]] = {}
         for kind in CORE_KINDS:
             self.add_kind(kind.name, kind.doc, group=kind.group, options_base=kind.options_base, multi=kind.multi)
 
@@ -102,6 +123,38 @@ class Registry:
                              f"{self.current_plugin} must choose another name")
         self.settings[section] = options
         self.settings_owner[section] = self.current_plugin
+
+    # --------------------------------------------------------------------------------------------------- presets
+    def add_preset(self, group: str, name: str, choices: dict | None = None, values: dict | None = None,
+                   doc: str = "") -> Preset:
+        """Contribute preset ``name`` of config group ``group`` (see :class:`Preset`): ``group=name`` then selects
+        the components in ``choices`` and sets ``values``. The group must not be a component kind's group."""
+        if group in {k.group for k in self._kinds.values() if k.group} | {"name", "train", "eval", "backbone"}:
+            raise RtlabError(f"preset group '{group}' is a component group; {self.current_plugin} must register "
+                             "a component there, or use another group name")
+        presets = self._presets.setdefault(group, {})
+        if name in presets:
+            raise RtlabError(f"{group} '{name}' is contributed twice: by {presets[name].plugin} and by "
+                             f"{self.current_plugin}; rename one or block a plugin with RTLAB_BLOCK_PLUGINS")
+        preset = Preset(group, name, dict(choices or {}), dict(values or {}), self.current_plugin, doc)
+        presets[name] = preset
+        return preset
+
+    def presets(self, group: str | None = None) -> list[Preset]:
+        """The presets of ``group`` (every group when None), sorted by name."""
+        groups = [group] if group is not None else sorted(self._presets)
+        return [p for g in groups for _, p in sorted(self._presets.get(g, {}).items())]
+
+    def preset(self, group: str, name: str) -> Preset:
+        """The preset, or an :class:`RtlabError` listing the known names and close matches."""
+        presets = self._presets.get(group, {})
+        if name not in presets:
+            raise unknown_name(f"{group} preset", name, presets, f"(select with {group}=NAME)")
+        return presets[name]
+
+    @property
+    def preset_groups(self) -> list[str]:
+        return sorted(self._presets)
 
     # ------------------------------------------------------------------------------------------------ components
     def add(self, kind: str, name: str, factory: Any, options: type | None = None, doc: str | None = None

@@ -97,6 +97,17 @@ class DinoAugmentOptions(MultiCropOptions):
     solarize: List[float] = field(default_factory=lambda: [0.0, 0.2, 0.0])
 
 
+@dataclass
+class TwoViewOptions(MultiCropOptions):
+    """Two random resized crops with the colour distortion SimCLR introduced (jitter p 0.8, grayscale p 0.2), the
+    base of the joint-embedding methods' augmentations (``byol``, ``simclr``, ``simsiam``: plugins.methods)."""
+
+    global_views: int = 2
+    global_scale: Tuple[float, float] = (0.08, 1.0)
+    color_jitter: float = 0.8
+    grayscale: float = 0.2
+
+
 class MultiCrop:
     """Global and local random resized crops, each flipped and colour-augmented as configured."""
 

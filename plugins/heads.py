@@ -17,6 +17,12 @@ bottleneck (``lin1``) → feature normalisation (``fn1``) → last linear layer 
   overrides the six individual switches.
 
 Head ``identity``: no head at all (supervised runs, whose objective puts a classifier on the encoder).
+
+Head ``mlp``: the projection MLP of the joint-embedding methods (SimCLR, BYOL, SimSiam, Barlow Twins, VICReg):
+``hidden_dims`` linear layers, each followed by BatchNorm (``batchnorm``) and the activation, then a linear layer to
+``out_dim``, optionally followed by BatchNorm (``output_batchnorm``, SimSiam). PyTorch's default initialisation.
+The method plugins register it again under their own names with their papers' widths (``head=byol``, …).
+:class:`MLP` is usable on its own (the BYOL and SimSiam predictors are MLPs too).
 """
 
 from __future__ import annotations
@@ -68,6 +74,13 @@ def apply_layout(opts: DinoHeadOptions) -> DinoHeadOptions:
                    last_bias=lin2 == "lb", output_norm=fn2 == "fn")
 
 
+def activation_layer(name: str) -> type[nn.Module]:
+    """The activation module class of ``head.activation``."""
+    if name not in ("gelu", "relu"):
+        raise RtlabError(f"head.activation must be gelu or relu, got '{name}'")
+    return nn.GELU if name == "gelu" else nn.ReLU
+
+
 class NormalizedLinear(nn.Linear):
     """A linear layer whose weight rows are optionally normalised to unit length in the forward pass."""
 
@@ -88,9 +101,7 @@ class DinoHead(nn.Module):
         opts = apply_layout(opts)
         if opts.out_dim <= 0:
             raise RtlabError(f"head.out_dim must be positive, got {opts.out_dim}")
-        if opts.activation not in ("gelu", "relu"):
-            raise RtlabError(f"head.activation must be gelu or relu, got '{opts.activation}'")
-        act = nn.GELU if opts.activation == "gelu" else nn.ReLU
+        act = activation_layer(opts.activation)
         layers: list[nn.Module] = []
         dim = in_dim
         for width in opts.hidden_dims:
@@ -146,7 +157,48 @@ def identity_head(opts: IdentityHeadOptions, in_dim: int) -> nn.Module:
     return nn.Identity()
 
 
+@dataclass
+class MLPHeadOptions:
+    hidden_dims: List[int] = field(default_factory=lambda: [2048])  # hidden linear layers ([] = one linear layer)
+    out_dim: int = 128
+    batchnorm: bool = True  # BatchNorm1d after every hidden linear layer
+    activation: str = "relu"  # relu | gelu
+    output_bias: bool = True  # bias of the last linear layer
+    output_batchnorm: bool = False  # BatchNorm1d on the output (SimSiam's projector)
+    output_affine: bool = True  # learnable scale and shift of that output BatchNorm
+
+
+class MLP(nn.Sequential):
+    """Linear → [BN] → activation, for every hidden width, then linear → [BN]; ``out_dim`` is the output width."""
+
+    def __init__(self, in_dim: int, opts: MLPHeadOptions) -> None:
+        if opts.out_dim <= 0 or any(w <= 0 for w in opts.hidden_dims):
+            raise RtlabError(f"head.out_dim and head.hidden_dims must be positive, got {opts.out_dim} and "
+                             f"{list(opts.hidden_dims)}")
+        act = activation_layer(opts.activation)
+        layers: list[nn.Module] = []
+        dim = in_dim
+        for width in opts.hidden_dims:
+            # a bias followed by BatchNorm is cancelled by the normalisation
+            layers.append(nn.Linear(dim, width, bias=not opts.batchnorm))
+            if opts.batchnorm:
+                layers.append(nn.BatchNorm1d(width))
+            layers.append(act())
+            dim = width
+        layers.append(nn.Linear(dim, opts.out_dim, bias=opts.output_bias and not opts.output_batchnorm))
+        if opts.output_batchnorm:
+            layers.append(nn.BatchNorm1d(opts.out_dim, affine=opts.output_affine))
+        super().__init__(*layers)
+        self.out_dim = opts.out_dim
+
+
+def mlp_head(opts: MLPHeadOptions, in_dim: int) -> MLP:
+    """Projection MLP (linear, BN, ReLU, …, linear) of the joint-embedding SSL methods."""
+    return MLP(in_dim, opts)
+
+
 @hookimpl
 def rtlab_register(registry):
     registry.add("head", "dino", dino_head, DinoHeadOptions)
     registry.add("head", "identity", identity_head, IdentityHeadOptions)
+    registry.add("head", "mlp", mlp_head, MLPHeadOptions)

@@ -36,6 +36,7 @@ def test_plugins_command_lists_the_external_plugin(cli, installed):
     assert ext["version"] == "0.3.1" and not ext["builtin"] and ext["module"] == "rtlab_example_plugin"
     assert {"kind": "loss", "name": "cosine"} in ext["components"]
     assert {"kind": "evaluator", "name": "spread"} in ext["components"]
+    assert {"group": "method", "name": "cosine_teacher"} in ext["presets"]
     blocked = cli("plugins", "--json", env={**installed, "RTLAB_DISABLE_PLUGIN_AUTOLOAD": "1"})
     assert "example" not in {p["name"] for p in json.loads(blocked.stdout)}
 

@@ -11,11 +11,10 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 import torch
 
 from conftest import ROOT, TINY
-from framework import hookimpl
+from tiny_runs import Preempted
 
 # 20 steps per epoch x 3 epochs, an evaluation after every epoch, the training state every 3 steps (a kill
 # between two states replays the steps since the last one)
@@ -113,18 +112,6 @@ def test_sigkill_twice_then_resume_equals_uninterrupted_run(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a), why
 
 
-class Preempted:
-    """Stops the process at a step, as a scheduler's pre-emption would."""
-
-    def __init__(self, step):
-        self.step = step
-
-    @hookimpl
-    def rtlab_step_end(self, run, metrics):
-        if run.step == self.step:
-            raise KeyboardInterrupt
-
-
 def test_resume_auto_continues_the_unfinished_run_of_the_same_config(tmp_path, monkeypatch, capsys):
     from framework.cli import main
     from framework.plugin_manager import create_plugin_manager, get_plugin_manager, set_plugin_manager
@@ -158,7 +145,7 @@ def test_resume_auto_continues_the_unfinished_run_of_the_same_config(tmp_path, m
 def test_dino_machinery_resumes_exactly(tmp_path):
     """EMA teacher, centering, teacher-temperature warm-up, multi-crop and the schedules continue bit-exactly from
     a training state saved mid-epoch (in-process: pre-empted after step 5, then resumed)."""
-    from tiny_runs import compose_run
+    from tiny_runs import compose_run, preempted_then_resumed
 
     dino = ["updater=ema", "updater.momentum=0.9", "augment=dino", "augment.local_views=2", "augment.local_size=4",
             "objective.pairing=opposite", "objective.center_momentum=0.9", "loss.teacher_temp_start=0.04",
@@ -169,16 +156,8 @@ def test_dino_machinery_resumes_exactly(tmp_path):
     ref.fit()
     ref.release()
 
-    first = compose_run(tmp_path / "run", *dino)
-    first.pm.register(Preempted(5), name="preempted")  # killed after step 5, mid-epoch 2 (4 steps per epoch)
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            first.fit()
-    finally:
-        first.pm.unregister(name="preempted")
-        first.release()
-    assert first.step == 5 and first.objective.centering.center is not None
-    resumed = compose_run(tmp_path / "run", *dino, resume=True)
+    # killed after step 5, mid-epoch 2 (4 steps per epoch)
+    resumed = preempted_then_resumed(tmp_path / "run", 5, *dino)
     assert resumed.step == 4  # the state saved before the interrupted step's hooks ran
     assert resumed.objective.centering.center is not None and resumed.objective.centering.center.abs().sum() > 0
     resumed.fit()

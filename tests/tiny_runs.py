@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from framework import hookimpl
+
 # a tiny timm ResNet, a small head, 8x8 digits (a subset), fp32, no trackers
 FAST = [
     "backbone=test_resnet",
@@ -53,3 +55,31 @@ def compose_run(out: Path, *overrides: str, base=FAST, resume: bool = False):
 def fit(out: Path, *overrides: str, base=FAST) -> dict:
     """Train a tiny run to the end; returns its summary."""
     return compose_run(out, *overrides, base=base).fit()
+
+
+class Preempted:
+    """Stops the process at a step, as a scheduler's pre-emption would."""
+
+    def __init__(self, step):
+        self.step = step
+
+    @hookimpl
+    def rtlab_step_end(self, run, metrics):
+        if run.step == self.step:
+            raise KeyboardInterrupt
+
+
+def preempted_then_resumed(out: Path, step: int, *overrides: str, base=FAST):
+    """A run pre-empted after optimiser step ``step`` (its training state saved before), then set up again from
+    that state: the resumed, not yet trained :class:`framework.run.Run`."""
+    import pytest
+
+    first = compose_run(out, *overrides, base=base)
+    first.pm.register(Preempted(step), name="preempted")
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            first.fit()
+    finally:
+        first.pm.unregister(name="preempted")
+        first.release()
+    return compose_run(out, *overrides, base=base, resume=True)

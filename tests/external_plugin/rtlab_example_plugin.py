@@ -1,4 +1,6 @@
-"""An external rtlab plugin: contributes a loss and an evaluator, selected by name, with no change to rtlab."""
+"""An external rtlab plugin: contributes a loss, an evaluator and an SSL method, selected by name, with no change to
+rtlab. The method, ``cosine_teacher``, is distillation from a frozen random teacher with this plugin's cosine loss:
+``rtlab train method=cosine_teacher``, and ``rtlab compare`` compares it with the built-in methods."""
 
 from __future__ import annotations
 
@@ -47,3 +49,8 @@ class EmbeddingSpread:
 def rtlab_register(registry):
     registry.add("loss", "cosine", CosineLoss, CosineLossOptions)
     registry.add("evaluator", "spread", EmbeddingSpread, SpreadOptions)
+    registry.add_preset("method", "cosine_teacher",
+                        {"teacher": "random", "student": "interpolated", "updater": "frozen",
+                         "objective": "distillation", "loss": "cosine", "head": "dino", "augment": "identity"},
+                        {"objective": {"pairing": "same", "center_momentum": None}},
+                        doc="distillation from a frozen random teacher with the cosine loss")

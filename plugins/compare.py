@@ -1,0 +1,359 @@
+"""``rtlab compare [OVERRIDES]``: SSL methods × backbones × seeds on one dataset with one budget, then one table.
+
+The configuration is composed like ``rtlab train``'s (``experiment=compare_cpu``, any override) and fixes what the
+cells share: data, budget, optimiser, probes. The ``compare`` section says what varies:
+
+* ``compare.methods`` — method names (``method=NAME`` presets, :mod:`plugins.methods`); empty: every registered
+  method, those of third-party plugins included;
+* ``compare.backbones`` — backbone names; empty: the configuration's backbone;
+* ``compare.seeds`` — ``train.seed`` of each cell (it seeds teacher, student, data order and augmentation);
+* ``compare.overrides`` — extra overrides per method (``{dino: [augment.local_views=2]}``): sizing a method for the
+  budget without changing the others (entries of methods not compared are ignored); on the command line:
+  ``'+compare.overrides.dino=["augment.local_views=2"]'``;
+* ``compare.launcher`` / ``compare.jobs`` — the Hydra launcher of the cells (``basic``: one after another in this
+  process; ``joblib``: ``jobs`` worker processes).
+
+Every (method, backbone) pair is one Hydra multirun (``rtlab train -m … train.seed=0,1,2``) into
+``OUT/cells/<method>/<backbone>/seed_<seed>``. A cell whose ``summary.json`` exists is finished and is never
+trained again, so re-running the command (or adding a method or a seed) trains only what is missing; a cell folder
+without one (an interrupted or failed cell) is trained again from the start. ``OUT`` is
+``runs/<name>/compare-<hash of the shared configuration>`` unless ``--out`` is given.
+
+Results: ``compare.md`` and ``compare.csv`` (per method and backbone: k-NN and linear accuracy of the student,
+mean ± sample std over seeds; the student's k-NN accuracy at its random init and the gain over it, paired per seed;
+wall time; training images/s),
+``plots/compare.png`` and ``compare.json`` (every cell). A failed cell is reported (the last line of its
+``error.txt``; the seeds after it in its multirun are not trained) and the command exits with code 1 after writing
+everything else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import logging
+import math
+import shutil
+import statistics
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from framework import hookimpl
+from framework.checkpoint import atomic_write_text
+from framework.errors import RtlabError
+
+log = logging.getLogger("rtlab")
+
+SECTION = "compare"
+CELLS = "cells"
+# overrides the grid sets for every cell: the user gives them through compare.* instead
+GRID_KEYS = ("method", "backbone", "train.seed")
+LAUNCHERS = ("basic", "joblib")
+# per cell: the student's k-NN and linear accuracy, its k-NN accuracy before training and the gain over it (paired
+# per seed), wall time, training images/s
+NUMBERS = ("knn", "linear", "knn_init", "knn_gain", "wall_time_s", "images_per_s")
+
+
+@dataclass
+class CompareSettings:
+    methods: List[str] = field(default_factory=list)  # [] = every registered method
+    backbones: List[str] = field(default_factory=list)  # [] = the configuration's backbone
+    seeds: List[int] = field(default_factory=lambda: [0])  # train.seed of the cells
+    overrides: Dict[str, List[str]] = field(default_factory=dict)  # method → extra overrides of its cells
+    launcher: str = "basic"  # basic (in-process, one cell after another) | joblib (worker processes)
+    jobs: int = 1  # parallel cells with the joblib launcher
+    out: Optional[str] = None  # the comparison folder; None: runs/<name>/compare-<hash>
+
+
+@dataclass(frozen=True)
+class Cell:
+    method: str
+    backbone: str
+    seed: int
+
+    def folder(self, out: Path) -> Path:
+        return out / CELLS / self.method / self.backbone / f"seed_{self.seed}"
+
+
+# ------------------------------------------------------------------------------------------------------- grid
+def grid(cfg: Any, registry: Any) -> tuple[list[str], list[str], list[int]]:
+    """(methods, backbones, seeds) of the comparison, checked against the registry."""
+    from plugins.methods import GROUP, method_names
+
+    s = cfg[SECTION]
+    methods = list(s.methods) or method_names(registry)
+    if not methods:
+        raise RtlabError("no method is registered; install a method plugin or name methods with compare.methods")
+    for m in methods:
+        registry.preset(GROUP, m)
+    backbones = list(s.backbones) or [str(cfg.backbone.name)]
+    seeds = [int(x) for x in s.seeds]
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise RtlabError(f"compare.seeds must list distinct seeds, got {seeds}")
+    if s.launcher not in LAUNCHERS or s.jobs < 1:
+        raise RtlabError(f"compare.launcher must be one of {', '.join(LAUNCHERS)} and compare.jobs >= 1, got "
+                         f"{s.launcher} and {s.jobs}")
+    return methods, backbones, seeds
+
+
+def shared_hash(cfg: Any) -> str:
+    """A short hash of what every cell shares (everything but the ``compare`` section and presentation)."""
+    from omegaconf import OmegaConf
+
+    from plugins.analysis import config_hash
+
+    shared = OmegaConf.masked_copy(cfg, [k for k in cfg if k != SECTION])
+    return config_hash(shared)
+
+
+def cell_overrides(user: list[str], method: str, backbone: str, extra: list[str]) -> list[str]:
+    """The ``rtlab train`` overrides of a method's cells on a backbone (the seed is swept by the caller); the
+    comparison's own ``compare.*`` settings stay out of the cells."""
+    shared = [o for o in user if not o.lstrip("+~").startswith(f"{SECTION}.")]
+    return [*shared, f"method={method}", *extra, f"backbone={backbone}"]
+
+
+def check_cell(folder: Path, want: Any) -> None:
+    """A finished cell must have been trained with the configuration this comparison would give it."""
+    from omegaconf import OmegaConf
+
+    saved = folder / "config.yaml"
+    if saved.exists() and shared_hash(OmegaConf.load(saved)) != shared_hash(want):
+        raise RtlabError(f"cell {folder} was trained with another configuration; delete it or compare into another "
+                         "folder (--out DIR)")
+
+
+# ---------------------------------------------------------------------------------------------------- running
+def train_cells(method: str, backbone: str, seeds: list[int], overrides: list[str], out: Path, settings: Any
+                ) -> int:
+    """One Hydra multirun over ``seeds`` for a (method, backbone) pair; returns the exit code of ``rtlab train``
+    (a failing cell stops the seeds after it; they are trained by the next invocation)."""
+    from framework.cli import train_command
+
+    launcher = [] if settings.launcher == "basic" else [f"hydra/launcher={settings.launcher}",
+                                                        f"hydra.launcher.n_jobs={settings.jobs}"]
+    argv = ["-m", *overrides, f"train.seed={','.join(map(str, seeds))}",
+            f"hydra.sweep.dir={out / CELLS / method / backbone}", "hydra.sweep.subdir=seed_${train.seed}", *launcher]
+    print(f"rtlab compare: training {method} on {backbone}, seed(s) {', '.join(map(str, seeds))}", flush=True)
+    return train_command(argv)
+
+
+def run_comparison(overrides: list[str], out: str | None = None, pm: Any = None) -> dict:
+    """``rtlab compare OVERRIDES``: train the missing cells, then write the table and plot; returns the record.
+    ``pm`` resolves names here; the cells are trained by ``rtlab train`` with the process-wide plugin manager."""
+    from framework.config import check_config, compose, register_configs
+    from framework.plugin_manager import get_plugin_manager
+
+    pm = pm or get_plugin_manager()
+    register_configs(pm.registry)
+    for o in overrides:
+        key = o.split("=", 1)[0].lstrip("+~")
+        if key in GRID_KEYS:
+            raise RtlabError(f"'{o}': the comparison sets {key} per cell; give compare.methods, compare.backbones "
+                             "and compare.seeds instead")
+    cfg = compose(overrides, pm.registry)
+    check_config(cfg, pm.registry)
+    settings = cfg[SECTION]
+    methods, backbones, seeds = grid(cfg, pm.registry)
+    folder = Path(out or settings.out or Path("runs") / str(cfg.name) / f"compare-{shared_hash(cfg)}")
+    folder.mkdir(parents=True, exist_ok=True)
+    cells = [Cell(m, b, s) for m in methods for b in backbones for s in seeds]
+    trained = reused = 0
+    for m in methods:
+        extra = list(settings.overrides.get(m, []))
+        for b in backbones:
+            want = cell_overrides(overrides, m, b, extra)
+            todo = []
+            for s in seeds:
+                cell_dir = Cell(m, b, s).folder(folder)
+                if (cell_dir / "summary.json").exists():
+                    check_cell(cell_dir, compose([*want, f"train.seed={s}"], pm.registry))
+                    reused += 1
+                    continue
+                if cell_dir.exists():  # what an interrupted or failed cell left behind: it starts over
+                    log.warning("restarting the unfinished cell %s", cell_dir)
+                    shutil.rmtree(cell_dir)
+                todo.append(s)
+            if todo:
+                train_cells(m, b, todo, want, folder, settings)  # failures are read from the cells below
+                trained += sum((Cell(m, b, s).folder(folder) / "summary.json").exists() for s in todo)
+    results = [cell_result(c, c.folder(folder)) for c in cells]
+    rows = summarise(results, methods, backbones)
+    record = {"methods": methods, "backbones": backbones, "seeds": seeds, "overrides": overrides,
+              "trained": trained, "reused": reused, "cells": results, "rows": rows}
+    write_results(folder, record)
+    print(markdown(rows))
+    print(f"rtlab compare: {trained} cell(s) trained, {reused} reused; results in {folder}", flush=True)
+    failed = [r for r in results if r["status"] != "done"]
+    if failed:
+        names = ", ".join(f"{r['method']}/{r['backbone']}/seed {r['seed']}" for r in failed)
+        raise CellsFailed(f"{len(failed)} cell(s) did not finish ({names}); see error.txt in their folders under "
+                          f"{folder / CELLS}; the table holds the others")
+    return record
+
+
+class CellsFailed(RtlabError):
+    exit_code = 1
+
+
+# ---------------------------------------------------------------------------------------------------- results
+def _eval_at_init(folder: Path) -> dict:
+    """The evaluation before training (epoch 0) from the cell's ``metrics.jsonl`` ({} when there was none)."""
+    path = folder / "metrics.jsonl"
+    if not path.exists():
+        return {}
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if record.get("kind") == "eval" and record.get("epoch") == 0:
+            return record
+    return {}
+
+
+def cell_result(cell: Cell, folder: Path) -> dict:
+    """One cell's numbers (status ``done``), or its failure (``failed``: the last line of ``error.txt``)."""
+    base = {"method": cell.method, "backbone": cell.backbone, "seed": cell.seed, "folder": str(folder)}
+    summary_file = folder / "summary.json"
+    if not summary_file.exists():
+        error = folder / "error.txt"
+        why = error.read_text().strip().splitlines()[-1] if error.exists() else "not trained"
+        return {**base, "status": "failed", "error": why}
+    summary = json.loads(summary_file.read_text())
+    metrics = summary.get("metrics", {})
+    init = _eval_at_init(folder)
+    knn, knn_init = metrics.get("knn/student"), init.get("knn/student")
+    return {**base, "status": "done", "knn": knn, "linear": metrics.get("linear/student"), "knn_init": knn_init,
+            "knn_gain": knn - knn_init if knn is not None and knn_init is not None else None, "wall_time_s": summary.get("wall_time_s"),
+            "images_per_s": summary.get("images_per_s"), "steps": summary.get("steps"),
+            "errors": [e["error"] for e in summary.get("errors", [])]}
+
+
+def _stats(values: list) -> tuple[float, float, int] | None:
+    vals = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    if not vals:
+        return None
+    return statistics.fmean(vals), statistics.stdev(vals) if len(vals) > 1 else 0.0, len(vals)
+
+
+def summarise(results: list[dict], methods: list[str], backbones: list[str]) -> list[dict]:
+    """One row per (method, backbone): mean, std and count of every number over the finished seeds."""
+    rows = []
+    for m in methods:
+        for b in backbones:
+            done = [r for r in results if r["method"] == m and r["backbone"] == b and r["status"] == "done"]
+            failed = sum(r["method"] == m and r["backbone"] == b and r["status"] != "done" for r in results)
+            row = {"method": m, "backbone": b, "runs": len(done), "failed": failed}
+            for key in NUMBERS:
+                row[key] = _stats([r.get(key) for r in done])
+            rows.append(row)
+    return rows
+
+
+def _pct(stat: tuple | None, std: bool = True) -> str:
+    if stat is None:
+        return "–"
+    return f"{100 * stat[0]:.2f} ± {100 * stat[1]:.2f}" if std else f"{100 * stat[0]:.2f}"
+
+
+def _num(stat: tuple | None, digits: int = 0) -> str:
+    return "–" if stat is None else f"{stat[0]:.{digits}f}"
+
+
+def markdown(rows: list[dict]) -> str:
+    lines = ["| method | backbone | seeds | k-NN (%) | linear (%) | k-NN at init (%) | k-NN gain (points) | "
+             "wall time (s) | images/s |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        seeds = f"{r['runs']}" + (f" ({r['failed']} failed)" if r["failed"] else "")
+        lines.append(f"| {r['method']} | {r['backbone']} | {seeds} | {_pct(r['knn'])} | {_pct(r['linear'])} | "
+                     f"{_pct(r['knn_init'])} | {_pct(r['knn_gain'])} | {_num(r['wall_time_s'], 1)} | "
+                     f"{_num(r['images_per_s'])} |")
+    return "\n".join(lines)
+
+
+def csv_text(rows: list[dict]) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["method", "backbone", "runs", "failed", *(f"{k}_{s}" for k in NUMBERS for s in ("mean", "std"))])
+    for r in rows:
+        cells: list[Any] = [r["method"], r["backbone"], r["runs"], r["failed"]]
+        for key in NUMBERS:
+            stat = r[key]
+            cells += ["", ""] if stat is None else [f"{stat[0]:.6g}", f"{stat[1]:.6g}"]
+        writer.writerow(cells)
+    return buf.getvalue()
+
+
+def plot(rows: list[dict], path: Path) -> Path:
+    """k-NN and linear accuracy per method (one bar per backbone, seed std as error bars), and images/s."""
+    from plugins.plotting import pyplot, save
+
+    plt = pyplot()
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    backbones = list(dict.fromkeys(r["backbone"] for r in rows))
+    fig, axes = plt.subplots(1, 3, figsize=(3 * (1.5 + 0.55 * len(methods) * len(backbones) ** 0.5), 4))
+    width = 0.8 / len(backbones)
+    for ax, key, title in zip(axes, ("knn", "linear", "images_per_s"),
+                              ("k-NN accuracy (%)", "linear accuracy (%)", "training images/s")):
+        scale = 1.0 if key == "images_per_s" else 100.0
+        for k, b in enumerate(backbones):
+            stats = [next((r[key] for r in rows if r["method"] == m and r["backbone"] == b), None) for m in methods]
+            xs = [i + (k - (len(backbones) - 1) / 2) * width for i in range(len(methods))]
+            ax.bar(xs, [scale * s[0] if s else 0 for s in stats], width, yerr=[scale * s[1] if s else 0 for s in stats],
+                   capsize=3, label=b)
+            if key == "knn":
+                init = [next((r["knn_init"] for r in rows if r["method"] == m and r["backbone"] == b), None)
+                        for m in methods]
+                ax.scatter(xs, [scale * s[0] if s else float("nan") for s in init], marker="_", s=200, color="k",
+                           zorder=3, label="at init" if k == 0 else None)
+        ax.set_xticks(range(len(methods)), methods, rotation=30, ha="right")
+        ax.set_title(title)
+        if key != "images_per_s":
+            values = [scale * r[k][0] for r in rows for k in (key, "knn_init" if key == "knn" else key) if r[k]]
+            if values:
+                ax.set_ylim(max(0.0, min(values) - 10), min(100.0, max(values) + 5))
+    axes[0].legend(fontsize=8)
+    return save(fig, path)
+
+
+def write_results(folder: Path, record: dict) -> None:
+    rows = record["rows"]
+    atomic_write_text(folder / "compare.json", json.dumps(record, indent=2, default=str))
+    atomic_write_text(folder / "compare.md", markdown(rows) + "\n")
+    atomic_write_text(folder / "compare.csv", csv_text(rows))
+    if any(r["runs"] for r in rows):
+        plot(rows, folder / "plots" / "compare.png")
+
+
+# ------------------------------------------------------------------------------------------------------- command
+def _configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides shared by every cell: experiment=compare_cpu "
+                        "compare.methods=[dino,byol] compare.seeds=[0,1] data.train_size=5000 …")
+    parser.add_argument("--out", help="comparison folder (default: runs/NAME/compare-HASH; the same folder reuses "
+                        "finished cells)")
+
+
+def _run(args: argparse.Namespace) -> int:
+    try:
+        run_comparison(list(args.overrides), args.out)
+    except CellsFailed as exc:
+        print(f"rtlab: error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+@hookimpl
+def rtlab_register(registry):
+    registry.add_settings(SECTION, CompareSettings)
+
+
+@hookimpl
+def rtlab_add_commands(commands):
+    commands.add("compare", "SSL methods x backbones x seeds under one budget: a table and a plot (Hydra "
+                 "multirun; finished cells are reused)", _configure, _run)
