@@ -52,7 +52,7 @@ def test_losses():
     s, t = torch.randn(8, 16, requires_grad=True), torch.randn(8, 16)
     ce, logs = CrossEntropy(TemperatureOptions(teacher_temp=0.5))(s, t)
     p = F.softmax(t / 0.5, -1)
-    assert float(ce) == pytest.approx(float(-(p * F.log_softmax(s, -1)).sum(-1).mean().detach()), rel=1e-5)
+    assert float(ce.detach()) == pytest.approx(float(-(p * F.log_softmax(s, -1)).sum(-1).mean().detach()), rel=1e-5)
     ce.backward()  # the CE gradient is the KL gradient: (q − p)/B
     assert torch.allclose(s.grad, (F.softmax(s, -1) - p).detach() / 8, atol=1e-6)
     assert float(logs["kl"]) == pytest.approx(float(ce.detach() - logs["teacher_entropy"]), abs=1e-5)
