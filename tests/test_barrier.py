@@ -46,6 +46,7 @@ def test_endpoints_reproduce_the_runs_accuracy_exactly(tmp_path):
     interp = tmp_path / "interpolate"
     base = [*SUP, "analysis.starts=[random]", "analysis.runs=2", "analysis.points=3"]
     run_analysis("barrier", [*base, "analysis.bn=interpolate"], str(interp), create_plugin_manager(autoload=False))
+    assert (interp / "eval" / ".lock").read_text() == ""  # the evaluation run's lock is released at the end
     res = json.loads((interp / "analysis.json").read_text())["results"]
     pair = res["starts"]["random"]["pairs"][0]
     n_test = 200

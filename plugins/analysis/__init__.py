@@ -74,6 +74,12 @@ class AnalysisContext:
         self.out_dir = out_dir
         self.pm = pm
         self.registry = pm.registry
+        self.open_runs: list = []  # evaluation runs: their run-folder locks are released when the analysis ends
+
+    def close(self) -> None:
+        for run in self.open_runs:
+            run.release()
+        self.open_runs.clear()
 
     @property
     def options(self) -> Any:
@@ -114,7 +120,9 @@ class AnalysisContext:
         analysed architecture, evaluators. Analyses load the weights they study into it."""
         from framework.run import Run
 
-        return Run(self.cfg, self.out_dir / folder, self.pm).setup()
+        run = Run(self.cfg, self.out_dir / folder, self.pm)
+        self.open_runs.append(run)
+        return run.setup()
 
     def pretrained(self, name: str) -> Path:
         """The folder of pretrain run ``name`` (``analysis.pretrain.NAME``), trained first when missing."""
@@ -220,7 +228,10 @@ def run_analysis(name: str, overrides: Sequence[str], out: str | None = None, pm
     folder = prepare_folder(name, cfg, out)
     ctx = AnalysisContext(name, cfg, full, folder, pm)
     analysis = pm.registry.build(KIND, cfg[KIND])
-    results = analysis.run(ctx)
+    try:
+        results = analysis.run(ctx)
+    finally:
+        ctx.close()
     record = read_record(folder)
     record.update(status="done", results=results)
     write_record(folder, record)
