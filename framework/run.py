@@ -148,6 +148,7 @@ class Run:
         self.teacher: Network
         self.student: Network
         self.step_metrics = StepMetrics(self.device)
+        self.finite_step = -1  # the last step check_finite cleared
         self.lock: RunLock | None = None
         self.state_step: int | None = None  # step of the last training state written
         self._start_time = time.time()
@@ -323,11 +324,14 @@ class Run:
 
     def check_finite(self) -> None:
         """Stop with :class:`framework.errors.TrainingDiverged` when a logged loss or a weight is not finite."""
+        if self.finite_step == self.step:  # a log and a state save after one step: the weights are checked once
+            return
         last_good = self._last_good()
         self.step_metrics.check(last_good)
         # a frozen teacher cannot turn non-finite: it is checked once, when the run is set up
         nets = [("student", self.student)] + ([] if self.teacher_frozen else [("teacher", self.teacher)])
         check_parameters(nets, self.step, last_good)
+        self.finite_step = self.step
 
     def save_state(self) -> Path:
         """Write ``checkpoints/last`` (the full training state) after checking that it is finite."""

@@ -231,8 +231,8 @@ def knn_predict(train: torch.Tensor, train_labels: torch.Tensor, test: torch.Ten
                 metric: str = "l2", vote: str = "majority", temperature: float = 0.07, num_classes: int = 0,
                 chunk: int = 1024, screen: str = "auto") -> torch.Tensor:
     """Predicted labels of ``test`` rows from their ``k`` nearest ``train`` rows (memory: chunk x N_train)."""
-    if metric not in ("l2", "cosine") or vote not in ("majority", "weighted"):
-        raise RtlabError(f"knn: metric must be l2|cosine and vote majority|weighted, got {metric}/{vote}")
+    if vote not in ("majority", "weighted"):  # the metric and screen are checked by knn_neighbours
+        raise RtlabError(f"knn: vote must be majority or weighted, got '{vote}'")
     num_classes = num_classes or int(train_labels.max()) + 1
     preds = []
     for top, idx in knn_neighbours(train, test, k, metric, chunk, screen):

@@ -72,10 +72,6 @@ class Tempered:
     def teacher_probs(self, teacher: torch.Tensor) -> torch.Tensor:
         return F.softmax(self._tempered(teacher, self.teacher_temp), dim=-1)
 
-    def log_probs(self, student: torch.Tensor, teacher: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(log q, log p): log-softmax of the tempered student and teacher outputs, in float32."""
-        return self.student_log_probs(student), self.teacher_log_probs(teacher)
-
     @torch.no_grad()
     def divergences(self, log_q: torch.Tensor, teacher: torch.Tensor, diagnose: bool = True
                     ) -> dict[str, torch.Tensor]:

@@ -38,7 +38,7 @@ def nt_xent(a: torch.Tensor, b: torch.Tensor, temperature: float) -> tuple[torch
     z = F.normalize(torch.cat([a, b]).float(), dim=-1)
     logits = z @ z.T / temperature
     logits.fill_diagonal_(float("-inf"))  # an embedding is not its own negative
-    positives = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(a.device)
+    positives = torch.arange(2 * n, device=a.device).roll(n)  # i ↔ i + n, made on the device (no copy per step)
     loss = F.cross_entropy(logits, positives)
     with torch.no_grad():
         hits = (logits.argmax(1) == positives).float().mean()
