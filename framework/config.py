@@ -90,7 +90,7 @@ def build_schema(registry: Registry) -> type:
 
 
 def _stream_seed(stream: str, *, _root_: DictConfig) -> int:
-    from framework.run import stream_seed
+    from framework.seeding import stream_seed
 
     return stream_seed(int(_root_.train.seed), str(stream)) % 2 ** 31
 

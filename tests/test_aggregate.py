@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from framework.errors import RtlabError
-from plugins.aggregate import aggregate, find_runs, markdown
+from plugins.commands.aggregate import aggregate, find_runs, markdown
 
 
 def write_run(folder, alpha, seed, knn, best=None):

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from plugins.augment_ops import (ColorJitter, GaussianBlur, HorizontalFlip, PadCrop, RandomGrayscale,
+from plugins.data.augment_ops import (ColorJitter, GaussianBlur, HorizontalFlip, PadCrop, RandomGrayscale,
                                  RandomResizedCrop, Solarize, adjust_hue)
-from plugins.augmentations import DinoAugmentOptions, FlipCrop, FlipCropOptions, MultiCrop, MultiCropOptions
+from plugins.data.augmentations import DinoAugmentOptions, FlipCrop, FlipCropOptions, MultiCrop, MultiCropOptions
 from tiny_runs import compose_run
 
 

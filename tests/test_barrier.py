@@ -17,7 +17,7 @@ from framework.plugin_manager import create_plugin_manager
 from plugins.analysis import AnalysisContext, run_analysis
 from plugins.analysis.barrier import BarrierOptions
 from plugins.analysis.interpolation import barrier, classifier_metrics, combine
-from plugins.supervised import classifier_state
+from plugins.training.supervised import classifier_state
 
 
 def test_barrier_is_the_largest_rise_above_the_straight_line():

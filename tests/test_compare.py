@@ -60,7 +60,7 @@ def test_compare_refuses_unknown_methods_and_grid_overrides(cli, tmp_path):
 
 
 def test_a_failing_cell_is_reported_and_the_others_tabulated(tmp_path):
-    from plugins.compare import CellsFailed, run_comparison
+    from plugins.commands.compare import CellsFailed, run_comparison
 
     out = tmp_path / "cmp"
     grid = [o for o in TINY_GRID if "overrides.dino" not in o]

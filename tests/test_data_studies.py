@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 
 from framework.config import config_dir, dataset_node
 from framework.errors import RtlabError
-from plugins.gaussian_inputs import GaussianOptions, GaussianSource
+from plugins.data.gaussian_inputs import GaussianOptions, GaussianSource
 from tiny_runs import compose_run, fit, plugin_manager
 
 

@@ -7,8 +7,8 @@ import torch
 
 import pytest
 
-from plugins.knn import knn_neighbours, knn_predict
-from plugins.linear_probe import standardize, train_linear_probe
+from plugins.probes.knn import knn_neighbours, knn_predict
+from plugins.probes.linear_probe import standardize, train_linear_probe
 
 
 def test_knn_l2_majority_vote_matches_scikit_learn():

@@ -9,7 +9,7 @@ from analysis_helpers import DISTILL, quoted
 
 from framework.plugin_manager import create_plugin_manager
 from plugins.analysis import run_analysis
-from plugins.report import command as report_command
+from plugins.commands.report import command as report_command
 
 
 def test_landscape_plane_through_pretrained_networks(tmp_path):

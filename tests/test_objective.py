@@ -13,8 +13,8 @@ from framework.config import compose
 from framework.errors import RtlabError
 from framework.models import has_batchnorm, parameter_distance
 from framework.run import Run
-from plugins.losses import CrossEntropy, CrossEntropyOptions
-from plugins.students import interpolate
+from plugins.distill.losses import CrossEntropy, CrossEntropyOptions
+from plugins.distill.students import interpolate
 
 
 def test_ce_has_the_gradient_of_kl_and_logs_the_exact_kl():

@@ -13,9 +13,9 @@ from torch import nn
 
 from framework.errors import RtlabError
 from framework.models import forward_views
-from plugins.distillation import Centering, view_pairs
-from plugins.losses import CrossEntropy, MeanSquaredError, MSEOptions, PredictionEntropy, TemperatureOptions
-from plugins.optimizers import cosine_value
+from plugins.distill.distillation import Centering, view_pairs
+from plugins.distill.losses import CrossEntropy, MeanSquaredError, MSEOptions, PredictionEntropy, TemperatureOptions
+from plugins.training.optimizers import cosine_value
 from tiny_runs import compose_run
 
 

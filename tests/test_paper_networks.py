@@ -9,7 +9,7 @@ from torch import nn
 
 from framework.errors import RtlabError
 from framework.models import adapter_for, create_backbone
-from plugins.heads import DinoHead, DinoHeadOptions
+from plugins.networks.heads import DinoHead, DinoHeadOptions
 from tiny_runs import plugin_manager
 
 

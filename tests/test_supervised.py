@@ -11,7 +11,7 @@ from framework.config import compose
 from framework.errors import RtlabError
 from framework.registry import node_class
 from framework.run import Run, run_training
-from plugins.supervised import classifier_state
+from plugins.training.supervised import classifier_state
 
 
 def flip_crop(registry, **options):

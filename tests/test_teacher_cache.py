@@ -35,7 +35,7 @@ def test_cached_teacher_gives_the_same_losses(tmp_path):
 
 
 def test_cache_refuses_where_it_would_not_be_exact(tmp_path):
-    from plugins.distillation import TeacherCache
+    from plugins.distill.distillation import TeacherCache
 
     cfg = compose(TINY + ["data=digits", "data.train_size=128", "data.test_size=32"])
     run = Run(cfg, tmp_path / "r").setup()

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from plugins.updaters import EMA, cosine_momentum
+from plugins.distill.updaters import EMA, cosine_momentum
 from tiny_runs import compose_run
 
 

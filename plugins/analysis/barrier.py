@@ -28,8 +28,8 @@ from framework.errors import RtlabError
 from plugins.analysis import AnalysisOptions, declare_kind
 from plugins.analysis.interpolation import barrier, check_bn_mode, classifier_metrics, combine, load_point
 from plugins.analysis.sources import parse_spec, start_overrides
-from plugins.plotting import percent, pyplot, save
-from plugins.supervised import Supervised, classifier_state
+from plugins.tracking.plotting import percent, pyplot, save
+from plugins.training.supervised import Supervised, classifier_state
 
 SPLITS = ("test", "train")
 

@@ -28,8 +28,8 @@ from framework.errors import RtlabError
 from plugins.analysis import AnalysisOptions, declare_kind
 from plugins.analysis.pruning import MASK_SUFFIX, apply_masks, attach_masks, global_magnitude_masks, prunable_names
 from plugins.analysis.sources import NetworkSpec, parse_spec, start_overrides
-from plugins.plotting import percent, pyplot, save
-from plugins.supervised import Supervised, classifier_state
+from plugins.tracking.plotting import percent, pyplot, save
+from plugins.training.supervised import Supervised, classifier_state
 
 METRIC = "classifier/student"
 

@@ -31,7 +31,7 @@ from framework.models import load_network_state
 from plugins.analysis import AnalysisOptions, declare_kind
 from plugins.analysis.interpolation import check_bn_mode, combine, load_point
 from plugins.analysis.sources import network_state, parse_spec
-from plugins.plotting import pyplot, save
+from plugins.tracking.plotting import pyplot, save
 
 
 @dataclass

@@ -12,7 +12,7 @@ a target network (``simsiam``, ``simclr``, ``barlow_twins``, ``vicreg``), the un
 from, which the probes then measure as the random-init baseline of the same architecture. Predictors belong to
 their objective (trained with the student, saved with the training state).
 
-``rtlab compare`` (:mod:`plugins.compare`) finds every registered method, so a plugin that calls
+``rtlab compare`` (:mod:`plugins.commands.compare`) finds every registered method, so a plugin that calls
 :func:`add_method` in its ``rtlab_register`` hook is compared with the built-in ones. docs/methods.md describes
 each method, its options and its reference.
 """

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from framework import hookimpl
-from plugins.heads import mlp_head
+from plugins.networks.heads import mlp_head
 from plugins.methods import add_method
 from plugins.methods.joint_embedding import JointEmbedding, WideProjectorOptions
 

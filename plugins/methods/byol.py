@@ -25,8 +25,8 @@ import torch
 import torch.nn.functional as F
 
 from framework import hookimpl
-from plugins.augmentations import MultiCrop, TwoViewOptions
-from plugins.heads import MLPHeadOptions, mlp_head
+from plugins.data.augmentations import MultiCrop, TwoViewOptions
+from plugins.networks.heads import MLPHeadOptions, mlp_head
 from plugins.methods import add_method
 from plugins.methods.prediction import PredictionObjective, PredictionOptions
 

@@ -10,7 +10,7 @@ from typing import List, Mapping
 
 import torch
 
-from plugins.heads import MLPHeadOptions
+from plugins.networks.heads import MLPHeadOptions
 from plugins.methods.prediction import needs_two_views
 
 

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from framework.errors import RtlabError
-from plugins.heads import MLP, MLPHeadOptions
+from plugins.networks.heads import MLP, MLPHeadOptions
 
 
 @dataclass
@@ -59,7 +59,7 @@ class PredictionObjective(nn.Module):
         self.predictor: nn.Module | None = None
 
     def setup(self, run):
-        from framework.run import stream_seed
+        from framework.seeding import stream_seed
 
         width = output_dim(run.student.head, run.student.embed_dim)
         with torch.random.fork_rng(devices=[]):

@@ -25,8 +25,8 @@ import torch.nn.functional as F
 
 from framework import hookimpl
 from framework.errors import RtlabError
-from plugins.augmentations import MultiCrop, TwoViewOptions
-from plugins.heads import MLPHeadOptions, mlp_head
+from plugins.data.augmentations import MultiCrop, TwoViewOptions
+from plugins.networks.heads import MLPHeadOptions, mlp_head
 from plugins.methods import add_method
 from plugins.methods.joint_embedding import JointEmbedding
 

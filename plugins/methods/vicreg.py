@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from framework import hookimpl
-from plugins.heads import mlp_head
+from plugins.networks.heads import mlp_head
 from plugins.methods import add_method
 from plugins.methods.joint_embedding import JointEmbedding, WideProjectorOptions
 

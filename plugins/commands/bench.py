@@ -247,7 +247,7 @@ def bench_knn(n_train: int, n_test: int, dim: int, k: int, device: str, classes:
     force on the same clustered features."""
     from sklearn.neighbors import KNeighborsClassifier
 
-    from plugins.knn import bf16_screening_pays, knn_predict
+    from plugins.probes.knn import bf16_screening_pays, knn_predict
 
     dev = _device(device)
     xtr, ytr, xte, yte = _clusters(n_train, n_test, dim, classes, noise=2.0, seed=0)
@@ -297,7 +297,7 @@ def bench_linear(n_train: int, n_test: int, dim: int, device: str, classes: int 
     """rtlab's linear probe (AdamW, 10 epochs, on device) against scikit-learn's logistic regression."""
     from sklearn.linear_model import LogisticRegression
 
-    from plugins.linear_probe import train_linear_probe
+    from plugins.probes.linear_probe import train_linear_probe
 
     dev = _device(device)
     xtr, ytr, xte, yte = _clusters(n_train, n_test, dim, classes, noise=3.0, seed=1)

@@ -1,7 +1,7 @@
 """Backbone adapters: how each timm family takes small inputs and how it is initialised.
 
 ``backbone.norm`` swaps the normalisation layers (BatchNorm / GroupNorm8 / InstanceNorm / LayerNorm / Identity,
-:mod:`plugins.norm_layers`) of families that take a ``norm_layer`` (timm ResNets, the paper's CIFAR nets); the
+:mod:`plugins.networks.norm_layers`) of families that take a ``norm_layer`` (timm ResNets, the paper's CIFAR nets); the
 others refuse it.
 
 Init schemes (``backbone.init``):
@@ -25,7 +25,7 @@ from torch import nn
 from framework import hookimpl
 from framework.errors import RtlabError
 from framework.options import BackboneOptions
-from plugins.norm_layers import norm_layer
+from plugins.networks.norm_layers import norm_layer
 
 SMALL_INPUT = 64  # inputs up to this many pixels a side get the small-input adaptations under "auto"
 

@@ -1,4 +1,4 @@
-"""Augmentations (kind ``augment``), batched on the training device with the ops of :mod:`plugins.augment_ops`.
+"""Augmentations (kind ``augment``), batched on the training device with the ops of :mod:`plugins.data.augment_ops`.
 
 * ``identity`` — one view, the image itself (the paper's "None (1 x 32²)");
 * ``flip_crop`` — random horizontal flip and zero-padded random crop (the supervised CIFAR recipe, PAPER.md §6);
@@ -21,7 +21,7 @@ from typing import List, Optional, Tuple
 
 from framework import hookimpl
 from framework.errors import RtlabError
-from plugins.augment_ops import (ColorJitter, Compose, GaussianBlur, HorizontalFlip, PadCrop, RandomGrayscale,
+from plugins.data.augment_ops import (ColorJitter, Compose, GaussianBlur, HorizontalFlip, PadCrop, RandomGrayscale,
                                  RandomResizedCrop, Solarize)
 
 

@@ -20,7 +20,7 @@ from typing import Any
 from framework import hookimpl
 from framework.checkpoint import atomic_write_text
 from framework.errors import RtlabError
-from plugins.plotting import percent, pyplot, save
+from plugins.tracking.plotting import percent, pyplot, save
 
 TARGET_STYLE = {"teacher": ("tab:orange", "-"), "teacher_bn": ("tab:red", ":"), "student": ("tab:blue", "-"),
                 "input": ("black", "--")}

@@ -292,7 +292,7 @@ def csv_text(rows: list[dict]) -> str:
 
 def plot(rows: list[dict], path: Path) -> Path:
     """k-NN and linear accuracy per method (one bar per backbone, seed std as error bars), and images/s."""
-    from plugins.plotting import pyplot, save
+    from plugins.tracking.plotting import pyplot, save
 
     plt = pyplot()
     methods = list(dict.fromkeys(r["method"] for r in rows))

@@ -1,0 +1,9 @@
+"""Commands: ``rtlab`` sub-commands contributed through ``rtlab_add_commands``.
+
+Plugins (each registered by its module name):
+
+* ``aggregate`` — ``rtlab aggregate``: mean ± std of run results grouped by config values;
+* ``bench`` — ``rtlab bench``: the step against a bare PyTorch loop, probes against scikit-learn;
+* ``compare`` — ``rtlab compare``: SSL methods × backbones × seeds, one table;
+* ``report`` — ``rtlab report``: plots and a Markdown summary of runs and analyses.
+"""

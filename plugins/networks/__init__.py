@@ -1,0 +1,10 @@
+"""Networks: what a backbone name builds and what sits on top of it.
+
+Plugins (each registered by its module name):
+
+* ``backbones`` — backbone adapters (kind ``backbone``): how each timm family takes small inputs and is initialised;
+* ``cifar_nets`` — the paper's VGG11 without BN and CIFAR ResNet20/56, registered as timm models;
+* ``heads`` — the DINO projection head with the L2 bottleneck (kind ``head``).
+
+Helpers (not plugins): ``norm_layers`` — the BN/GN/LN/Identity layers of the norm-layer swap.
+"""

@@ -1,0 +1,12 @@
+"""Tracking: life-cycle hook plugins that write and show a run's outputs.
+
+Plugins (each registered by its module name):
+
+* ``metrics_log`` — ``metrics.jsonl``;
+* ``tensorboard_log`` — TensorBoard event files;
+* ``progress`` — the tqdm progress bar;
+* ``checkpointing`` — ``checkpoints/epoch_N`` and ``checkpoints/final``;
+* ``results_table`` — the table printed at the end of a run.
+
+Helpers (not plugins): ``plotting`` — headless matplotlib shared by every rtlab plot.
+"""
