@@ -82,7 +82,13 @@ def train_command(argv: Sequence[str]) -> int:
     import hydra
     from hydra.core.hydra_config import HydraConfig
 
-    from framework.config import check_config, check_overrides, compose, config_dir, register_configs
+    from framework.config import (
+        check_config,
+        check_overrides,
+        compose,
+        config_dir,
+        register_configs,
+    )
     from framework.plugin_manager import get_plugin_manager
     from framework.resume import hydra_run_dir_arg, plan_resume, take_resume_arg
     from framework.run import run_training

@@ -18,6 +18,8 @@ number of channels unless its entry sets ``image_size``/``channels``, and normal
 
 from __future__ import annotations
 
+import logging
+import traceback
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
@@ -25,13 +27,15 @@ import torch
 from torch import nn
 
 from framework import distributed
-from framework.errors import RtlabError
-from framework.models import clone, has_batchnorm
+from framework.errors import PluginError, RtlabError
+from framework.models import clone, has_batchnorm, parameter_distance
 
 if TYPE_CHECKING:
     from framework.data import ImageData, Normalize
     from framework.registry import Registry
     from framework.run import Run
+
+log = logging.getLogger("rtlab")
 
 BUILTIN_TARGETS = ("teacher", "teacher_bn", "student", "input")
 
@@ -86,10 +90,7 @@ def bn_control(teacher: nn.Module, run: "Run") -> nn.Module:
 
 def target_embedder(run: "Run", target: str, cache: dict[str, Any] | None = None
                     ) -> Callable[[torch.Tensor], torch.Tensor]:
-    """How to embed normalised images for ``target``; ``cache`` keeps the BN control for one evaluation. Plugins
-    add targets with ``run.extra_targets[name] = lambda run: embed_fn`` (re-evaluated at every evaluation)."""
-    if target in run.extra_targets:
-        return run.extra_targets[target](run)
+    """How to embed normalised images for ``target``; ``cache`` keeps the BN control for one evaluation."""
     if target == "teacher":
         return run.teacher.embed
     if target == "student":
@@ -148,3 +149,72 @@ def load_probe_datasets(registry: "Registry", specs: Sequence[Any], train_data: 
                              f"(set its label_column)")
         out[key] = data.to(device)
     return out
+
+
+# ------------------------------------------------------------------------------------------------- the run's part
+class RunEvaluation:
+    """Evaluation points and failure-tolerant calls (a part of :class:`framework.run.Run`)."""
+
+    def probe_sets(self) -> dict[str, ImageData]:
+        """The datasets the evaluators probe, by metric suffix: ``""`` is the training data (skipped when it has no
+        labels or ``eval.train_data`` is false), then every ``eval.datasets`` entry."""
+        sets = {"": self.data} if self.data.train.labelled and self.cfg.eval.train_data else {}
+        return {**sets, **self.probe_data}
+
+    def evaluate(self, epoch: int) -> dict[str, float]:
+        """Run every evaluator on every target of every probe dataset; frozen targets are evaluated only the first
+        time. The results also hold the parameter distances ``teacher_student_distance`` and
+        ``student_distance_from_init`` (no ``/``: they are not accuracies). A failing evaluator is recorded in the
+        summary and training goes on."""
+        results: dict[str, float] = {
+            "teacher_student_distance": parameter_distance(self.student, self.teacher),
+            "student_distance_from_init": parameter_distance(self.student, self._init_student),
+        }
+        cache: dict[str, Any] = {}
+        for key, data in self.probe_sets().items() if self.evaluators else ():
+            for target in self.cfg.eval.targets:
+                name = f"{target}@{key}" if key else target
+                frozen = target == "input" or (target in ("teacher", "teacher_bn") and self.teacher_frozen)
+                if frozen and any(k.endswith(f"/{name}") for k in self.metrics):
+                    continue
+                try:
+                    feats = features(self, target, data, cache)  # every rank embeds its share; all get every row
+                except Exception as exc:  # an optional part: recorded, training goes on
+                    self.record_error(f"feature extraction for eval target '{name}' at epoch {epoch}", exc)
+                    continue
+                for ename, evaluator in (self.evaluators.items() if self.is_main else ()):
+                    try:
+                        values = evaluator.evaluate(feats, self)
+                    except Exception as exc:
+                        plugin = self.registry.get("evaluator", ename).plugin
+                        self.record_error(f"evaluator '{ename}' (plugin {plugin}) on {name} at epoch {epoch}", exc)
+                        continue
+                    for metric, value in values.items():
+                        results[f"{metric}/{name}"] = float(value)
+                del feats
+        del cache
+        results = distributed.broadcast(results)
+        self.metrics.update(results)
+        self.history.append({"epoch": epoch, "step": self.step, **results})
+        for exc in self.call_each("rtlab_evaluate_end", run=self, epoch=epoch, results=results):
+            self.record_error("rtlab_evaluate_end", exc)
+        return results
+
+    def call_each(self, hook_name: str, **kwargs: Any) -> list[Exception]:
+        """Every implementation of an after-training hook, failures collected (rank 0 only)."""
+        return self.pm.call_each(hook_name, **kwargs) if self.is_main else []
+
+    def record_error(self, where: str, exc: BaseException) -> None:
+        """Note a failed optional part (evaluator, analysis, a plugin after training) in the summary and the log."""
+        if isinstance(exc, (PluginError, RtlabError)) and where.startswith("rtlab_"):
+            message = str(exc)
+        else:
+            detail = " ".join(str(exc).split())[:300]
+            message = f"{where} failed: {type(exc).__name__}" + (f": {detail}" if detail else "")
+        log.error("%s", message)
+        log.debug("%s", "".join(traceback.format_exception(exc)))
+        self.summary.setdefault("errors", []).append({"step": self.step, "error": message})
+
+    def _eval_due(self, epoch: int) -> bool:
+        every = self.cfg.eval.every
+        return epoch == self.epochs or (every > 0 and epoch % every == 0)

@@ -22,17 +22,23 @@ a good one.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import random
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
 import torch
 
+from framework.checkpoint import checkpoint_paths, load_checkpoint, save_checkpoint
 from framework.errors import RtlabError
+from framework.guards import check_parameters
 
 if TYPE_CHECKING:
     from framework.run import Run
+
+log = logging.getLogger("rtlab")
 
 STATE_KIND = "train_state"
 STATE_NAME = "last"
@@ -196,3 +202,63 @@ def restore(run: "Run", tensors: Mapping[str, torch.Tensor], meta: Mapping[str, 
     run.order_gen.set_state(generators["order"])
     run.aug_gen.set_state(generators["augment"])
     set_global_rng_state(unpack(meta["rng"], tensors))
+
+
+# ------------------------------------------------------------------------------------------------- the run's part
+class TrainingState:
+    """Saving, checking and restoring the training state (a part of :class:`framework.run.Run`)."""
+
+    @property
+    def state_path(self) -> Path:
+        return self.out_dir / "checkpoints" / STATE_NAME
+
+    def restore(self) -> bool:
+        """Continue from ``checkpoints/last`` if the folder has one (False: nothing saved yet, start at step 0)."""
+        if not checkpoint_paths(self.state_path)[1].exists():
+            if (self.out_dir / "summary.json").exists():  # starting over would replace finished results
+                raise RtlabError(f"the run in {self.out_dir} finished without a training state (train.state_every=0"
+                                 "); it cannot be continued, start a new run")
+            log.warning("%s holds no training state yet; starting from step 0", self.out_dir)
+            return False
+        tensors, meta = load_checkpoint(self.state_path)
+        restore(self, tensors, meta, f"{self.state_path}.json")
+        self.hook.rtlab_checkpoint_load(run=self, tensors=tensors, meta=meta)
+        self.resumed_step = self.state_step = self.step
+        log.info("resumed %s at step %d (epoch %d, batch %d)", self.out_dir, self.step, self.epoch + 1,
+                 self.position)
+        return True
+
+    def _last_good(self) -> str:
+        if self.state_step is None:
+            return "no training state was saved yet"
+        return f"the last good state checkpoints/{STATE_NAME} (step {self.state_step}) is kept"
+
+    def check_finite(self) -> None:
+        """Stop with :class:`framework.errors.TrainingDiverged` when a logged loss or a weight is not finite."""
+        if self.finite_step == self.step:  # a log and a state save after one step: the weights are checked once
+            return
+        last_good = self._last_good()
+        self.step_metrics.check(last_good)
+        # a frozen teacher cannot turn non-finite: it is checked once, when the run is set up
+        nets = [("student", self.student)] + ([] if self.teacher_frozen else [("teacher", self.teacher)])
+        check_parameters(nets, self.step, last_good)
+        self.finite_step = self.step
+
+    def save_state(self) -> Path:
+        """Write ``checkpoints/last`` (the full training state) after checking that it is finite."""
+        self.check_finite()
+        if not self.is_main:
+            self.state_step = self.step
+            return self.state_path
+        tensors, meta = capture(self)
+        self.hook.rtlab_checkpoint_save(run=self, tensors=tensors, meta=meta)
+        path = save_checkpoint(self.state_path, tensors, meta)
+        self.state_step = self.step
+        return path
+
+    def _state_due(self, epoch_end: bool) -> bool:
+        t = self.cfg.train
+        if epoch_end:
+            return bool(t.state_every) and (self.epoch % t.state_every == 0 or self.epoch == self.epochs
+                                              or self.out_of_steps)
+        return bool(t.state_steps) and self.step % t.state_steps == 0

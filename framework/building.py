@@ -1,0 +1,176 @@
+"""Building a run: checks, data on its device, teacher and student, objective, optimiser, evaluators.
+
+:class:`RunBuild` is the part of :class:`framework.run.Run` that sets it up (``setup``) and the helpers every
+other part uses to put tensors and networks on the run's device in its precision and memory format.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+from typing import Any
+
+import torch
+from omegaconf import OmegaConf
+from torch import nn
+
+from framework.checkpoint import atomic_write_text
+from framework.data import load_image_data
+from framework.device import cpu_bf16_hazards, enable_determinism
+from framework.errors import RtlabError
+from framework.evaluation import load_probe_datasets
+from framework.guards import check_parameters
+from framework.models import Network, build_network, parameter_distance
+from framework.runlock import RunLock
+from framework.seeding import stream_seed
+
+log = logging.getLogger("rtlab")
+
+
+class RunBuild:
+    """Setup and placement (a part of :class:`framework.run.Run`)."""
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def prepare(self, images: torch.Tensor, normalize: Any = None) -> torch.Tensor:
+        """uint8 or [0, 1] images → normalised float on the run's device, in the run's memory format.
+        ``normalize`` defaults to the training data's normalisation (probe datasets bring their own)."""
+        x = (normalize or self.normalize)(images.to(self.device, non_blocking=True))
+        if x.dtype != self.dtype:
+            x = x.to(self.dtype)
+        if self.cfg.train.channels_last and x.ndim == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def new_network(self, seed: int) -> Network:
+        """A freshly initialised backbone + head, determined by ``seed`` alone (built on the CPU)."""
+        return build_network(self.registry, self.cfg.backbone, self.cfg.head, self.data.channels, self.data.size,
+                             seed)
+
+    def place(self, net: nn.Module) -> nn.Module:
+        net = net.to(self.device, dtype=self.dtype)
+        if self.cfg.train.channels_last:
+            net = net.to(memory_format=torch.channels_last)
+        return net
+
+    @property
+    def epochs(self) -> int:
+        """Epochs to train: ``train.epochs``, or ``train.sample_budget`` // train images when a budget is set."""
+        budget = self.cfg.train.sample_budget
+        if budget is None:
+            return int(self.cfg.train.epochs)
+        return max(1, int(budget) // len(self.data.train))
+
+    @property
+    def steps_per_epoch(self) -> int:
+        n, bs = len(self.data.train), self.cfg.train.batch_size
+        return n // bs if self.cfg.train.drop_last else math.ceil(n / bs)
+
+    @property
+    def total_steps(self) -> int:
+        total = self.steps_per_epoch * self.epochs
+        if self.cfg.train.max_steps is not None:
+            total = min(total, self.cfg.train.max_steps)
+        return total
+
+    @property
+    def out_of_steps(self) -> bool:
+        return self.cfg.train.max_steps is not None and self.step >= self.cfg.train.max_steps
+
+    @property
+    def teacher_frozen(self) -> bool:
+        return bool(getattr(self.updater, "frozen", False))
+
+    def components(self) -> dict[str, Any]:
+        """The run's components by role (``evaluator.<name>`` for evaluators): what the state protocol saves."""
+        parts = {"teacher": self.teacher_init, "student": self.student_init, "updater": self.updater,
+                 "objective": self.objective, "loss": self.loss_fn, "augment": self.augment,
+                 "optimizer": self.optimizer_factory}
+        parts.update({f"evaluator.{name}": e for name, e in self.evaluators.items()})
+        return parts
+
+    def setup(self):
+        cfg = self.cfg
+        if self.is_main:
+            self.lock = RunLock(self.out_dir).acquire()
+            self._check_folder()
+        if cfg.train.threads:
+            torch.set_num_threads(cfg.train.threads)
+        if cfg.train.deterministic:
+            enable_determinism(self.device)
+        if cfg.train.batch_size <= 0 or cfg.train.epochs < 0:
+            raise RtlabError("train.batch_size must be positive and train.epochs non-negative")
+        if cfg.train.sample_budget is not None and cfg.train.sample_budget <= 0:
+            raise RtlabError(f"train.sample_budget must be a positive number of samples, got "
+                             f"{cfg.train.sample_budget}")
+        if self.is_main:
+            atomic_write_text(self.out_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+            atomic_write_text(self.out_dir / "plugins.json", json.dumps(self.pm.listing(), indent=2))
+
+        self.data = load_image_data(self.registry, cfg.data).to(self.device)
+        if len(self.data.train) == 0:
+            raise RtlabError("the train split is empty; check data.train_size and data.train_split")
+        self.normalize = self.data.normalizer(self.device)
+        self.probe_data = load_probe_datasets(self.registry, cfg.eval.datasets, self.data, self.device)
+        self.order_gen = torch.Generator().manual_seed(stream_seed(cfg.train.seed, "order"))
+        self.aug_gen = torch.Generator(device=self.device).manual_seed(stream_seed(cfg.train.seed, "augment"))
+        self.augment = self.registry.build("augment", cfg.augment)
+        self.teacher_init = self.registry.build("teacher", cfg.teacher)
+        self.teacher = self.place(self.teacher_init.build(self))
+        self.student_init = self.registry.build("student", cfg.student)
+        self.student = self.place(self.student_init.build(self, self.teacher))
+        if self.student is self.teacher or any(
+                a is b for a, b in zip(self.student.parameters(), self.teacher.parameters())):
+            raise RtlabError("the student initialiser returned the teacher itself; it must return a copy")
+        self.updater = self.registry.build("updater", cfg.updater)
+        if hasattr(self.updater, "setup"):
+            self.updater.setup(self)
+        self.loss_fn = self.registry.build("loss", cfg.loss) if cfg.get("loss") is not None else None
+        self.objective = self.registry.build("objective", cfg.objective)
+        extra = list(self.objective.setup(self) or [])
+        self.teacher.requires_grad_(False)
+        self.student.train()
+        self.optimizer_factory = self.registry.build("optimizer", cfg.optimizer)
+        self.trainable = [p for p in self.student.parameters() if p.requires_grad] + extra
+        self.optimizer = self.optimizer_factory.build(self.trainable, self)
+        self.evaluators = {name: self.registry.build("evaluator", node) for name, node in cfg.evaluator.items()}
+        if self.evaluators and not self.cfg.eval.train_data and not self.probe_data:
+            raise RtlabError("eval.train_data=false leaves nothing to probe; name datasets with eval.datasets=[NAME]")
+        needs_labels = [n for n, e in self.evaluators.items() if getattr(e, "needs_labels", True)]
+        if needs_labels and not (self.data.train.labelled and self.data.test.labelled) and not self.probe_data:
+            raise RtlabError(f"evaluator(s) {', '.join(needs_labels)} need labels, but dataset '{self.data.name}' "
+                             "has none; set data.label_column=NAME, or train without probes: evaluator=[] (or probe a "
+                             "labelled dataset: eval.datasets=[NAME])")
+        if self.device.type == "cpu" and self.amp_dtype == torch.bfloat16:
+            hazards = cpu_bf16_hazards(self.student, self.prepare(self.data.train.images[:2]))
+            if hazards:
+                msg = (f"train.precision=bf16 switched to fp32: strided convolutions see 1x1 maps "
+                       f"({', '.join(hazards[:3])}), where torch's CPU bf16 backward returns non-finite gradients")
+                log.warning(msg)
+                self.summary.setdefault("warnings", []).append(msg)
+                self.amp_dtype = None
+        if cfg.train.compile:  # in place: parameter names (and so checkpoints) stay those of the plain modules
+            for net in (self.student, self.teacher):
+                net.encoder.compile()
+                net.head.compile()
+        self._init_student = {k: v.detach().clone() for k, v in self.student.named_parameters()}
+        self.summary["teacher_student_distance_init"] = parameter_distance(self.student, self.teacher)
+        if self.resume:
+            self.restore()
+        if self.teacher_frozen:  # checked here once; check_finite skips it while it cannot change
+            check_parameters([("teacher", self.teacher)], self.step, self._last_good())
+        return self
+
+    def _check_folder(self) -> None:
+        """A fresh run never writes into the results of another one."""
+        if self.resume:
+            return
+        taken = [n for n in ("summary.json", "metrics.jsonl", "checkpoints") if (self.out_dir / n).exists()]
+        if taken:
+            raise RtlabError(f"run folder {self.out_dir} already holds a run ({', '.join(taken)}); continue it with "
+                             f"'rtlab train resume={self.out_dir}' or choose another folder (hydra.run.dir=…)")
