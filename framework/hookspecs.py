@@ -77,6 +77,12 @@ def rtlab_epoch_end(run, epoch):
 
 
 @hookspec
+def rtlab_evaluate_start(run, epoch):
+    """Before the evaluators run at ``epoch`` (0 = before training), e.g. to show that probes are running. Each
+    implementation is called even when another one fails; a failure is recorded in ``summary.json``."""
+
+
+@hookspec
 def rtlab_evaluate_end(run, epoch, results):
     """After the evaluators ran at ``epoch`` (0 = before training). Each implementation is called even when
     another one fails; a failure is recorded in ``summary.json`` (``errors``) and training goes on.
