@@ -70,7 +70,7 @@ def check_teacher(run: Any) -> dict[str, float]:
     buffers = [b.detach().clone() for b in teacher.buffers()]
     try:
         with torch.no_grad():
-            emb = teacher.embed(x)
+            emb = getattr(teacher, "embed", teacher)(x)  # a plugin's teacher may be a plain module
     finally:
         with torch.no_grad():
             for b, saved in zip(teacher.buffers(), buffers):
