@@ -92,7 +92,7 @@ FAMILY_RUN = ["data=digits", "data.image_size=28", "data.train_size=256", "data.
               "optimizer.lr=1e-4", "evaluator=[knn]", "eval.targets=[teacher,student]", "head.out_dim=256"]
 
 
-@pytest.mark.parametrize("name", FAMILIES)
+@pytest.mark.parametrize("name", [*FAMILIES, "efficientnet_b0"])  # b0: the run that scored chance with exit 0
 def test_every_family_gives_a_teacher_with_signal_and_a_student_above_chance(tmp_path, name):
     from tests.tiny_runs import fit
 
