@@ -108,9 +108,8 @@ class RunBuild:
         if cfg.train.sample_budget is not None and cfg.train.sample_budget <= 0:
             raise RtlabError(f"train.sample_budget must be a positive number of samples, got "
                              f"{cfg.train.sample_budget}")
-        if self.is_main:
-            atomic_write_text(self.out_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-            atomic_write_text(self.out_dir / "plugins.json", json.dumps(self.pm.listing(), indent=2))
+        if not self.resume:  # a fresh folder is ours once _check_folder found no other run in it
+            self.claim()
 
         self.data = load_image_data(self.registry, cfg.data).to(self.device)
         if len(self.data.train) == 0:
@@ -160,11 +159,24 @@ class RunBuild:
                 net.head.compile()
         self._init_student = {k: v.detach().clone() for k, v in self.student.named_parameters()}
         self.summary["teacher_student_distance_init"] = parameter_distance(self.student, self.teacher)
-        if self.resume:
+        if self.resume:  # a resumed folder is ours once its training state fits this run
             self.restore()
+            self.claim()
         if self.teacher_frozen:  # checked here once; check_finite skips it while it cannot change
             check_parameters([("teacher", self.teacher)], self.step, self._last_good())
         return self
+
+    def claim(self) -> None:
+        """From here on the run folder is this run's: its ``config.yaml`` and ``plugins.json`` are written, then
+        whatever the caller writes on claiming (Hydra's files). Until then a refused run leaves the folder as it
+        was, byte for byte; ``error.txt`` too is only written into a claimed folder."""
+        self.claimed = True
+        if not self.is_main:
+            return
+        atomic_write_text(self.out_dir / "config.yaml", OmegaConf.to_yaml(self.cfg, resolve=True))
+        atomic_write_text(self.out_dir / "plugins.json", json.dumps(self.pm.listing(), indent=2))
+        if self._on_claim is not None:
+            self._on_claim()
 
     def _check_folder(self) -> None:
         """A fresh run never writes into the results of another one."""
