@@ -112,6 +112,9 @@ class RunBuild:
             self.claim()
 
         self.data = load_image_data(self.registry, cfg.data).to(self.device)
+        skipped = self.data.train.skipped + self.data.test.skipped  # data.skip_bad_images=true
+        if skipped:
+            self.summary["skipped_images"] = {"count": len(skipped), "files": skipped}
         if len(self.data.train) == 0:
             raise RtlabError("the train split is empty; check data.train_size and data.train_split")
         self.normalize = self.data.normalizer(self.device)
@@ -145,6 +148,13 @@ class RunBuild:
             raise RtlabError(f"evaluator(s) {', '.join(needs_labels)} need labels, but dataset '{self.data.name}' "
                              "has none; set data.label_column=NAME, or train without probes: evaluator=[] (or probe a "
                              "labelled dataset: eval.datasets=[NAME])")
+        present = sorted(set(self.data.train.labels.tolist())) if needs_labels and not self.probe_data else [0, 1]
+        if len(present) < 2:
+            names = [self.data.classes[i] if 0 <= i < len(self.data.classes) else str(i) for i in present]
+            raise RtlabError(f"evaluator(s) {', '.join(needs_labels)} need at least 2 classes, but the train split of "
+                             f"dataset '{self.data.name}' has {len(present)} ({', '.join(names)}); add images of "
+                             "another class (another class folder), or train without probes: evaluator=[]")
+        self._warn_single_patch()
         if self.device.type == "cpu" and self.amp_dtype == torch.bfloat16:
             hazards = cpu_bf16_hazards(self.student, self.prepare(self.data.train.images[:2]))
             if hazards:
@@ -177,6 +187,18 @@ class RunBuild:
         atomic_write_text(self.out_dir / "plugins.json", json.dumps(self.pm.listing(), indent=2))
         if self._on_claim is not None:
             self._on_claim()
+
+    def _warn_single_patch(self) -> None:
+        """A patch-embedding backbone (ViT, DeiT, …) whose patch covers the whole image trains on one token."""
+        embed = getattr(self.student.encoder, "patch_embed", None)
+        grid = tuple(getattr(embed, "grid_size", None) or ())
+        if grid and math.prod(grid) == 1:
+            h, w = self.data.size
+            msg = (f"backbone '{self.cfg.backbone.name}' sees each {h}x{w} image as a single patch (a 1x1 patch "
+                   f"grid: one token, nothing to attend to); set backbone.patch_size to a smaller divisor of {h} "
+                   "(e.g. 1), or upsample with data.image_size=N")
+            log.warning(msg)
+            self.summary.setdefault("warnings", []).append(msg)
 
     def _check_folder(self) -> None:
         """A fresh run never writes into the results of another one."""
