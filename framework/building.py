@@ -148,8 +148,8 @@ class RunBuild:
             raise RtlabError(f"evaluator(s) {', '.join(needs_labels)} need labels, but dataset '{self.data.name}' "
                              "has none; set data.label_column=NAME, or train without probes: evaluator=[] (or probe a "
                              "labelled dataset: eval.datasets=[NAME])")
-        present = sorted(set(self.data.train.labels.tolist())) if needs_labels and not self.probe_data else [0, 1]
-        if len(present) < 2:
+        present = sorted(set(self.data.train.labels.tolist())) if needs_labels and not self.probe_data else None
+        if present is not None and len(present) < 2:
             names = [self.data.classes[i] if 0 <= i < len(self.data.classes) else str(i) for i in present]
             raise RtlabError(f"evaluator(s) {', '.join(needs_labels)} need at least 2 classes, but the train split of "
                              f"dataset '{self.data.name}' has {len(present)} ({', '.join(names)}); add images of "

@@ -63,7 +63,7 @@ def prepare_hydra_argv(argv: Sequence[str], overrides: Sequence[str], registry: 
                        multirun: bool) -> tuple[list[str], str | None]:
     """The ``rtlab train`` arguments handed to Hydra (see :func:`defer_hydra_writes`) after refusing a run folder
     that cannot be written; returns them and the subfolder for Hydra's files."""
-    if multirun:  # sweep values do not compose as one config; the job folders are new ones
+    if multirun:  # sweep values do not compose as one config: Hydra's files wait, the log file is opened as usual
         return defer_hydra_writes(argv)
     from omegaconf import OmegaConf
 
@@ -149,10 +149,11 @@ class FolderClaim:
         atomic_write_text(folder / "overrides.yaml", OmegaConf.to_yaml(hydra_cfg.hydra.overrides.task))
 
     def close(self) -> None:
-        """Drop the held records of a folder that was never claimed (the command was refused)."""
+        """Drop the held records and the log file of a folder that was never claimed (the command was refused):
+        nothing logged later in this process may land there either."""
         for logger, held in self._held:
             logger.removeHandler(held)
-            logger.addHandler(held.target)  # delayed: nothing was opened, nothing is written
+            held.target.close()  # delayed: it was never opened, so no file was created
         self._held = []
 
 

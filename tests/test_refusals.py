@@ -126,6 +126,10 @@ def test_skip_bad_images_leaves_them_out_and_lists_them(tmp_path):
     assert summary["skipped_images"] == {"count": 1, "files": [str(bad)]}
     assert summary["train_images"] == 11 and summary["test_images"] == 6
     assert summary["steps"] == 3  # 11 images in batches of 4
+    again = tmp_path / "again"  # from the data cache this time: the list comes with the decoded tensors
+    assert main(["train", *FAST, "data=imagefolder", f"data.path={tmp_path / 'img'}", "data.skip_bad_images=true",
+                 "train.batch_size=4", "train.max_steps=1", f"hydra.run.dir={again}"]) == 0
+    assert json.loads((again / "summary.json").read_text())["skipped_images"] == summary["skipped_images"]
 
 
 # ------------------------------------------------------------------------------------------ the file system
@@ -262,3 +266,24 @@ def test_a_vit_on_a_single_patch_warns(tmp_path):
     assert any("sees each 8x8 image as a single patch (a 1x1 patch grid: one token" in w
                and "set backbone.patch_size to a smaller divisor of 8" in w for w in warnings), warnings
     assert any("single patch" in line for line in (run_dir / "cli.log").read_text().splitlines())
+
+
+# ---------------------------------------------------------------------------------------------------- the docs
+# fragments of the messages above as the tests see them printed; docs/troubleshooting.md must quote each
+DOCUMENTED = [
+    "already holds a run (", "holds a training run, not an analysis; give the analysis its own folder with --out DIR",
+    "(choose with --target NAME)", "; did you mean teacher, teacher_bn? known: input, student, teacher, teacher_bn.",
+    "replace or delete that file, or leave unreadable images out with data.skip_bad_images=true",
+    "need at least 2 classes, but the train split of dataset '", "add images of another class (another class folder), "
+    "or train without probes: evaluator=[]", "is read-only; choose a writable folder with hydra.run.dir=DIR",
+    "(read-only file system); choose a writable run folder with hydra.run.dir=DIR",
+    "no space left on device while saving the training state ", "is kept: free some space, then continue with "
+    "'rtlab train resume=", "holds pickled Python objects", "image as a single patch (a 1x1 patch grid: one token, "
+    "nothing to attend to); set backbone.patch_size to a smaller divisor of",
+]
+
+
+def test_the_new_messages_are_in_the_troubleshooting_page():
+    page = " ".join((Path(__file__).resolve().parents[1] / "docs" / "troubleshooting.md").read_text().split())
+    missing = [m for m in DOCUMENTED if m not in page]
+    assert not missing, missing
