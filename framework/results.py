@@ -109,7 +109,7 @@ class RunResults:
 
     def release(self) -> None:
         if self.lock is not None:
-            self.lock.release()
+            self.lock.release(discard=not self.claimed)
 
 
 def _best(history: list[dict[str, Any]], kinds: Mapping[str, MetricKind]) -> dict[str, float]:

@@ -49,6 +49,7 @@ def finished(tmp_path_factory):
     """A finished tiny run (with its training state and final checkpoint) and the digest of its folder."""
     run_dir = tmp_path_factory.mktemp("finished") / "run"
     assert main(["train", *FAST, "train.max_steps=2", f"hydra.run.dir={run_dir}"]) == 0
+    (run_dir / ".lock").unlink()  # as in a copy without hidden files: a refusal must not even leave a lock file
     files = digest(run_dir)
     assert {".hydra/overrides.yaml", ".hydra/config.yaml", ".hydra/hydra.yaml", "config.yaml", "summary.json",
             "checkpoints/last.json", "cli.log"} <= set(files)
@@ -287,3 +288,19 @@ def test_the_new_messages_are_in_the_troubleshooting_page():
     page = " ".join((Path(__file__).resolve().parents[1] / "docs" / "troubleshooting.md").read_text().split())
     missing = [m for m in DOCUMENTED if m not in page]
     assert not missing, missing
+
+
+def test_a_refused_run_removes_only_a_lock_file_it_created(tmp_path):
+    from framework.runlock import RunLock
+
+    fresh = RunLock(tmp_path / "fresh").acquire()
+    fresh.release(discard=True)
+    assert not (tmp_path / "fresh" / ".lock").exists()
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / ".lock").write_text("")
+    old = RunLock(tmp_path / "old").acquire()
+    old.release(discard=True)
+    assert (tmp_path / "old" / ".lock").read_text() == ""
+    again = RunLock(tmp_path / "fresh").acquire()  # a lock file removed under a waiting opener is made anew
+    assert (tmp_path / "fresh" / ".lock").exists()
+    again.release()
