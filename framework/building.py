@@ -113,11 +113,13 @@ class RunBuild:
         if cfg.train.sample_budget is not None and cfg.train.sample_budget <= 0:
             raise RtlabError(f"train.sample_budget must be a positive number of samples, got "
                              f"{cfg.train.sample_budget}")
-        if self.is_main:
-            atomic_write_text(self.out_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-            atomic_write_text(self.out_dir / "plugins.json", json.dumps(self.pm.listing(), indent=2))
+        if not self.resume:  # a fresh folder is ours once _check_folder found no other run in it
+            self.claim()
 
         self.data = load_image_data(self.registry, cfg.data).to(self.device)
+        skipped = self.data.train.skipped + self.data.test.skipped  # data.skip_bad_images=true
+        if skipped:
+            self.summary["skipped_images"] = {"count": len(skipped), "files": skipped}
         if len(self.data.train) == 0:
             raise RtlabError("the train split is empty; check data.train_size and data.train_split")
         self.normalize = self.data.normalizer(self.device)
@@ -154,6 +156,13 @@ class RunBuild:
             raise RtlabError(f"evaluator(s) {', '.join(needs_labels)} need labels, but dataset '{self.data.name}' "
                              "has none; set data.label_column=NAME, or train without probes: evaluator=[] (or probe a "
                              "labelled dataset: eval.datasets=[NAME])")
+        present = sorted(set(self.data.train.labels.tolist())) if needs_labels and not self.probe_data else None
+        if present is not None and len(present) < 2:
+            names = [self.data.classes[i] if 0 <= i < len(self.data.classes) else str(i) for i in present]
+            raise RtlabError(f"evaluator(s) {', '.join(needs_labels)} need at least 2 classes, but the train split of "
+                             f"dataset '{self.data.name}' has {len(present)} ({', '.join(names)}); add images of "
+                             "another class (another class folder), or train without probes: evaluator=[]")
+        self._warn_single_patch()
         if self.device.type == "cpu" and self.amp_dtype == torch.bfloat16:
             hazards = cpu_bf16_hazards(self.student, self.prepare(self.data.train.images[:2]))
             if hazards:
@@ -168,8 +177,9 @@ class RunBuild:
                 net.head.compile()
         self._init_student = {k: v.detach().clone() for k, v in self.student.named_parameters()}
         self.summary["teacher_student_distance_init"] = parameter_distance(self.student, self.teacher)
-        if self.resume:
+        if self.resume:  # a resumed folder is ours once its training state fits this run
             self.restore()
+            self.claim()
         if self.teacher_frozen:  # checked here once; check_finite skips it while it cannot change
             check_parameters([("teacher", self.teacher)], self.step, self._last_good())
         return self
@@ -183,6 +193,30 @@ class RunBuild:
                         "%d; set train.threads=N to choose", load[1], load[0], threads, torch.get_num_threads())
             torch.set_num_threads(threads)
         self.summary["cpu_threads"] = torch.get_num_threads()
+
+    def claim(self) -> None:
+        """From here on the run folder is this run's: its ``config.yaml`` and ``plugins.json`` are written, then
+        whatever the caller writes on claiming (Hydra's files). Until then a refused run leaves the folder as it
+        was, byte for byte; ``error.txt`` too is only written into a claimed folder."""
+        self.claimed = True
+        if not self.is_main:
+            return
+        atomic_write_text(self.out_dir / "config.yaml", OmegaConf.to_yaml(self.cfg, resolve=True))
+        atomic_write_text(self.out_dir / "plugins.json", json.dumps(self.pm.listing(), indent=2))
+        if self._on_claim is not None:
+            self._on_claim()
+
+    def _warn_single_patch(self) -> None:
+        """A patch-embedding backbone (ViT, DeiT, …) whose patch covers the whole image trains on one token."""
+        embed = getattr(self.student.encoder, "patch_embed", None)
+        grid = tuple(getattr(embed, "grid_size", None) or ())
+        if grid and math.prod(grid) == 1:
+            h, w = self.data.size
+            msg = (f"backbone '{self.cfg.backbone.name}' sees each {h}x{w} image as a single patch (a 1x1 patch "
+                   f"grid: one token, nothing to attend to); set backbone.patch_size to a smaller divisor of {h} "
+                   "(e.g. 1), or upsample with data.image_size=N")
+            log.warning(msg)
+            self.summary.setdefault("warnings", []).append(msg)
 
     def _check_folder(self) -> None:
         """A fresh run never writes into the results of another one."""

@@ -159,9 +159,17 @@ def save_checkpoint(base: Path, tensors: Mapping[str, torch.Tensor], meta: Mappi
     """
     st, js = checkpoint_paths(base)
     pst, pjs = pending_paths(base)
-    digest = save_tensors(pst, tensors, {"format": FORMAT}, sync_dir=False)
-    record = {"format": FORMAT, "tensors": st.name, "sha256": digest, "meta": dict(meta)}
-    atomic_write_text(pjs, json.dumps(record, indent=2, default=str), sync_dir=False)
+    try:
+        digest = save_tensors(pst, tensors, {"format": FORMAT}, sync_dir=False)
+        record = {"format": FORMAT, "tensors": st.name, "sha256": digest, "meta": dict(meta)}
+        atomic_write_text(pjs, json.dumps(record, indent=2, default=str), sync_dir=False)
+    except BaseException:  # e.g. a full disk: the old checkpoint is untouched; no half replacement is left
+        for p in (pst, pjs):
+            try:
+                p.unlink()
+            except OSError:
+                pass
+        raise
     # both files are complete and on disk; a crash from here on leaves the old or the new checkpoint
     os.replace(pst, st)
     os.replace(pjs, js)
@@ -303,6 +311,19 @@ def load_torch_weights(path: Path, device: str = "cpu") -> dict[str, torch.Tenso
     if not tensors:
         raise RtlabError(f"{path} holds no tensors")
     return tensors
+
+
+def unwrap_state_dict(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The model's weights in a training script's checkpoint: the ``state_dict``/``model`` entry of
+    ``{"state_dict": …, "optimizer": …}`` (timm's train.py, Lightning, most scripts), without DDP's ``module.``."""
+    out = dict(tensors)
+    for wrapper in ("state_dict.", "model."):
+        if any(k.startswith(wrapper) for k in out):
+            out = {k[len(wrapper):]: v for k, v in out.items() if k.startswith(wrapper)}
+            break
+    if out and all(k.startswith("module.") for k in out):
+        out = {k[len("module."):]: v for k, v in out.items()}
+    return out
 
 
 def flatten_tensors(obj: Any, prefix: str = "") -> dict[str, torch.Tensor]:

@@ -6,6 +6,7 @@ Bad input ends with exit code 2 and one line on stderr that names the problem an
 from __future__ import annotations
 
 import argparse
+import copy
 import fnmatch
 import json
 import logging
@@ -93,6 +94,7 @@ def train_command(argv: Sequence[str]) -> int:
     from framework.plugin_manager import get_plugin_manager
     from framework.resume import hydra_run_dir_arg, plan_resume, take_resume_arg
     from framework.run import run_training
+    from framework.runfolder import FolderClaim, os_error_line, prepare_hydra_argv
 
     pm = get_plugin_manager()
     register_configs(pm.registry)
@@ -111,7 +113,8 @@ def train_command(argv: Sequence[str]) -> int:
         else:
             print("rtlab: resume=auto found no unfinished run of this configuration; starting a new one",
                   file=sys.stderr)
-    if any(a in ("--help", "-h", "--hydra-help", "--cfg", "-c", "--info") for a in argv):
+    informational = any(a in ("--help", "-h", "--hydra-help", "--cfg", "-c", "--info") for a in argv)
+    if informational:
         pass  # Hydra prints; nothing runs
     elif multirun:
         check_overrides(overrides, pm.registry)
@@ -121,14 +124,27 @@ def train_command(argv: Sequence[str]) -> int:
         if multirun:
             raise RtlabError("torchrun starts one data-parallel run; it cannot be combined with -m/--multirun")
         argv = distributed_argv(argv, overrides, config_dirs)
+    subdir = None
+    if not informational:  # nothing is written into the run folder before the run owns it (framework.runfolder)
+        argv, subdir = prepare_hydra_argv(argv, split_hydra_args(argv)[0], pm.registry, config_dirs, multirun)
 
     @hydra.main(config_path=str(config_dir()), config_name="config", version_base=None)
     def app(cfg: Any) -> Any:
+        out_dir = HydraConfig.get().runtime.output_dir
+        folder = FolderClaim(out_dir, subdir, copy.deepcopy(cfg))
         try:
             check_config(cfg, pm.registry)
-            summary = run_training(cfg, HydraConfig.get().runtime.output_dir, pm, resume=resuming)
+            summary = run_training(cfg, out_dir, pm, resume=resuming, claim=folder.claim)
         except (RtlabError, PluginError) as exc:
-            raise SystemExit(fail(str(exc), exc.exit_code))
+            line = os_error_line(exc.error, out_dir) if isinstance(exc, PluginError) else None
+            raise SystemExit(fail(line or str(exc), 2 if line else exc.exit_code))
+        except OSError as exc:
+            line = os_error_line(exc, out_dir)
+            if line is None:
+                raise
+            raise SystemExit(fail(line))
+        finally:
+            folder.close()
         errors = summary.get("errors") or []
         if errors:
             more = f" (and {len(errors) - 1} more, listed in summary.json)" if len(errors) > 1 else ""

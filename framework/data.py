@@ -20,6 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from framework.bad_images import drop_rows, image_rows
 from framework.errors import RtlabError
 from framework.options import DataOptions
 from framework.registry import Registry
@@ -45,12 +46,13 @@ class ImageSplit:
 
     images: torch.Tensor
     labels: torch.Tensor
+    skipped: list[str] = field(default_factory=list)  # unreadable files left out (data.skip_bad_images)
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
 
     def to(self, device: torch.device | str) -> "ImageSplit":
-        return ImageSplit(self.images.to(device), self.labels.to(device))
+        return ImageSplit(self.images.to(device), self.labels.to(device), self.skipped)
 
     @property
     def labelled(self) -> bool:
@@ -223,8 +225,10 @@ def _array_batch(arr: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(arr))
 
 
-def decode_images(ds: Any, column: str, opts: DataOptions, what: str, chunk: int = 2048) -> torch.Tensor:
-    """Every image of ``ds[column]`` as one uint8 (N, C, H, W) tensor (one pass, no per-step decoding)."""
+def decode_images(ds: Any, column: str, opts: DataOptions, what: str, chunk: int = 2048,
+                  skipped: list[tuple[int, str]] | None = None) -> torch.Tensor:
+    """Every image of ``ds[column]`` as one uint8 (N, C, H, W) tensor (one pass, no per-step decoding); unreadable
+    files are refused by name or, with ``data.skip_bad_images``, left out and listed in ``skipped``."""
     import datasets
 
     feat = ds.features[column]
@@ -238,8 +242,9 @@ def decode_images(ds: Any, column: str, opts: DataOptions, what: str, chunk: int
     view = ds.select_columns([column])
     view = view.with_format(None) if is_image else view.with_format("numpy")
     for start in range(0, n, chunk):
-        batch = view[start:start + chunk][column]
         if is_image:
+            batch = image_rows(view, ds, column, start, min(start + chunk, n), what,
+                               getattr(opts, "skip_bad_images", False), skipped)
             imgs = []
             for im in batch:
                 gray = im.mode in ("L", "1", "I", "I;16", "F", "LA")
@@ -254,13 +259,15 @@ def decode_images(ds: Any, column: str, opts: DataOptions, what: str, chunk: int
                     raise RtlabError(f"{what} has images of different sizes ({size[0]}x{size[1]} and "
                                      f"{t.shape[-2]}x{t.shape[-1]}); set data.image_size=N to resize them")
                 imgs.append(t)
-            parts.append(torch.stack(imgs))
+            parts += [torch.stack(imgs)] if imgs else []
         else:
-            t = _array_batch(batch)
+            t = _array_batch(view[start:start + chunk][column])
             all_gray &= t.shape[1] == 1
             if opts.image_size:
                 t = resize_center_crop(t, opts.image_size)
             parts.append(t)
+    if not parts:
+        raise RtlabError(f"{what}: no image could be decoded; check the files")
     images = torch.cat(parts)
     if is_image and all_gray:
         images = images[:, :1].contiguous()
@@ -275,7 +282,8 @@ def decode_images(ds: Any, column: str, opts: DataOptions, what: str, chunk: int
 
 # -------------------------------------------------------------------------------------------------------- cache
 def _cache_key(fingerprint: str, image: str, label: str | None, opts: DataOptions) -> str:
-    text = json.dumps([CACHE_VERSION, fingerprint, image, label, opts.image_size, opts.channels])
+    skip = ["skip_bad_images"] if getattr(opts, "skip_bad_images", False) else []
+    text = json.dumps([CACHE_VERSION, fingerprint, image, label, opts.image_size, opts.channels, *skip])
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
@@ -287,19 +295,22 @@ def _load_split(ds: Any, image: str, label: str | None, label_map: dict, opts: D
     path = cache_dir() / "tensors" / f"{_cache_key(fingerprint, image, label, opts)}.safetensors"
     if opts.cache and fingerprint and path.exists():
         try:
-            tensors, _ = load_tensors(path)
-            return ImageSplit(tensors["images"], tensors["labels"])
+            tensors, meta = load_tensors(path)
+            return ImageSplit(tensors["images"], tensors["labels"], list(meta.get("skipped", [])))
         except RtlabError as exc:
             log.warning("ignoring a broken data cache entry: %s", exc)
     values = _labels_of(ds, label)
     if label_map:
         values = np.array([label_map[v] for v in values.tolist()], dtype=np.int64)
     labels = torch.as_tensor(values.astype(np.int64))
-    images = decode_images(ds, image, opts, what)
-    split = ImageSplit(images, labels)
+    skipped: list[tuple[int, str]] = []
+    images = decode_images(ds, image, opts, what, skipped=skipped)
+    if skipped:
+        labels = drop_rows(labels, skipped, what)
+    split = ImageSplit(images, labels, [file for _, file in skipped])
     if opts.cache and fingerprint:
         try:
-            save_tensors(path, {"images": images, "labels": labels}, {"what": what})
+            save_tensors(path, {"images": images, "labels": labels}, {"what": what, "skipped": split.skipped})
         except OSError as exc:  # a read-only cache must not stop a run
             log.warning("could not write the data cache %s: %s", path, exc)
     return split

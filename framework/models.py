@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 from typing import Any, Protocol
 
 import torch
@@ -226,13 +227,23 @@ def network_state(tensors: dict[str, torch.Tensor], which: str) -> tuple[dict[st
 
 def load_network_checkpoint(net: "Network", path: Any, which: str = "student", encoder_only: bool = False
                             ) -> dict[str, Any]:
-    """Load ``which`` network (``student``/``teacher``) of an rtlab run or checkpoint — or a plain safetensors
-    weights file — into ``net`` in place; returns the checkpoint's metadata. ``encoder_only`` keeps ``net``'s
-    head. A different architecture is refused with the keys and shapes that differ."""
-    from framework.checkpoint import load_checkpoint, resolve_checkpoint
+    """Load ``which`` network (``student``/``teacher``) of an rtlab run or checkpoint — or a plain weights file:
+    safetensors, or a torch ``.pt``/``.pth``/``.bin``/``.ckpt`` state dict read with ``torch.load(weights_only=True)``
+    (never unpickling code) — into ``net`` in place; returns the checkpoint's metadata. ``encoder_only`` keeps
+    ``net``'s head. A different architecture is refused with the keys and shapes that differ."""
+    from framework.checkpoint import (
+        TORCH_SUFFIXES,
+        load_checkpoint,
+        load_torch_weights,
+        resolve_checkpoint,
+        unwrap_state_dict,
+    )
 
     base = resolve_checkpoint(path)
-    tensors, meta = load_checkpoint(base)
+    if Path(base).suffix in TORCH_SUFFIXES:
+        tensors, meta = unwrap_state_dict(load_torch_weights(Path(base))), {}
+    else:
+        tensors, meta = load_checkpoint(base)
     state, part = network_state(tensors, which)
     if encoder_only and part == "":
         state = {k[len("encoder."):]: v for k, v in state.items() if k.startswith("encoder.")}

@@ -41,6 +41,7 @@ class DataOptions:
     mean: Optional[List[float]] = None  # per-channel normalisation; None: computed from the train split
     std: Optional[List[float]] = None
     cache: bool = True  # keep the decoded uint8 tensors on disk, keyed by the dataset fingerprint
+    skip_bad_images: bool = False  # leave out image files that cannot be decoded (listed in summary.json)
 
 
 @dataclass

@@ -102,7 +102,7 @@ class RunResults:
 
     def record_crash(self, exc: BaseException) -> None:
         """``error.txt`` in the run folder: the traceback of what stopped the run (only in a folder we own)."""
-        if self.lock is None or not self.is_main:
+        if not self.claimed or not self.is_main:
             return
         text = "".join(traceback.format_exception(exc))
         try:
@@ -112,7 +112,7 @@ class RunResults:
 
     def release(self) -> None:
         if self.lock is not None:
-            self.lock.release()
+            self.lock.release(discard=not self.claimed)
 
 
 def _best(history: list[dict[str, Any]], kinds: Mapping[str, MetricKind]) -> dict[str, float]:

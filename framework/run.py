@@ -49,7 +49,7 @@ class Run(RunBuild, TrainingState, RunEvaluation, RunResults):
     """
 
     def __init__(self, cfg: DictConfig, out_dir: str | Path, pm: PluginManager | None = None,
-                 resume: bool = False) -> None:
+                 resume: bool = False, claim: Callable[[], None] | None = None) -> None:
         self.cfg = cfg
         self.out_dir = Path(out_dir)
         self.pm = pm or get_plugin_manager()
@@ -80,6 +80,8 @@ class Run(RunBuild, TrainingState, RunEvaluation, RunResults):
         self.step_metrics = StepMetrics(self.device)
         self.finite_step = -1  # the last step check_finite cleared
         self.lock: RunLock | None = None
+        self.claimed = False  # whether the run owns its folder yet (see RunBuild.claim)
+        self._on_claim = claim
         self.state_step: int | None = None  # step of the last training state written
         self._start_time = time.time()
         self.train_time = 0.0
@@ -176,16 +178,18 @@ class Run(RunBuild, TrainingState, RunEvaluation, RunResults):
 
 
 def run_training(cfg: DictConfig, out_dir: str | Path, pm: PluginManager | None = None,
-                 prepare: Callable[[Run], None] | None = None, resume: bool = False) -> dict[str, Any]:
+                 prepare: Callable[[Run], None] | None = None, resume: bool = False,
+                 claim: Callable[[], None] | None = None) -> dict[str, Any]:
     """Build and run one training run; on failure plugins are told, ``error.txt`` records the traceback and
     finished files stay intact.
 
     ``prepare(run)`` is called between setup and training: analyses that drive runs use it to change the built
     run in place (load weights, attach pruning masks, start the schedule at a later epoch). ``resume`` continues
-    the run in ``out_dir`` from its training state (restored during setup, before ``prepare``).
+    the run in ``out_dir`` from its training state (restored during setup, before ``prepare``). ``claim()`` is
+    called once the run owns ``out_dir`` (the CLI writes Hydra's files then; see :mod:`framework.runfolder`).
     """
     deterministic, threads = torch.are_deterministic_algorithms_enabled(), torch.get_num_threads()
-    run = Run(cfg, out_dir, pm, resume=resume)
+    run = Run(cfg, out_dir, pm, resume=resume, claim=claim)
     try:
         run.setup()
         if prepare is not None:

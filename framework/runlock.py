@@ -3,6 +3,10 @@
 The lock is an ``flock`` on that file, so the kernel releases it when the owner dies, even by SIGKILL; a lock
 file left by a dead run is simply taken over. On file systems without ``flock`` the PID is checked instead
 (same host: is that process alive? another host: refuse, and say how to take over).
+
+A run refused before it owns its folder (:meth:`framework.run.Run.claim`) removes a lock file it created, so that
+it leaves no trace; a process that opened the file just before sees after its ``flock`` that the file is gone and
+starts over on a new one.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ class RunLock:
     def __init__(self, run_dir: str | Path) -> None:
         self.path = Path(run_dir) / LOCK_NAME
         self._fd: int | None = None
+        self.created = False  # whether acquire() created the lock file (a refused run removes it again)
 
     def _in_use(self, owner: dict[str, Any]) -> RtlabError:
         who = f"PID {owner.get('pid', '?')}" + (f" on {owner['host']}" if owner.get("host") else "")
@@ -51,11 +56,15 @@ class RunLock:
 
     def acquire(self) -> "RunLock":
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        existed = self.path.exists()
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             import fcntl
 
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if not self._still_linked(fd):  # a refused run removed the file between our open and flock
+                os.close(fd)
+                return self.acquire()
         except ImportError:  # no fcntl (Windows): fall back to the PID check
             self._check_pid()
         except OSError as exc:
@@ -71,7 +80,16 @@ class RunLock:
         os.lseek(fd, 0, os.SEEK_SET)
         os.write(fd, record)
         self._fd = fd
+        self.created = not existed
         return self
+
+    def _still_linked(self, fd: int) -> bool:
+        """Whether ``fd`` is still the file at ``self.path`` (the lock of a deleted file locks nothing)."""
+        try:
+            mine, there = os.fstat(fd), os.stat(self.path)
+            return (mine.st_dev, mine.st_ino) == (there.st_dev, there.st_ino)
+        except FileNotFoundError:
+            return False
 
     def _check_pid(self) -> None:
         """The lock without ``flock``: the recorded owner must be dead (and on this host)."""
@@ -85,11 +103,14 @@ class RunLock:
         if _pid_alive(pid):
             raise self._in_use(owner)
 
-    def release(self) -> None:
+    def release(self, discard: bool = False) -> None:
+        """Let go; ``discard`` also removes a lock file this lock created (a refused run leaves no trace)."""
         if self._fd is None:
             return
         try:
             os.ftruncate(self._fd, 0)
+            if discard and self.created:  # removed while held; a process that opened it meanwhile retries
+                self.path.unlink()
         except OSError:
             pass
         os.close(self._fd)  # closing drops the flock

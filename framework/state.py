@@ -34,6 +34,7 @@ import torch
 from framework.checkpoint import checkpoint_paths, load_checkpoint, save_checkpoint
 from framework.errors import RtlabError
 from framework.guards import check_parameters
+from framework.runfolder import NO_SPACE
 
 if TYPE_CHECKING:
     from framework.run import Run
@@ -252,7 +253,14 @@ class TrainingState:
             return self.state_path
         tensors, meta = capture(self)
         self.hook.rtlab_checkpoint_save(run=self, tensors=tensors, meta=meta)
-        path = save_checkpoint(self.state_path, tensors, meta)
+        try:
+            path = save_checkpoint(self.state_path, tensors, meta)
+        except OSError as exc:
+            if exc.errno not in NO_SPACE:
+                raise
+            raise RtlabError(f"no space left on device while saving the training state {self.state_path} at step "
+                             f"{self.step}; {self._last_good()}: free some space, then continue with 'rtlab train "
+                             f"resume={self.out_dir}'") from None
         self.state_step = self.step
         return path
 

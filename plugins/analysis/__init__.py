@@ -187,6 +187,9 @@ def prepare_folder(name: str, cfg: DictConfig, out: str | None) -> Path:
         if old.get("config_hash") != digest or old.get("analysis") != name:
             raise RtlabError(f"{folder} holds a {old.get('analysis')} analysis of another configuration; choose "
                              "another --out folder (or delete that one)")
+    elif any((folder / n).exists() for n in ("metrics.jsonl", "summary.json", "checkpoints")):
+        raise RtlabError(f"{folder} holds a training run, not an analysis; give the analysis its own folder with "
+                         "--out DIR")
     folder.mkdir(parents=True, exist_ok=True)
     atomic_write_text(folder / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     if not record.exists():

@@ -206,6 +206,19 @@ def compare_runs(folders: list[Path], out: Path, target: str = "student") -> str
     return text
 
 
+def check_target(runs: list[Path], target: str) -> None:
+    """Refuse, before anything is written, a ``--target`` that none of ``runs`` evaluated and no run could."""
+    from framework.errors import unknown_name
+    from framework.evaluation import BUILTIN_TARGETS
+
+    if not runs:
+        return
+    found = {t for f in runs for targets in metric_series(read_metrics(f)[0]).values() for t in targets}
+    known = {t.split("@", 1)[0] for t in found} | found | set(BUILTIN_TARGETS)
+    if target not in known:
+        raise unknown_name("target", target, known, "(choose with --target NAME)")
+
+
 # ---------------------------------------------------------------------------------------------------- command
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("paths", nargs="+", metavar="PATH", help="run folders, analysis folders or multirun folders")
@@ -219,6 +232,7 @@ def command(args: argparse.Namespace) -> int:
 
     folders = expand(args.paths)
     runs = [f for f in folders if is_run(f)]
+    check_target(runs, args.target)
     for f in folders:
         if is_analysis(f):
             render_folder(f, get_plugin_manager().registry)

@@ -136,7 +136,9 @@ class ImageFolderSource:
         import datasets
 
         try:
-            return _as_dict(datasets.load_dataset("imagefolder", data_dir=str(self.path)))
+            # labels from the class folders even when there is only one (datasets would drop them), so that a
+            # one-class folder is reported as such and not as a dataset without labels
+            return _as_dict(datasets.load_dataset("imagefolder", data_dir=str(self.path), drop_labels=False))
         except (FileNotFoundError, ValueError) as exc:
             raise RtlabError(f"no images found under {self.path} ({' '.join(str(exc).split())[:100]}); expected "
                              "class folders of image files") from None

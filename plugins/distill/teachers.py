@@ -2,8 +2,9 @@
 
 * ``random`` — a network at a fresh random initialisation, determined by ``seed`` alone (PAPER.md §2.1);
 * ``checkpoint`` — a trained network: the ``student`` or ``teacher`` of an earlier rtlab run (``path`` = its run
-  folder or one of its checkpoints), a plain safetensors file of weights (a whole network, or a bare timm
-  backbone whose head then starts at ``seed``'s init), or timm's pretrained weights for the backbone
+  folder or one of its checkpoints), a plain weights file — safetensors, or a torch ``.pt``/``.pth``/``.bin``
+  state dict, read with ``torch.load(weights_only=True)`` so that no pickled code runs — holding a whole network
+  or a bare timm backbone (whose head then starts at ``seed``'s init), or timm's pretrained weights for the backbone
   (``pretrained=true``; needs the Hugging Face Hub);
 * ``restart`` — the converged student of an earlier run becomes the new frozen teacher (PAPER.md Fig. 18's second
   round); the student initialiser then starts the new student from it as usual.
@@ -41,7 +42,9 @@ class RandomTeacher:
 
 @dataclass
 class CheckpointTeacherOptions:
-    path: Optional[str] = None  # an rtlab run folder, a checkpoint (base, .json or .safetensors) or a weights file
+    # an rtlab run folder, a checkpoint (base, .json or .safetensors) or a weights file (.safetensors, or a torch
+    # .pt/.pth/.bin state dict: loaded with weights_only=True, pickled objects are refused)
+    path: Optional[str] = None
     which: str = "student"  # the network of an rtlab checkpoint to use: student | teacher
     encoder_only: bool = False  # load only the backbone; the head keeps the init from seed
     pretrained: bool = False  # timm's pretrained backbone weights instead of path (needs the Hub)
