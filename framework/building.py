@@ -19,7 +19,7 @@ from torch import nn
 from framework import metrics
 from framework.checkpoint import atomic_write_text
 from framework.data import load_image_data
-from framework.device import cpu_bf16_hazards, enable_determinism
+from framework.device import cpu_bf16_hazards, cpu_load, enable_determinism, safe_cpu_threads
 from framework.errors import RtlabError
 from framework.evaluation import load_probe_datasets
 from framework.metrics import declared_kinds
@@ -27,6 +27,7 @@ from framework.guards import check_parameters
 from framework.models import Network, build_network, parameter_distance
 from framework.runlock import RunLock
 from framework.seeding import stream_seed
+from framework.teacher_check import check_teacher
 
 log = logging.getLogger("rtlab")
 
@@ -103,6 +104,8 @@ class RunBuild:
             self._check_folder()
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
+        elif self.device.type == "cpu":
+            self._avoid_oversubscription()
         if cfg.train.deterministic:
             enable_determinism(self.device)
         if cfg.train.batch_size <= 0 or cfg.train.epochs < 0:
@@ -134,6 +137,7 @@ class RunBuild:
         self.updater = self.registry.build("updater", cfg.updater)
         if hasattr(self.updater, "setup"):
             self.updater.setup(self)
+        check_teacher(self)  # a degenerate random teacher fails here, not silently at chance after training
         self.loss_fn = self.registry.build("loss", cfg.loss) if cfg.get("loss") is not None else None
         self.objective = self.registry.build("objective", cfg.objective)
         extra = list(self.objective.setup(self) or [])
@@ -179,6 +183,16 @@ class RunBuild:
         if self.teacher_frozen:  # checked here once; check_finite skips it while it cannot change
             check_parameters([("teacher", self.teacher)], self.step, self._last_good())
         return self
+
+    def _avoid_oversubscription(self) -> None:
+        """train.threads unset on a CPU already busy with other work: fewer threads (see safe_cpu_threads)."""
+        load = cpu_load()
+        threads = safe_cpu_threads(torch.get_num_threads(), *load) if load is not None else None
+        if threads is not None:
+            log.warning("the CPU is busy (load average %.1f on %d cores): training with %d thread(s) instead of "
+                        "%d; set train.threads=N to choose", load[1], load[0], threads, torch.get_num_threads())
+            torch.set_num_threads(threads)
+        self.summary["cpu_threads"] = torch.get_num_threads()
 
     def claim(self) -> None:
         """From here on the run folder is this run's: its ``config.yaml`` and ``plugins.json`` are written, then

@@ -15,7 +15,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
-from framework import __version__, distributed
+from framework import __version__
 from framework.errors import PluginError, RtlabError
 
 _HYDRA_VALUE_FLAGS = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn",
@@ -90,6 +90,7 @@ def train_command(argv: Sequence[str]) -> int:
         config_dir,
         register_configs,
     )
+    from framework import distributed
     from framework.plugin_manager import get_plugin_manager
     from framework.resume import hydra_run_dir_arg, plan_resume, take_resume_arg
     from framework.run import run_training
@@ -165,6 +166,7 @@ def train_command(argv: Sequence[str]) -> int:
 def distributed_argv(argv: list[str], overrides: list[str], config_dirs: list[str]) -> list[str]:
     """Under torchrun: join the process group and give every process rank 0's run folder (Hydra would stamp
     each with its own clock); only rank 0 writes Hydra's files and log."""
+    from framework import distributed
     from framework.config import compose
 
     distributed.init(prefer_cuda=not any(o.startswith("train.device=cpu") for o in overrides))
@@ -180,14 +182,20 @@ def distributed_argv(argv: list[str], overrides: list[str], config_dirs: list[st
 
 
 # ----------------------------------------------------------------------------------------------------- plugins
-def plugins_command(args: argparse.Namespace) -> int:
-    from framework.plugin_manager import get_plugin_manager
-
-    pm = get_plugin_manager()
+def plugin_listing(pm) -> list[dict[str, Any]]:
+    """``pm.listing()`` with the sub-commands each plugin contributes (what ``rtlab plugins`` shows)."""
     listing = pm.listing()
     commands = commands_by_plugin(pm)
     for p in listing:
         p["commands"] = commands.get(p["name"], [])
+    return listing
+
+
+def plugins_command(args: argparse.Namespace, listing: list[dict[str, Any]] | None = None) -> int:
+    if listing is None:
+        from framework.plugin_manager import get_plugin_manager
+
+        listing = plugin_listing(get_plugin_manager())
     if args.json:
         print(json.dumps(listing, indent=2))
         return 0
@@ -259,21 +267,55 @@ def build_parser(commands: CommandSet) -> argparse.ArgumentParser:
     return parser
 
 
+def quick_answer(argv: list[str]) -> int | None:
+    """``rtlab --version``, ``rtlab [--help]`` and ``rtlab plugins [--json]`` without loading the plugins (which
+    imports torch): the version needs nothing, the others the listing stored by the last command that loaded them
+    (:mod:`framework.listing_cache`). None: load the plugins."""
+    if argv == ["--version"]:
+        print(f"rtlab {__version__}")
+        return 0
+    if not (argv in ([], ["-h"], ["--help"]) or (argv[:1] == ["plugins"] and set(argv[1:]) <= {"--json"})):
+        return None
+    from framework import listing_cache
+
+    cached = listing_cache.load()
+    if cached is None:
+        return None
+    commands = CommandSet()
+    for name, help in cached["commands"].items():
+        commands.add(name, help, lambda parser: None, lambda args: 0)
+    parser = build_parser(commands)
+    if argv[:1] != ["plugins"]:
+        parser.print_help()
+        return 0
+    return plugins_command(parser.parse_args(argv), cached["plugins"])
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=os.environ.get("RTLAB_LOG_LEVEL", "WARNING"), format="%(levelname)s %(message)s")
     try:
         if argv and argv[0] == "train":
             return train_command(argv[1:])
+        answered = quick_answer(argv)
+        if answered is not None:
+            return answered
+        from framework import listing_cache
         from framework.plugin_manager import get_plugin_manager
 
+        pm = get_plugin_manager()
         commands = CommandSet()
         builtin = {"plugins": plugins_command, "backbones": backbones_command}
-        get_plugin_manager().hook.rtlab_add_commands(commands=commands)
+        pm.hook.rtlab_add_commands(commands=commands)
+        listing = plugin_listing(pm)
+        if pm.standard:  # not a manager a test or a script filled with plugins of its own
+            listing_cache.store(listing, {n: c.help for n, c in commands.commands.items()})
         args = build_parser(commands).parse_args(argv)
         if args.command is None:
             build_parser(commands).print_help()
             return 0
+        if args.command == "plugins":
+            return plugins_command(args, listing)
         if args.command in builtin:
             return builtin[args.command](args)
         return commands.commands[args.command].run(args) or 0

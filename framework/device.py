@@ -61,6 +61,30 @@ def cpu_bf16_hazards(net: nn.Module, example: torch.Tensor) -> list[str]:
     return hits
 
 
+def cpu_load() -> tuple[int, float] | None:
+    """(usable cores, 1-minute load average), or None where the platform has no load average."""
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return cores, load
+
+
+def safe_cpu_threads(current: int, cores: int, load: float) -> int | None:
+    """The thread count for a CPU with fewer free cores than torch's ``current`` threads, or None to keep
+    ``current``. Free cores: ``cores`` minus the load of other work, rounded (the load average counts this process
+    too, up to 1).
+
+    torch's intra-op pool synchronises its threads at every op; on cores already busy with other work the threads
+    wait for each other's time slices (measured on 2 busy cores: 2 threads 19x slower than 1), so the pool shrinks
+    to the cores that are free, at least one."""
+    free = round(cores - max(0.0, load - 1.0))
+    if current <= 1 or free >= current:
+        return None
+    return max(1, free)
+
+
 def enable_determinism(device: torch.device) -> None:
     """Deterministic kernels everywhere (an op without one raises instead of silently varying)."""
     if device.type == "cuda":

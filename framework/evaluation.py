@@ -166,6 +166,8 @@ class RunEvaluation:
         time. The results also hold the parameter distances ``teacher_student_distance`` and
         ``student_distance_from_init`` (no ``/``: they are not accuracies). A failing evaluator is recorded in the
         summary and training goes on."""
+        for exc in self.call_each("rtlab_evaluate_start", run=self, epoch=epoch):
+            self.record_error("rtlab_evaluate_start", exc)
         results: dict[str, float] = {
             "teacher_student_distance": parameter_distance(self.student, self.teacher),
             "student_distance_from_init": parameter_distance(self.student, self._init_student),

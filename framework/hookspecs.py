@@ -87,6 +87,12 @@ def rtlab_epoch_end(run: RunView, epoch: int) -> None:
 
 
 @hookspec
+def rtlab_evaluate_start(run: RunView, epoch: int) -> None:
+    """Before the evaluators run at ``epoch`` (0 = before training), e.g. to show that probes are running. Each
+    implementation is called even when another one fails; a failure is recorded in ``summary.json``."""
+
+
+@hookspec
 def rtlab_evaluate_end(run: RunView, epoch: int, results: dict[str, float]) -> None:
     """After the evaluators ran at ``epoch`` (0 = before training). Each implementation is called even when
     another one fails; a failure is recorded in ``summary.json`` (``errors``) and training goes on.

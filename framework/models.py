@@ -31,6 +31,9 @@ class BackboneAdapter(Protocol):
     def hint(self, options: Any, input_size: tuple[int, int]) -> str:
         """The option that makes this backbone accept ``input_size`` when it does not."""
 
+    # optional: ``resolve(options, input_size) -> options`` with every automatic choice (``stem=auto``,
+    # ``patch_size=None``) replaced by the value ``create`` uses for ``input_size``; checkpoints record it
+
 
 def timm_module(model_name: str) -> str:
     """The timm module that defines ``model_name`` (its family), e.g. ``resnet`` or ``vision_transformer``."""
@@ -73,6 +76,15 @@ def backbone_options(registry: Registry, node: Any) -> BackboneOptions:
         except TypeError as exc:
             raise RtlabError(f"backbone '{name}' settings do not fit its adapter ({exc})") from None
     return opts
+
+
+def resolved_backbone_options(registry: Registry, options: Any, input_size: tuple[int, int]) -> BackboneOptions:
+    """The backbone settings with the family adapter's automatic choices made for ``input_size`` (a small-input
+    stem, a patch size): rebuilding from them gives the same architecture even where the automatic rules differ."""
+    opts = backbone_options(registry, options)
+    adapter = adapter_for(registry, opts.name).factory
+    resolve = getattr(adapter, "resolve", None)
+    return resolve(opts, tuple(input_size)) if resolve is not None else opts
 
 
 def create_backbone(registry: Registry, options: Any, in_chans: int, input_size: tuple[int, int]

@@ -63,7 +63,7 @@ class TrainConfig:
     max_steps: Optional[int] = None  # stop after this many steps (smoke tests, benchmarks)
     drop_last: bool = False  # the paper keeps the last partial batch (196 steps/epoch on CIFAR-10)
     compile: bool = False  # torch.compile the student and teacher
-    threads: Optional[int] = None  # CPU threads (torch.set_num_threads); None keeps torch's default
+    threads: Optional[int] = None  # CPU threads (torch.set_num_threads); None: torch's default, fewer on a busy CPU
     deterministic: bool = False  # torch.use_deterministic_algorithms: bit-identical reruns and resumes (slower)
     # checkpoints/last, the full training state `rtlab train resume=RUN_DIR` continues from (docs/resume.md):
     state_every: int = 1  # saved every this many epochs (0 = not at epoch ends)

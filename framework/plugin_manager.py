@@ -83,6 +83,7 @@ class PluginManager(pluggy.PluginManager):
         self.add_hookspecs(hookspecs)
         self.registry = Registry()
         self.infos: dict[str, PluginInfo] = {}
+        self.standard = False
 
     def register(self, plugin: Any, name: str | None = None, *, version: str = "", builtin: bool = False
                  ) -> str | None:
@@ -227,6 +228,7 @@ def get_plugin_manager() -> PluginManager:
     global _default
     if _default is None:
         _default = create_plugin_manager()
+        _default.standard = True  # built-ins and entry points only: what framework.listing_cache may store
     return _default
 
 

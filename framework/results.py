@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import platform
@@ -20,7 +21,7 @@ from framework import __version__
 from framework.checkpoint import atomic_write_text, prefixed, save_checkpoint
 from framework.guards import check_parameters
 from framework.metrics import MetricKind, kind_of
-from framework.models import parameter_distance
+from framework.models import parameter_distance, resolved_backbone_options
 
 log = logging.getLogger("rtlab")
 
@@ -37,7 +38,9 @@ class RunResults:
             "rtlab_version": __version__,
             "step": self.step,
             "epoch": self.epoch,
-            "backbone": OmegaConf.to_container(self.cfg.backbone, resolve=True),
+            # resolved (stem, patch size): network_from_checkpoint rebuilds exactly this architecture
+            "backbone": dataclasses.asdict(resolved_backbone_options(self.registry, self.cfg.backbone,
+                                                                     self.data.size)),
             "head": OmegaConf.to_container(self.cfg.head, resolve=True),
             "data": {"name": self.data.name, "channels": self.data.channels, "size": list(self.data.size),
                      "num_classes": self.data.num_classes, "mean": list(self.data.mean),

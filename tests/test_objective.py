@@ -103,3 +103,22 @@ def test_a_finished_run_rebuilds_its_networks_from_the_checkpoint(tmp_path):
         assert torch.allclose(student.eval()(x), run.student(x), atol=1e-6)
     with pytest.raises(RtlabError, match="has no 'critic' weights"):
         network_from_checkpoint(run.registry, run.out_dir / "checkpoints" / "final", "critic")
+
+
+def test_a_vit_student_reloads_with_the_documented_call_and_gives_the_same_embeddings(tmp_path):
+    """docs/getting-started.md: the checkpoint records the resolved patch size (7 at 28 px, not the model's 16),
+    so network_from_checkpoint rebuilds the run's ViT, where a plain timm.create_model would not."""
+    from framework.models import network_from_checkpoint
+    from framework.plugin_manager import get_plugin_manager
+
+    run = _run(tmp_path, "train.max_steps=2", "evaluator=[]", "backbone=vit_tiny_patch16_224", "data.image_size=28")
+    run.fit()
+    net, meta = network_from_checkpoint(get_plugin_manager().registry, tmp_path / "run" / "checkpoints" / "final")
+    assert meta["backbone"]["patch_size"] == 7 and meta["data"]["size"] == [28, 28]
+    assert net.encoder.patch_embed.patch_size == (7, 7)
+    mean = torch.tensor(meta["data"]["mean"]).view(1, -1, 1, 1)
+    std = torch.tensor(meta["data"]["std"]).view(1, -1, 1, 1)
+    images = run.data.test.images[:4]
+    with torch.no_grad():
+        embeddings = net.eval().embed((images / 255 - mean) / std)
+        assert torch.allclose(embeddings, run.student.eval().embed(run.prepare(images)), atol=1e-5)

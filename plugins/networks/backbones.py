@@ -16,6 +16,7 @@ Init schemes (``backbone.init``):
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -152,6 +153,10 @@ class ResNetAdapter:
     def matches(self, model_name: str, module: str) -> bool:
         return module == "resnet"
 
+    def resolve(self, opts: ResNetBackboneOptions, input_size: tuple[int, int]) -> ResNetBackboneOptions:
+        """``stem=auto`` resolved to the stem this input gets (what checkpoints record)."""
+        return dataclasses.replace(opts, stem="cifar" if small_stem(opts, input_size) else "timm")
+
     def create(self, opts: ResNetBackboneOptions, in_chans: int, input_size: tuple[int, int]) -> nn.Module:
         _check_init(opts)
         kwargs = dict(opts.kwargs)
@@ -210,15 +215,20 @@ class ViTAdapter:
                 return p
         return 1
 
+    def resolve(self, opts: ViTBackboneOptions, input_size: tuple[int, int]) -> ViTBackboneOptions:
+        """``patch_size=None`` resolved to the patch size this input gets (what checkpoints record)."""
+        if opts.patch_size is not None:
+            return opts
+        model_patch = _model_patch_size(opts.name)
+        fits = all(side % model_patch == 0 and side // model_patch >= 4 for side in input_size)
+        keep = opts.stem == "timm" or (opts.stem == "auto" and not small_stem(opts, input_size))
+        patch = model_patch if keep and fits else self.auto_patch(model_patch, input_size)
+        return dataclasses.replace(opts, patch_size=patch)
+
     def create(self, opts: ViTBackboneOptions, in_chans: int, input_size: tuple[int, int]) -> nn.Module:
         _check_init(opts)
         _refuse_norm(opts, "Vision Transformers")
-        model_patch = _model_patch_size(opts.name)
-        patch = opts.patch_size
-        if patch is None:
-            fits = all(side % model_patch == 0 and side // model_patch >= 4 for side in input_size)
-            keep = opts.stem == "timm" or (opts.stem == "auto" and not small_stem(opts, input_size))
-            patch = model_patch if keep and fits else self.auto_patch(model_patch, input_size)
+        patch = self.resolve(opts, input_size).patch_size
         kwargs = {"img_size": tuple(input_size), "patch_size": patch, **opts.kwargs}
         if opts.dynamic_img_size:
             kwargs["dynamic_img_size"] = True
@@ -267,14 +277,19 @@ class ConvNeXtAdapter:
         side = min(input_size)
         return 4 if side // cls.total_stride(4) >= 1 else 1
 
+    def resolve(self, opts: ConvNeXtBackboneOptions, input_size: tuple[int, int]) -> ConvNeXtBackboneOptions:
+        """``patch_size=None`` resolved to the stem stride this input gets (what checkpoints record)."""
+        if opts.patch_size is not None:
+            return opts
+        patch = self.auto_patch(input_size)
+        if opts.stem == "timm" or not small_stem(opts, input_size):
+            patch = 4 if min(input_size) // self.total_stride(4) >= 1 else patch
+        return dataclasses.replace(opts, patch_size=patch)
+
     def create(self, opts: ConvNeXtBackboneOptions, in_chans: int, input_size: tuple[int, int]) -> nn.Module:
         _check_init(opts)
         _refuse_norm(opts, "ConvNeXt")
-        patch = opts.patch_size
-        if patch is None:
-            patch = self.auto_patch(input_size)
-            if opts.stem == "timm" or not small_stem(opts, input_size):
-                patch = 4 if min(input_size) // self.total_stride(4) >= 1 else patch
+        patch = self.resolve(opts, input_size).patch_size
         kwargs = {"patch_size": patch, **opts.kwargs}
         model = _create(opts.name, in_chans, **kwargs)
         if opts.init == "paper":
@@ -289,8 +304,88 @@ class ConvNeXtAdapter:
         return f"set backbone.patch_size={self.auto_patch(input_size)} or " + _upsample_hint(input_size)
 
 
+# ---------------------------------------------------------------------------------------------- EfficientNet
+@dataclass
+class EfficientNetBackboneOptions(BackboneOptions):
+    # eval-mode BatchNorm gains: each BN's running variance set so that it scales its input to unit RMS (measured in
+    # one pass over a fixed standard-normal batch at the input size); false keeps timm's running statistics (0, 1),
+    # with which a random network in eval mode shrinks the signal ~5x per stage (embeddings ~1e-7 or smaller)
+    calibrate_bn: bool = True
+
+
+class EfficientNetAdapter:
+    """timm's EfficientNet builder families (efficientnet_*, mobilenetv2/v3/v4, mixnet, mnasnet, lcnet, …): depthwise
+    convs, squeeze-excite gates and BatchNorm. Small-input stem: a stride-1 stem conv (total stride 16 instead of
+    32) for inputs up to 64 px.
+
+    These networks rely on BatchNorm to keep their activations in scale. A random teacher runs in eval mode, where a
+    fresh BN (running mean 0, variance 1) is the identity; each stage's first block (an SE gate of ~0.5 at init and
+    fan-out-scaled 1x1 convs, no shortcut) then shrinks the signal ~5x, so the embeddings of a random
+    efficientnet_b0 are ~1e-7 (timm init) or ~1e-15 (torchvision's fan-out, which ignores groups and makes
+    depthwise kernels sqrt(channels) too small): every image maps to numerically the same point. The adapter
+    therefore (1) under ``init=paper`` computes the fan-out of grouped convs per group (TensorFlow's and timm's
+    rule), and (2) sets every BN's running variance so that it scales its input to unit RMS (``calibrate_bn``):
+    a per-layer gain like LSUV's, from a fixed noise batch, so the network stays a function of its seed alone.
+    """
+
+    priority = 10
+    modules = ("efficientnet", "mobilenetv3", "hardcorenas")
+
+    def matches(self, model_name: str, module: str) -> bool:
+        return module in self.modules
+
+    def resolve(self, opts: EfficientNetBackboneOptions, input_size: tuple[int, int]) -> EfficientNetBackboneOptions:
+        """``stem=auto`` resolved to the stem this input gets (what checkpoints record)."""
+        return dataclasses.replace(opts, stem="cifar" if small_stem(opts, input_size) else "timm")
+
+    def create(self, opts: EfficientNetBackboneOptions, in_chans: int, input_size: tuple[int, int]) -> nn.Module:
+        _check_init(opts)
+        _refuse_norm(opts, "EfficientNets and MobileNets")
+        model = _create(opts.name, in_chans, **opts.kwargs)
+        stem = getattr(model, "conv_stem", None)
+        if small_stem(opts, input_size) and isinstance(stem, nn.Conv2d):
+            stem.stride = (1, 1)
+        if opts.init == "paper":
+            paper_init_(model)
+            for m in model.modules():
+                if isinstance(m, nn.Conv2d) and m.groups > 1:
+                    fan_out = m.out_channels // m.groups * m.kernel_size[0] * m.kernel_size[1]
+                    nn.init.normal_(m.weight, 0.0, (2.0 / fan_out) ** 0.5)
+        if opts.calibrate_bn:
+            calibrate_bn_gains_(model, in_chans, input_size)
+        return model
+
+    def hint(self, opts: EfficientNetBackboneOptions, input_size: tuple[int, int]) -> str:
+        return _upsample_hint(input_size)
+
+
+def calibrate_bn_gains_(model: nn.Module, in_chans: int, input_size: tuple[int, int], batch: int = 16) -> None:
+    """Set each BatchNorm's running variance to the mean square of its input in eval mode (running mean 0), layer
+    after layer in one forward pass over a fixed standard-normal batch; the global RNG is not touched."""
+    import torch
+
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+
+    def set_gain(module: nn.Module, args: tuple) -> None:
+        module.running_mean.zero_()
+        module.running_var.fill_(max(float(args[0].detach().double().pow(2).mean()), 1e-12))
+
+    was_training = model.training
+    model.eval()
+    hooks = [bn.register_forward_pre_hook(set_gain) for bn in bns]
+    try:
+        noise = torch.randn(batch, in_chans, *input_size, generator=torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            model(noise)
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+
+
 @hookimpl
 def rtlab_register(registry):
+    registry.add("backbone_adapter", "efficientnet", EfficientNetAdapter(), EfficientNetBackboneOptions)
     registry.add("backbone_adapter", "timm", GenericAdapter(), TimmBackboneOptions)
     registry.add("backbone_adapter", "resnet", ResNetAdapter(), ResNetBackboneOptions)
     registry.add("backbone_adapter", "vit", ViTAdapter(), ViTBackboneOptions)

@@ -1,4 +1,10 @@
-"""A tqdm progress bar over training steps, with the latest loss and KL."""
+"""A tqdm progress bar over training steps, with the latest KL (the headline) and loss, and "evaluating…" while the
+probes run.
+
+The distillation loss is a cross-entropy H(p_teacher, p_student) = H(p_teacher) + KL(p_teacher‖p_student): for a
+frozen teacher its first term is a constant (≈ ln out_dim, 8.318 for 4,096 outputs) that hides the part that moves,
+so the bar shows ``kl`` first when the loss logs it, then ``loss``.
+"""
 
 from __future__ import annotations
 
@@ -41,17 +47,32 @@ def rtlab_step_end(run, metrics):
     if bar is None:
         return
     bar.n = metrics["step"]  # type: ignore[attr-defined]
-    post = {"loss": f"{metrics['train/loss']:.4g}"}
+    bar.set_postfix(postfix(metrics), refresh=True)  # type: ignore[attr-defined]
+
+
+def postfix(metrics: dict) -> dict:
+    """What the bar shows after the step count: ``kl`` (when logged), ``loss``, ``epoch``."""
+    post = {}
     if "train/kl" in metrics:
-        post["kl"] = f"{metrics['train/kl']:.3g}"
+        post["kl"] = f"{metrics['train/kl']:.4g}"
+    post["loss"] = f"{metrics['train/loss']:.4g}"
     post["epoch"] = f"{metrics['epoch']:.2f}"
-    bar.set_postfix(post, refresh=True)  # type: ignore[attr-defined]
+    return post
+
+
+@hookimpl
+def rtlab_evaluate_start(run, epoch):
+    bar = _bars.get(id(run))
+    if bar is not None:
+        bar.set_description(f"evaluating… (epoch {epoch})", refresh=True)  # type: ignore[attr-defined]
 
 
 @hookimpl
 def rtlab_evaluate_end(run, epoch, results):
     bar = _bars.get(id(run))
     shown = {k: v for k, v in results.items() if k.partition("/")[2].partition("@")[0] == "student"}
+    if bar is not None:
+        bar.set_description("train", refresh=True)  # type: ignore[attr-defined]
     if bar is not None and shown:
         bar.write("epoch %d: %s" % (epoch, "  ".join(f"{k} {v:.4f}" for k, v in sorted(shown.items()))))
 

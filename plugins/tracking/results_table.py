@@ -1,4 +1,5 @@
-"""At the end of a run, a table of every target × metric printed to the terminal."""
+"""At the end of a run, a table of every target × metric printed to the terminal, and the run's warnings under it
+(a degenerate teacher, a collapse, a precision switch: ``summary["warnings"]``), so they are not lost mid-log."""
 
 from __future__ import annotations
 
@@ -43,11 +44,19 @@ def format_table(metrics: dict[str, float], kinds: dict[str, MetricKind] | None 
     return "\n".join(lines)
 
 
+def format_warnings(warnings: list) -> str:
+    """One ``warning: …`` line per warning of the run (empty when there are none)."""
+    return "\n".join(f"warning: {w}" for w in warnings)
+
+
 @hookimpl
 def rtlab_run_end(run, summary):
     kinds = from_summary(summary)
     table = format_table(summary.get("metrics", {}), kinds)
     what = "accuracy" if all(k == ACCURACY for k in kinds.values()) else "results"
+    warnings = format_warnings(summary.get("warnings") or [])
     if table:
         print(f"\nrtlab: {run.cfg.name} finished in {summary.get('wall_time_s')} s — {what} on the test split\n"
               f"{table}\nresults: {run.out_dir}")
+    if warnings:
+        print(warnings)
