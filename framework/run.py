@@ -28,6 +28,7 @@ from framework.evaluation import BUILTIN_TARGETS, RunEvaluation
 from framework.guards import StepMetrics
 from framework.models import Network
 from framework.plugin_manager import PluginManager, get_plugin_manager
+from framework.preemption import Preemption
 from framework.results import RunResults
 from framework.runlock import RunLock
 from framework.state import TrainingState
@@ -83,12 +84,15 @@ class Run(RunBuild, TrainingState, RunEvaluation, RunResults):
         self._start_time = time.time()
         self.train_time = 0.0
         self.images_seen = 0
+        self._loss_forward: Callable | None = None  # built on the first step (framework.parallel)
+        self.preemption = Preemption()  # SIGTERM/SIGUSR1/SIGUSR2/Ctrl-C: stop after the step, state saved
 
     # ------------------------------------------------------------------------------------------------- the loop
     def fit(self) -> dict[str, Any]:
         """Train and evaluate (continuing a restored state); returns the summary, also in ``summary.json``."""
         cfg = self.cfg
         self.hook.rtlab_run_start(run=self)
+        self.preemption.install()
         known = BUILTIN_TARGETS
         unknown = [t for t in cfg.eval.targets if t not in known]
         if unknown:
@@ -108,6 +112,8 @@ class Run(RunBuild, TrainingState, RunEvaluation, RunResults):
                     self.log_step(epoch)
                 if self._state_due(epoch_end=False):
                     self.save_state()
+                if self.preemption.requested():
+                    self.preemption.stop(self)  # checkpoints/last at this step, then exit code 4 (or a requeue)
             self.train_time += time.time() - t0
             # train.max_steps ended the epoch early: its state is saved before the epoch end, so that resuming
             # with a larger train.max_steps continues the epoch exactly where it stopped
@@ -123,7 +129,9 @@ class Run(RunBuild, TrainingState, RunEvaluation, RunResults):
                 self.save_state()
         if not self.history or self.history[-1]["step"] != self.step:
             self.evaluate(self.epoch)
-        return self.finish()
+        summary = self.finish()
+        self.preemption.check_after(self)
+        return summary
 
     def batches(self) -> Iterator[torch.Tensor]:
         """The index batches of the current epoch not trained yet (a fresh permutation from the data-order
@@ -137,16 +145,14 @@ class Run(RunBuild, TrainingState, RunEvaluation, RunResults):
 
     def train_step(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
         """One optimiser step on the global ``batch`` of train-split positions (this process's shard of it)."""
-        index = distributed.shard(batch)
-        images = self.data.train.images[index].float().div_(255.0)
-        views = [self.prepare(v) for v in self.augment.views(images, self.aug_gen)]
+        index, views = self.views_of(batch)
         self.optimizer_factory.schedule(self.optimizer, self)
         with self.autocast():
-            loss, logs = self.objective.loss(self, views, index)
+            loss, logs = self.forward_loss(views, index)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
         share = len(index) / len(batch)
-        distributed.reduce_gradients(self.trainable, share)
+        # DDP averages gradients over processes: scaled by world_size x share, they sum to the global batch's
+        (loss if self.world_size == 1 else loss * (self.world_size * share)).backward()
         step = getattr(self.optimizer_factory, "step", None)  # clipping, last-layer freeze (after the reduction)
         step_logs = (step(self.optimizer, self) if step is not None else self.optimizer.step()) or {}
         self.updater.update(self)
@@ -196,6 +202,7 @@ def run_training(cfg: DictConfig, out_dir: str | Path, pm: PluginManager | None 
         run.record_crash(exc)
         raise
     finally:
+        run.preemption.uninstall()
         run.release()
         torch.use_deterministic_algorithms(deterministic)  # process-wide settings go back (in-process callers)
         torch.set_num_threads(threads)

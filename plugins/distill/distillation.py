@@ -13,7 +13,8 @@ which pairs (teacher view i, student view j) count, and the loss is their mean:
 are deterministic (:class:`TeacherCache`); the losses are the same as without it.
 
 ``center_momentum`` turns on DINO's centering: the teacher's outputs have a running centre c subtracted before the
-loss, and c ← m·c + (1 − m)·(mean teacher output of the step) afterwards. None (the default, the paper) = off. The
+loss, and c ← m·c + (1 − m)·(mean teacher output of the step, over the global batch under data parallelism)
+afterwards. None (the default, the paper) = off. The
 centre is saved in checkpoints (``distillation.center``) and restored from them.
 :class:`Centering` and :func:`view_pairs` are usable on their own.
 """
@@ -26,7 +27,7 @@ from typing import Optional
 
 import torch
 
-from framework import hookimpl
+from framework import distributed, hookimpl
 from framework.errors import RtlabError
 from framework.models import forward_views
 
@@ -69,7 +70,15 @@ class Centering:
 
     @torch.no_grad()
     def update(self, outputs: list[torch.Tensor]) -> None:
-        batch_center = torch.cat(outputs).float().mean(0)
+        """c ← m·c + (1 − m)·(mean output of the global batch: under data parallelism the processes' sums and row
+        counts are all-reduced, as in DINO's code)."""
+        batch = torch.cat(outputs).float()
+        if distributed.active():
+            sums = torch.cat([batch.sum(0), batch.new_tensor([len(batch)])])
+            distributed.all_reduce_([sums])
+            batch_center = sums[:-1] / sums[-1]
+        else:
+            batch_center = batch.mean(0)
         self.center.mul_(self.momentum).add_(batch_center, alpha=1.0 - self.momentum)
 
 
