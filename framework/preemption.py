@@ -18,11 +18,12 @@ continues from that step exactly. A second Ctrl-C stops at once (``KeyboardInter
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import threading
 from types import FrameType
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import torch
 
@@ -56,6 +57,15 @@ class Preemption:
                 except (ValueError, OSError):
                     pass
         return self
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator["Preemption"]:
+        """The handlers while the run trains (the ones before are put back after, also on errors)."""
+        self.install()
+        try:
+            yield self
+        finally:
+            self.uninstall()
 
     def uninstall(self) -> None:
         for sig, handler in self.previous.items():

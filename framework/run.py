@@ -89,10 +89,16 @@ class Run(RunBuild, TrainingState, RunEvaluation, RunResults):
 
     # ------------------------------------------------------------------------------------------------- the loop
     def fit(self) -> dict[str, Any]:
-        """Train and evaluate (continuing a restored state); returns the summary, also in ``summary.json``."""
+        """Train and evaluate (continuing a restored state); returns the summary, also in ``summary.json``. A signal
+        stops the run after its current step with the state saved (:mod:`framework.preemption`)."""
+        with self.preemption.installed():
+            summary = self.train_and_evaluate()
+        self.preemption.check_after(self)
+        return summary
+
+    def train_and_evaluate(self) -> dict[str, Any]:
         cfg = self.cfg
         self.hook.rtlab_run_start(run=self)
-        self.preemption.install()
         known = BUILTIN_TARGETS
         unknown = [t for t in cfg.eval.targets if t not in known]
         if unknown:
@@ -129,9 +135,7 @@ class Run(RunBuild, TrainingState, RunEvaluation, RunResults):
                 self.save_state()
         if not self.history or self.history[-1]["step"] != self.step:
             self.evaluate(self.epoch)
-        summary = self.finish()
-        self.preemption.check_after(self)
-        return summary
+        return self.finish()
 
     def batches(self) -> Iterator[torch.Tensor]:
         """The index batches of the current epoch not trained yet (a fresh permutation from the data-order
@@ -202,7 +206,6 @@ def run_training(cfg: DictConfig, out_dir: str | Path, pm: PluginManager | None 
         run.record_crash(exc)
         raise
     finally:
-        run.preemption.uninstall()
         run.release()
         torch.use_deterministic_algorithms(deterministic)  # process-wide settings go back (in-process callers)
         torch.set_num_threads(threads)
