@@ -133,7 +133,8 @@ def train_command(argv: Sequence[str]) -> int:
         try:
             check_config(cfg, pm.registry)
             if hydra_cfg.mode == RunMode.MULTIRUN:  # skip finished jobs, continue unfinished ones (sweeps.py)
-                plan = sweeps.job_plan(out_dir, cfg)
+                distributed.init(prefer_cuda=str(cfg.train.device) != "cpu")  # the srun tasks of a submitit job
+                plan = distributed.broadcast(sweeps.job_plan(out_dir, cfg) if distributed.rank() == 0 else None)
                 if plan == sweeps.SKIP:
                     print(f"rtlab: {out_dir} already finished with this configuration; skipped", file=sys.stderr)
                     return json.loads((Path(out_dir) / "summary.json").read_text()).get("metrics")
@@ -141,7 +142,6 @@ def train_command(argv: Sequence[str]) -> int:
                     print(f"rtlab: resuming {out_dir}", file=sys.stderr)
                 resume_job = plan == sweeps.RESUME
                 sweeps.pin_threads(hydra_cfg.launcher, cfg)
-                distributed.init(prefer_cuda=str(cfg.train.device) != "cpu")  # srun tasks of a submitit job
             summary = run_training(cfg, out_dir, pm, resume=resume_job)
         except (RtlabError, PluginError, RunInterrupted) as exc:
             raise SystemExit(fail(str(exc), exc.exit_code))

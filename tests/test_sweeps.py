@@ -75,3 +75,73 @@ def test_joblib_jobs_share_the_cores(monkeypatch):
         assert sweeps.pin_threads(basic, OmegaConf.create({"train": {"threads": None}})) is None
     finally:
         torch.set_num_threads(threads)
+
+
+def test_a_job_folder_is_skipped_when_finished_and_continued_when_not(tmp_path):
+    from framework import sweeps
+
+    cfg = OmegaConf.create({"name": "x", "train": {"seed": 1, "threads": None}})
+    folder = tmp_path / "job"
+    assert sweeps.job_plan(folder, cfg) == sweeps.NEW
+    folder.mkdir()
+    (folder / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+    assert sweeps.job_plan(folder, cfg) == sweeps.RESUME
+    (folder / "summary.json").write_text("{}")
+    assert sweeps.job_plan(folder, cfg) == sweeps.SKIP
+    other = OmegaConf.create({"name": "x", "train": {"seed": 2, "threads": None}})
+    assert sweeps.job_plan(folder, other) == sweeps.NEW  # another run's folder: the run refuses to write there
+
+
+def _submitit_installed() -> bool:
+    try:
+        import hydra_plugins.hydra_submitit_launcher  # noqa: F401
+        import submitit  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def test_the_slurm_launcher_preset_runs_one_task_per_gpu():
+    from hydra import compose, initialize_config_dir
+    from hydra.core.config_store import ConfigStore
+    from hydra.core.global_hydra import GlobalHydra
+
+    from framework.config import config_dir, register_configs
+    from tiny_runs import plugin_manager
+
+    if not _submitit_installed():  # submitit's own schema, reduced to the settings the preset touches
+        from dataclasses import dataclass, field
+
+        @dataclass
+        class SubmititSlurmStandIn:
+            _target_: str = "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
+            gpus_per_node: int = 0
+            tasks_per_node: int = 1
+            nodes: int = 1
+            cpus_per_task: int = 1
+            timeout_min: int = 60
+            max_num_timeout: int = 0
+            signal_delay_s: int = 120
+            partition: str = ""
+            additional_parameters: dict = field(default_factory=dict)
+
+        ConfigStore.instance().store(group="hydra/launcher", name="submitit_slurm", node=SubmititSlurmStandIn,
+                                     provider="test")
+    register_configs(plugin_manager().registry)
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(str(config_dir()), version_base=None):
+        cfg = compose("config", ["hydra/launcher=slurm", "hydra.launcher.gpus_per_node=4"], return_hydra_config=True)
+    GlobalHydra.instance().clear()
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("submitit_launcher.SlurmLauncher")
+    assert launcher.tasks_per_node == 4 and launcher.gpus_per_node == 4  # one process per GPU
+    assert launcher.max_num_timeout > 0 and launcher.signal_delay_s > 0  # requeued, warned ahead of the limit
+
+
+@pytest.mark.skipif(not _submitit_installed(), reason="submitit is not installed (pip install 'rtlab[sweeps]')")
+def test_submitit_local_executor_runs_a_sweep_job(tmp_path):
+    res = subprocess.run([sys.executable, "-m", "framework.cli", "train", "-m", "hydra/launcher=submitit_local",
+                          f"hydra.sweep.dir={tmp_path / 'sweep'}", "train.seed=0", *SWEEP], cwd=ROOT, env=_env(),
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
+    assert json.loads((tmp_path / "sweep" / "0" / "summary.json").read_text())["steps"] == 20
