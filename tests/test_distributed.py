@@ -93,6 +93,7 @@ def test_torchrun_two_nodes_on_localhost_match_one_process(single, tmp_path):
     _same_run(single, ddp)
 
 
+@pytest.mark.slow
 def test_srun_environment_without_torchrun_matches_one_process(single, tmp_path):
     """What ``srun --ntasks=2 rtlab train …`` gives each task: SLURM's variables, no torchrun."""
     ddp, port = tmp_path / "ddp", str(_free_port())

@@ -46,7 +46,8 @@ class BarlowTwins(JointEmbedding):
         self.opts = opts
 
     def pair_loss(self, a, b):
-        a, b = distributed.gather_with_grad(torch.cat([a, b], 1))[0].chunk(2, 1)  # the global batch
+        if distributed.active():  # the global batch
+            a, b = distributed.gather_with_grad(torch.cat([a, b], 1))[0].chunk(2, 1)
         c = standardise(a).T @ standardise(b) / len(a)
         diagonal = torch.diagonal(c)
         on = (1.0 - diagonal).pow(2).sum()

@@ -40,10 +40,13 @@ def nt_xent(a: torch.Tensor, b: torch.Tensor, temperature: float) -> tuple[torch
     the mean over its anchors (the loop weights it by the process's share of the batch)."""
     n = len(a)
     za, zb = F.normalize(a.float(), dim=-1), F.normalize(b.float(), dim=-1)
-    everyone, start = distributed.gather_with_grad(torch.cat([za, zb], 1))  # (N, 2·dim): [a | b] of every image
-    total = len(everyone)
     anchors = torch.cat([za, zb])
-    logits = anchors @ torch.cat(everyone.chunk(2, 1)).T / temperature  # (2n, 2N)
+    if distributed.active():
+        pairs, start = distributed.gather_with_grad(torch.cat([za, zb], 1))  # (N, 2·dim): [a | b] of every image
+        total, everyone = len(pairs), torch.cat(pairs.chunk(2, 1))
+    else:
+        start, total, everyone = 0, n, anchors
+    logits = anchors @ everyone.T / temperature  # (2n, 2N)
     rows = torch.arange(n, device=a.device)
     own = torch.cat([start + rows, total + start + rows])  # each anchor's own column: not its own negative
     logits[torch.arange(2 * n, device=a.device), own] = float("-inf")

@@ -58,7 +58,8 @@ class VICReg(JointEmbedding):
 
     def pair_loss(self, a, b):
         o = self.opts
-        a, b = distributed.gather_with_grad(torch.cat([a, b], 1))[0].chunk(2, 1)  # the global batch
+        if distributed.active():  # the global batch
+            a, b = distributed.gather_with_grad(torch.cat([a, b], 1))[0].chunk(2, 1)
         invariance = F.mse_loss(a, b)
         variance = (variance_term(a, o.std_target) + variance_term(b, o.std_target)) / 2
         covariance = covariance_term(a) + covariance_term(b)
