@@ -16,12 +16,13 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from framework import distributed
+from framework import distributed, metrics
 from framework.checkpoint import atomic_write_text
 from framework.data import load_image_data
 from framework.device import cpu_bf16_hazards, enable_determinism
 from framework.errors import RtlabError
 from framework.evaluation import load_probe_datasets
+from framework.metrics import declared_kinds
 from framework.guards import check_parameters
 from framework.models import Network, build_network, parameter_distance
 from framework.parallel import convert_batchnorm, loss_forward
@@ -166,6 +167,8 @@ class RunBuild:
         self.trainable = [p for p in self.student.parameters() if p.requires_grad] + extra
         self.optimizer = self.optimizer_factory.build(self.trainable, self)
         self.evaluators = {name: self.registry.build("evaluator", node) for name, node in cfg.evaluator.items()}
+        self.metric_kinds = declared_kinds(self.evaluators)
+        self.summary["metric_kinds"] = metrics.to_json(self.metric_kinds)
         if self.evaluators and not self.cfg.eval.train_data and not self.probe_data:
             raise RtlabError("eval.train_data=false leaves nothing to probe; name datasets with eval.datasets=[NAME]")
         needs_labels = [n for n, e in self.evaluators.items() if getattr(e, "needs_labels", True)]

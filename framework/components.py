@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 if TYPE_CHECKING:
+    from framework.metrics import MetricKind
     from framework.evaluation import Features
     from framework.run import Run
 
@@ -132,6 +133,9 @@ class Evaluator(Protocol):
     """
 
     needs_labels: bool  # optional, default True: refused before training on a dataset without labels
+    # optional: {metric name: framework.metrics.MetricKind} for metrics that are not accuracies in [0, 1] (an
+    # effective rank, a CKA, a loss): tables print them as numbers and ``best`` follows their direction
+    metric_kinds: Mapping[str, "MetricKind"]
 
     def evaluate(self, features: "Features", run: "Run") -> Mapping[str, float]:
         """Metrics (e.g. ``{"knn": 0.81}``) for one target's train/test embeddings; rtlab appends ``/target``."""

@@ -1,4 +1,5 @@
-"""Base option dataclasses for component kinds whose settings share common fields."""
+"""Option dataclasses: the fixed ``train`` and ``eval`` sections of the config, and the base options of component
+kinds whose settings share common fields."""
 
 from __future__ import annotations
 
@@ -40,3 +41,46 @@ class DataOptions:
     mean: Optional[List[float]] = None  # per-channel normalisation; None: computed from the train split
     std: Optional[List[float]] = None
     cache: bool = True  # keep the decoded uint8 tensors on disk, keyed by the dataset fingerprint
+
+
+@dataclass
+class TrainConfig:
+    """The training loop. Defaults are the paper's (PAPER.md §2.5)."""
+
+    epochs: int = 100
+    # a fixed number of training samples instead of epochs: epochs = max(1, sample_budget // train images), the
+    # data-size study's protocol (PAPER.md Fig. 4); None: train.epochs
+    sample_budget: Optional[int] = None
+    batch_size: int = 256
+    seed: int = 0  # data order and augmentation streams
+    # auto (bf16 autocast on CUDA, fp32 on the CPU) | fp32 | bf16 | fp16 | fp64 (networks and inputs in float64:
+    # a student at α = 1e-10 then really differs from its teacher, PAPER.md §2.7)
+    precision: str = "auto"
+    channels_last: bool = True
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+    log_every: int = 50  # optimiser steps between logged (host-synchronised) train metrics
+    max_steps: Optional[int] = None  # stop after this many steps (smoke tests, benchmarks)
+    drop_last: bool = False  # the paper keeps the last partial batch (196 steps/epoch on CIFAR-10)
+    compile: bool = False  # torch.compile the student and teacher
+    sync_bn: bool = False  # several processes: BatchNorm with the global batch's statistics (docs/performance.md)
+    threads: Optional[int] = None  # CPU threads (torch.set_num_threads); None keeps torch's default
+    deterministic: bool = False  # torch.use_deterministic_algorithms: bit-identical reruns and resumes (slower)
+    # checkpoints/last, the full training state `rtlab train resume=RUN_DIR` continues from (docs/resume.md):
+    state_every: int = 1  # saved every this many epochs (0 = not at epoch ends)
+    state_steps: int = 0  # and every this many optimiser steps (0 = off)
+
+
+@dataclass
+class EvalConfig:
+    """When and on what the evaluators run."""
+
+    every: int = 1  # epochs between evaluations; 0 = only before and after training
+    before: bool = True  # evaluate at epoch 0 (before training)
+    batch_size: int = 1024  # feature-extraction batch
+    seed: int = 0  # probe stream (linear-probe init and order)
+    targets: List[str] = field(default_factory=lambda: ["teacher", "teacher_bn", "student", "input"])
+    # more datasets to probe (transfer probing): a data preset or source name (cifar100, fashion_mnist, …) or a
+    # node {preset: NAME, key: KEY, <data option>: …}. Their metrics are `<metric>/<target>@<key>`; the
+    # training dataset keeps `<metric>/<target>`. See docs/experiments.md.
+    datasets: List[Any] = field(default_factory=list)
+    train_data: bool = True  # probe the training dataset too (false: only eval.datasets, e.g. for data subsets)

@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import platform
 import time
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 from omegaconf import OmegaConf
@@ -21,6 +20,7 @@ from framework import __version__
 from framework.checkpoint import atomic_write_text, prefixed, save_checkpoint
 from framework.errors import RunInterrupted
 from framework.guards import check_parameters
+from framework.metrics import MetricKind, kind_of
 from framework.models import parameter_distance
 
 log = logging.getLogger("rtlab")
@@ -62,7 +62,7 @@ class RunResults:
         self.summary.update({
             "name": self.cfg.name,
             "metrics": dict(self.metrics),
-            "best": _best(self.history),
+            "best": _best(self.history, self.metric_kinds),
             "steps": self.step,
             "epochs": self.epoch,
             "sample_budget": self.cfg.train.sample_budget,
@@ -113,16 +113,17 @@ class RunResults:
             self.lock.release()
 
 
-def _best(history: list[dict[str, Any]]) -> dict[str, float]:
-    """Best value over evaluations (epoch ≥ 1) of every student metric (the paper's max-over-epochs), for the
-    training data (``linear/student``) and every probe dataset (``linear/student@cifar100``)."""
+def _best(history: list[dict[str, Any]], kinds: Mapping[str, MetricKind]) -> dict[str, float]:
+    """Best value over evaluations (epoch ≥ 1) of every student metric (the paper's max-over-epochs; the min of a
+    lower-is-better number), for the training data (``linear/student``) and every probe dataset
+    (``linear/student@cifar100``)."""
     best: dict[str, float] = {}
     for row in history:
         if row["epoch"] < 1:
             continue
         for k, v in row.items():
             if "/" in k and k.split("/", 1)[1].split("@", 1)[0] == "student" and isinstance(v, float):
-                best[k] = max(best.get(k, -math.inf), v)
+                best[k] = kind_of(k, kinds).better(best[k], v) if k in best else v
     return best
 
 

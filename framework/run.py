@@ -71,6 +71,7 @@ class Run(RunBuild, TrainingState, RunEvaluation, RunResults):
         self.history: list[dict[str, Any]] = []
         self.metrics: dict[str, float] = {}
         self.summary: dict[str, Any] = {}
+        self.metric_kinds: dict[str, Any] = {}  # by metric name, from the evaluators (framework.metrics)
         # True while training a step whose metrics will be logged: components may skip optional diagnostics
         # (e.g. the KL of a 65,536-way softmax) on the other steps
         self.logging_step = True

@@ -47,7 +47,17 @@ def test_a_run_selects_the_external_loss_and_evaluator(cli, installed, tmp_path)
               "loss.scale=2.0", "evaluator=[knn,spread]", f"hydra.run.dir={out}", env=installed)
     assert res.returncode == 0, res.stderr[-1500:]
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["metrics"]["spread/student"] > 0
+    spread = summary["metrics"]["spread/student"]
+    assert spread > 0
+    assert summary["metric_kinds"]["spread"] == {"accuracy": False, "higher_is_better": True}
+    # the declared kind: the final table prints the number as it is (not x100 with a %), knn stays a percentage
+    row = next(line for line in res.stdout.splitlines() if line.startswith("student "))
+    assert f"{spread:.4g}" in row.split() and f"{100 * spread:.2f}%" not in row
+    assert f"{100 * summary['metrics']['knn/student']:.2f}%" in row.split()
+    report = cli("report", str(out), env=installed)
+    assert report.returncode == 0, report.stderr[-1500:]
+    line = next(x for x in (out / "report.md").read_text().splitlines() if x.startswith("| spread | student |"))
+    assert f"{spread:.4g}" in line and "%" not in line
     assert "knn/student" in summary["metrics"] and "linear/student" not in summary["metrics"]
     train_rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()
                   if '"train"' in line]

@@ -118,16 +118,18 @@ def test_clipping_bounds_the_update(tmp_path):
     assert float((after - before).norm()) == pytest.approx(1e-4, rel=1e-3)  # lr 1 x clipped gradient
 
 
-def test_centre_is_saved_and_restored_with_checkpoints(tmp_path):
+def test_centre_is_saved_and_restored_with_the_training_state(tmp_path):
+    """The centre is the objective's state: written to checkpoints/last and restored by the state protocol itself
+    (on every rank), not by a hook."""
     from framework.checkpoint import load_checkpoint
+    from framework.state import restore
 
     run = compose_run(tmp_path / "a", "objective.center_momentum=0.9", "evaluator=[]")
     run.train_step(next(run.batches()))
-    path = run.save_checkpoint("c")
-    tensors, meta = load_checkpoint(path)
-    assert torch.equal(tensors["distillation.center"], run.objective.centering.center)
+    tensors, meta = load_checkpoint(run.save_state())
+    assert torch.equal(tensors["component.objective.center"], run.objective.centering.center)
     other = compose_run(tmp_path / "b", "objective.center_momentum=0.9", "evaluator=[]")
-    other.hook.rtlab_checkpoint_load(run=other, tensors=tensors, meta=meta)
+    restore(other, tensors, meta, "test")
     assert torch.equal(other.objective.centering.center, run.objective.centering.center)
 
 

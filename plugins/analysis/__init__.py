@@ -14,6 +14,13 @@ configuration of the training runs the analysis drives. ``factory(options)`` ret
 A third-party analysis registers itself the same way (declare the kind first with :func:`declare_kind`; the
 declaration is idempotent). The output folder is ``runs/<name>/<analysis>-<hash of the configuration>`` unless
 ``--out DIR`` is given: running the same command again resumes where it stopped.
+
+This package is itself the plugin ``analysis`` (the kind and the command). Its modules:
+
+* plugins — ``imp`` (lottery tickets, Fig. 8), ``barrier`` (linear mode connectivity, Fig. 9), ``landscape``
+  (loss and probe planes, Fig. 5);
+* helpers (not plugins) — ``sources`` (network specifications analyses start from), ``pruning`` (masks as
+  buffers, global magnitude pruning), ``interpolation`` (points on lines and planes of parameter space).
 """
 
 from __future__ import annotations

@@ -18,6 +18,7 @@ from typing import Any, Iterable
 
 from framework import hookimpl
 from framework.errors import RtlabError
+from framework.metrics import MetricKind, kind_of, merged
 
 
 def find_runs(folders: Iterable[str]) -> list[Path]:
@@ -71,12 +72,13 @@ def aggregate(runs: list[Path], by: list[str], patterns: list[str], best: bool =
     return names, table
 
 
-def markdown(by: list[str], names: list[str], table: list[dict[str, Any]]) -> str:
+def markdown(by: list[str], names: list[str], table: list[dict[str, Any]],
+             kinds: dict[str, MetricKind] | None = None) -> str:
     def cell(name: str, stat: tuple | None) -> str:
         if stat is None:
             return "-"
         mean, std, _ = stat
-        if "/" in name:  # accuracies
+        if "/" in name and kind_of(name, kinds or {}).accuracy:  # accuracies, in points
             return f"{100 * mean:.2f} ± {100 * std:.2f}"
         return f"{mean:.4g} ± {std:.2g}"
 
@@ -108,7 +110,8 @@ def _run(args) -> int:
     if args.json:
         print(json.dumps({"by": args.by, "metrics": names, "groups": table}, indent=2, default=str))
     else:
-        print(markdown(args.by, names, table))
+        kinds = merged(json.loads((run / "summary.json").read_text()) for run in runs)
+        print(markdown(args.by, names, table, kinds))
         print(f"{len(runs)} runs", flush=True)
     return 0
 

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 from pathlib import Path
@@ -20,7 +21,8 @@ from typing import Any
 from framework import hookimpl
 from framework.checkpoint import atomic_write_text
 from framework.errors import RtlabError
-from plugins.tracking.plotting import percent, pyplot, save
+from framework.metrics import from_summary, kind_of, merged
+from plugins.tracking.plotting import pyplot, save
 
 TARGET_STYLE = {"teacher": ("tab:orange", "-"), "teacher_bn": ("tab:red", ":"), "student": ("tab:blue", "-"),
                 "input": ("black", "--")}
@@ -87,6 +89,7 @@ def report_run(folder: Path) -> str:
     last_epoch = max((row["epoch"] for row in evals), default=0)
     name = folder.name
     summary = _summary(folder)
+    kinds = from_summary(summary)
     lines = [f"# Run {summary.get('name', name)} ({folder})", ""]
     for metric, targets in series.items():
         fig, ax = plt.subplots(figsize=(5.6, 3.8))
@@ -97,7 +100,7 @@ def report_run(folder: Path) -> str:
             else:
                 ax.plot(*zip(*points), color=color, ls=style, marker="." if len(points) < 30 else None, label=target)
         ax.set_xlabel("epoch")
-        ax.set_ylabel(f"{metric} accuracy")
+        ax.set_ylabel(f"{metric} accuracy" if kind_of(metric, kinds).accuracy else metric)
         ax.set_title(f"{summary.get('name', name)}: {metric}")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
@@ -110,8 +113,10 @@ def report_run(folder: Path) -> str:
     for metric, targets in series.items():
         for target, points in targets.items():
             values = [v for _, v in points]
-            lines.append(f"| {metric} | {target} | {percent(values[0])} | {percent(values[-1])} | "
-                         f"{percent(max(values))} |")
+            kind = kind_of(metric, kinds)
+            best = functools.reduce(kind.better, values)
+            lines.append(f"| {metric} | {target} | {kind.format(values[0])} | {kind.format(values[-1])} | "
+                         f"{kind.format(best)} |")
     if summary:
         lines += ["", f"{summary.get('epochs')} epochs, {summary.get('steps')} steps, "
                   f"{summary.get('wall_time_s')} s on {summary.get('device')} ({summary.get('precision')})."]
@@ -171,6 +176,7 @@ def compare_runs(folders: list[Path], out: Path, target: str = "student") -> str
     plt = pyplot()
     labels = run_labels(folders)
     per_run = [metric_series(read_metrics(f)[0]) for f in folders]
+    kinds = merged(_summary(f) for f in folders)
     metrics = sorted({m for s in per_run for m in s})
     lines = [f"# Comparison of {len(folders)} runs", ""]
     for metric in metrics:
@@ -180,7 +186,7 @@ def compare_runs(folders: list[Path], out: Path, target: str = "student") -> str
             if points:
                 ax.plot(*zip(*points), label=label, marker="." if len(points) < 30 else None)
         ax.set_xlabel("epoch")
-        ax.set_ylabel(f"{metric} accuracy ({target})")
+        ax.set_ylabel(f"{metric} accuracy ({target})" if kind_of(metric, kinds).accuracy else f"{metric} ({target})")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
         save(fig, out / "plots" / f"compare_{metric}.png")
@@ -191,7 +197,9 @@ def compare_runs(folders: list[Path], out: Path, target: str = "student") -> str
         cells = []
         for m in metrics:
             values = [v for _, v in series.get(m, {}).get(target, [])]
-            cells.append(f"{percent(values[-1])} / {percent(max(values))}" if values else "–")
+            kind = kind_of(m, kinds)
+            cells.append(f"{kind.format(values[-1])} / {kind.format(functools.reduce(kind.better, values))}"
+                         if values else "–")
         lines.append(f"| {label} | {os.path.relpath(folder, out)} | " + " | ".join(cells) + " |")
     text = "\n".join(lines) + "\n"
     atomic_write_text(out / "report.md", text)

@@ -13,9 +13,8 @@ which pairs (teacher view i, student view j) count, and the loss is their mean:
 are deterministic (:class:`TeacherCache`); the losses are the same as without it.
 
 ``center_momentum`` turns on DINO's centering: the teacher's outputs have a running centre c subtracted before the
-loss, and c ← m·c + (1 − m)·(mean teacher output of the step, over the global batch under data parallelism)
-afterwards. None (the default, the paper) = off. The
-centre is saved in checkpoints (``distillation.center``) and restored from them.
+loss, and c ← m·c + (1 − m)·(mean teacher output of the step) afterwards. None (the default, the paper) = off. The
+centre is part of the objective's ``state_dict``, so the training state restores it on every rank.
 :class:`Centering` and :func:`view_pairs` are usable on their own.
 """
 
@@ -54,7 +53,10 @@ def global_view_count(augment, views: int) -> int:
 
 
 class Centering:
-    """DINO's centering of the teacher's outputs: subtract a running mean updated with ``momentum``."""
+    """DINO's centering of the teacher's outputs: subtract a running mean updated with ``momentum``.
+
+    Under torchrun the step's mean is taken over the global batch (the shards' sums and counts are all-reduced),
+    so every process holds the same centre, as one process on the global batch would."""
 
     def __init__(self, momentum: float) -> None:
         if not 0.0 <= momentum < 1.0:
@@ -70,13 +72,11 @@ class Centering:
 
     @torch.no_grad()
     def update(self, outputs: list[torch.Tensor]) -> None:
-        """c ← m·c + (1 − m)·(mean output of the global batch: under data parallelism the processes' sums and row
-        counts are all-reduced, as in DINO's code)."""
         batch = torch.cat(outputs).float()
         if distributed.active():
-            sums = torch.cat([batch.sum(0), batch.new_tensor([len(batch)])])
+            sums = torch.stack([batch.sum(0), torch.full_like(batch[0], len(batch))])
             distributed.all_reduce_([sums])
-            batch_center = sums[:-1] / sums[-1]
+            batch_center = sums[0] / sums[1]
         else:
             batch_center = batch.mean(0)
         self.center.mul_(self.momentum).add_(batch_center, alpha=1.0 - self.momentum)
@@ -146,6 +146,7 @@ class Distillation:
         if run.loss_fn is None:
             raise RtlabError("objective=distillation needs a loss component (e.g. loss=ce)")
         self.cache = None
+        self.device = run.device
         self.loss_diagnoses = "diagnose" in inspect.signature(run.loss_fn).parameters
         run.summary["teacher_cache"] = "off"
         if self.opts.cache_teacher:
@@ -157,21 +158,26 @@ class Distillation:
             run.summary["teacher_cache"] = why or "on"
         return []
 
-    # The cache is state: a resumed run must reuse the values computed before the interruption (recomputing them
-    # in other batches can differ in the last bits), so it travels with the training state (framework/state.py).
+    # The centre and the cache are training state, restored on every rank by framework/state.py. The cache must
+    # travel too: a resumed run reuses the values computed before the interruption (recomputing them in other
+    # batches can differ in the last bits).
     def state_dict(self):
-        if self.cache is None:
-            return {}
-        store = [None if t is None else torch.where(f[:, None], t, 0)  # rows not filled yet are uninitialised
-                 for t, f in zip(self.cache.store, self.cache.filled)]
-        return {"store": store, "filled": list(self.cache.filled)}
+        state = {}
+        if self.centering is not None:
+            state["center"] = self.centering.center
+        if self.cache is not None:
+            state["store"] = [None if t is None else torch.where(f[:, None], t, 0)  # unfilled rows: uninitialised
+                              for t, f in zip(self.cache.store, self.cache.filled)]
+            state["filled"] = list(self.cache.filled)
+        return state
 
     def load_state_dict(self, state):
-        if self.cache is None or not state:
-            return
-        self.cache.store = [None if t is None else t.to(self.cache.filled[0].device) for t in state["store"]]
-        self.cache.filled = [t.to(self.cache.filled[0].device) for t in state["filled"]]
-        self.cache.complete = [bool(t.all()) for t in self.cache.filled]
+        if self.centering is not None and state.get("center") is not None:
+            self.centering.center = state["center"].to(self.device, torch.float32).clone()
+        if self.cache is not None and "filled" in state:
+            self.cache.store = [None if t is None else t.to(self.device) for t in state["store"]]
+            self.cache.filled = [t.to(self.device) for t in state["filled"]]
+            self.cache.complete = [bool(t.all()) for t in self.cache.filled]
 
     def teacher_outputs(self, run, views, index):
         """The teacher's outputs on the global views (from the cache where it is exact)."""
@@ -207,25 +213,3 @@ class Distillation:
 @hookimpl
 def rtlab_register(registry):
     registry.add("objective", "distillation", Distillation, DistillationOptions)
-
-
-CENTER_KEY = "distillation.center"
-
-
-def _centering(run) -> Centering | None:
-    objective = getattr(run, "objective", None)
-    return objective.centering if isinstance(objective, Distillation) else None
-
-
-@hookimpl
-def rtlab_checkpoint_save(run, tensors, meta):
-    centering = _centering(run)
-    if centering is not None and centering.center is not None:
-        tensors[CENTER_KEY] = centering.center
-
-
-@hookimpl
-def rtlab_checkpoint_load(run, tensors, meta):
-    centering = _centering(run)
-    if centering is not None and CENTER_KEY in tensors:
-        centering.center = tensors[CENTER_KEY].to(run.device, torch.float32).clone()

@@ -15,6 +15,10 @@ their objective (trained with the student, saved with the training state).
 ``rtlab compare`` (:mod:`plugins.commands.compare`) finds every registered method, so a plugin that calls
 :func:`add_method` in its ``rtlab_register`` hook is compared with the built-in ones. docs/methods.md describes
 each method, its options and its reference.
+
+Plugins (one method each): ``random_teacher``, ``dino``, ``byol``, ``simsiam``, ``simclr``, ``barlow_twins``,
+``vicreg``. Helpers (not plugins): ``prediction`` (the predictor and objective BYOL and SimSiam share) and
+``joint_embedding`` (the objective SimCLR, Barlow Twins and VICReg share).
 """
 
 from __future__ import annotations

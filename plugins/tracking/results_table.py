@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from framework import hookimpl
+from framework.metrics import ACCURACY, MetricKind, from_summary, kind_of
 
 ROW_NAMES = {"teacher": "teacher", "teacher_bn": "teacher (BN control)", "student": "student",
              "input": "input pixels"}
@@ -15,9 +16,11 @@ def row_name(target: str) -> str:
     return f"{name} @ {dataset}" if dataset else name
 
 
-def format_table(metrics: dict[str, float]) -> str:
-    """``target | metric …`` rows from flat ``metric/target`` keys (accuracies in %), the training data's rows
-    first, then each probe dataset's (``metric/target@dataset``)."""
+def format_table(metrics: dict[str, float], kinds: dict[str, MetricKind] | None = None) -> str:
+    """``target | metric …`` rows from flat ``metric/target`` keys (accuracies in %, numbers as they are: see
+    :mod:`framework.metrics`), the training data's rows first, then each probe dataset's (``metric/target@dataset``).
+    """
+    kinds = kinds or {}
     cols: list[str] = []
     rows: list[str] = []
     for key in metrics:
@@ -35,15 +38,16 @@ def format_table(metrics: dict[str, float]) -> str:
     width = max(len(row_name(r)) for r in rows)
     lines = [f"{'':{width}}  " + "  ".join(f"{c:>10}" for c in cols)]
     for r in rows:
-        vals = [metrics.get(f"{c}/{r}") for c in cols]
         lines.append(f"{row_name(r):{width}}  " + "  ".join(
-            f"{100 * v:>9.2f}%" if v is not None else f"{'-':>10}" for v in vals))
+            kind_of(c, kinds).format(metrics.get(f"{c}/{r}"), 10) for c in cols))
     return "\n".join(lines)
 
 
 @hookimpl
 def rtlab_run_end(run, summary):
-    table = format_table(summary.get("metrics", {}))
+    kinds = from_summary(summary)
+    table = format_table(summary.get("metrics", {}), kinds)
+    what = "accuracy" if all(k == ACCURACY for k in kinds.values()) else "results"
     if table:
-        print(f"\nrtlab: {run.cfg.name} finished in {summary.get('wall_time_s')} s — accuracy on the test split\n"
+        print(f"\nrtlab: {run.cfg.name} finished in {summary.get('wall_time_s')} s — {what} on the test split\n"
               f"{table}\nresults: {run.out_dir}")

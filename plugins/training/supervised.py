@@ -98,6 +98,13 @@ class Supervised:
         self.net = ClassifierNet(run.student.encoder, self.classifier)
         return list(self.classifier.parameters())
 
+    # The classifier trains with the student: it is training state, restored on every rank by framework/state.py.
+    def state_dict(self):
+        return {"classifier": self.classifier.state_dict()}
+
+    def load_state_dict(self, state):
+        self.classifier.load_state_dict(state["classifier"])
+
     def loss(self, run, views, index):
         labels = run.data.train.labels[index]
         total = None
@@ -144,13 +151,8 @@ def rtlab_register(registry):
 
 @hookimpl
 def rtlab_checkpoint_save(run, tensors, meta):
-    if is_supervised(run):
+    """Weight checkpoints (``final``, ``epoch_N``) carry the classifier for the analyses that reload them; the
+    training state has it through the objective's ``state_dict``."""
+    if is_supervised(run) and meta.get("kind") == "weights":
         tensors.update(prefixed(run.objective.classifier.state_dict(), CLASSIFIER_PREFIX))
         meta["classifier"] = {"classes": run.data.num_classes, "in_dim": run.student.embed_dim}
-
-
-@hookimpl
-def rtlab_checkpoint_load(run, tensors, meta):
-    if is_supervised(run):
-        if any(k.startswith(CLASSIFIER_PREFIX) for k in tensors):
-            load_classifier(run.objective.classifier, tensors, "being loaded")

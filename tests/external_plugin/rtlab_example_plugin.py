@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from framework import hookimpl
+from framework.metrics import MetricKind
 
 __version__ = "0.3.1"
 
@@ -36,7 +37,10 @@ class SpreadOptions:
 
 
 class EmbeddingSpread:
-    """Mean per-dimension standard deviation of the test embeddings (collapse → 0)."""
+    """Mean per-dimension standard deviation of the test embeddings (collapse → 0): a plain number, not an
+    accuracy, so tables print it as it is."""
+
+    metric_kinds = {"spread": MetricKind.number(higher_is_better=True)}
 
     def __init__(self, opts: SpreadOptions) -> None:
         self.opts = opts
