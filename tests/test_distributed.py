@@ -161,3 +161,22 @@ def test_slurm_variables_and_node_lists():
     assert slurm_env(batch_script) == {}  # the batch script of a 4-task job is one process
     assert slurm_env({**task, "WORLD_SIZE": "4"}) == {}  # torchrun inside srun sets its own
     assert slurm_env({**task, "SLURM_NTASKS": "1"}) == {}
+
+
+def test_a_batch_too_small_for_every_process_is_refused():
+    from types import SimpleNamespace
+
+    from framework.building import RunBuild
+    from framework.errors import RtlabError
+
+    def check(n, batch_size, drop_last, world_size=2):
+        run = SimpleNamespace(data=SimpleNamespace(train=range(n)), world_size=world_size,
+                              cfg=SimpleNamespace(train=SimpleNamespace(batch_size=batch_size, drop_last=drop_last)))
+        RunBuild._check_shards(run)
+
+    check(117, 32, False)  # last batch 21: shards of 11 and 10
+    check(65, 64, True)  # the last image is dropped
+    with pytest.raises(RtlabError, match="a batch of 1 image"):
+        check(65, 64, False)
+    with pytest.raises(RtlabError, match="cannot be shared by 4 processes"):
+        check(64, 2, False, world_size=4)
