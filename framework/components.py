@@ -46,8 +46,6 @@ class HeadFactory(Protocol):
 class TeacherInit(Protocol):
     """Kind ``teacher``."""
 
-    frozen: bool  # whether the teacher's weights never change on their own (updaters may still change them)
-
     def build(self, run: "Run") -> nn.Module:
         """The teacher network (use ``run.new_network(seed)`` for a fresh one); the run moves it to its device."""
 

@@ -40,9 +40,9 @@ class PluginError(Exception):
 
     exit_code = 1
 
-    def __init__(self, plugin: str, where: str, error: BaseException) -> None:
+    def __init__(self, plugin: str, where: str, error: BaseException, message: str | None = None) -> None:
         detail = " ".join(str(error).split())[:300]
-        super().__init__(f"plugin '{plugin}' failed in {where}: {type(error).__name__}"
+        super().__init__(message or f"plugin '{plugin}' failed in {where}: {type(error).__name__}"
                          + (f": {detail}" if detail else ""))
         self.plugin = plugin
         self.where = where

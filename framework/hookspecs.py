@@ -16,7 +16,16 @@ exception, rtlab reports it as a :class:`framework.errors.PluginError` naming th
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 import pluggy
+
+if TYPE_CHECKING:
+    import torch
+
+    from framework.cli import CommandSet
+    from framework.registry import Registry
+    from framework.runview import RunView
 
 PROJECT = "rtlab"
 
@@ -26,7 +35,7 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 
 # --------------------------------------------------------------------------------------------------------- setup
 @hookspec(historic=True)
-def rtlab_register(registry):
+def rtlab_register(registry: Registry) -> None:
     """Contribute named components to ``registry`` (a :class:`framework.registry.Registry`).
 
     Call ``registry.add(kind, name, factory, options)`` once per component. ``options`` is a dataclass whose
@@ -38,7 +47,7 @@ def rtlab_register(registry):
 
 
 @hookspec
-def rtlab_add_commands(commands):
+def rtlab_add_commands(commands: CommandSet) -> None:
     """Contribute ``rtlab <name>`` sub-commands.
 
     ``commands`` is a :class:`framework.cli.CommandSet`; call
@@ -49,11 +58,12 @@ def rtlab_add_commands(commands):
 
 # ---------------------------------------------------------------------------------------------------- a run goes
 @hookspec
-def rtlab_run_start(run):
+def rtlab_run_start(run: RunView) -> None:
     """The run is built — data on its device, teacher, student, objective, optimiser — and nothing has trained yet.
 
-    ``run`` is a :class:`framework.run.Run`: read ``run.cfg``, ``run.out_dir``, ``run.data``, ``run.teacher``,
-    ``run.student``; keep what you need. Use it to open trackers or print the setup.
+    ``run`` is the :class:`framework.run.Run`; the members plugins may use are those of
+    :class:`framework.runview.RunView` (``run.cfg``, ``run.out_dir``, ``run.data``, ``run.teacher``, ``run.student``,
+    …); keep what you need. Use it to open trackers or print the setup.
 
     A resumed run (``rtlab train resume=…``) calls it again after its state was restored: then
     ``run.resumed_step`` is the step it continues from (None otherwise) and files in ``run.out_dir`` should be
@@ -62,7 +72,7 @@ def rtlab_run_start(run):
 
 
 @hookspec
-def rtlab_step_end(run, metrics):
+def rtlab_step_end(run: RunView, metrics: dict[str, float]) -> None:
     """Every ``train.log_every`` optimiser steps (and at each epoch's last step).
 
     ``metrics`` is a dict of host floats averaged over the steps since the last call: ``train/loss`` plus
@@ -72,12 +82,12 @@ def rtlab_step_end(run, metrics):
 
 
 @hookspec
-def rtlab_epoch_end(run, epoch):
+def rtlab_epoch_end(run: RunView, epoch: int) -> None:
     """After epoch ``epoch`` (1-based) finished its last step and before any evaluation of that epoch."""
 
 
 @hookspec
-def rtlab_evaluate_end(run, epoch, results):
+def rtlab_evaluate_end(run: RunView, epoch: int, results: dict[str, float]) -> None:
     """After the evaluators ran at ``epoch`` (0 = before training). Each implementation is called even when
     another one fails; a failure is recorded in ``summary.json`` (``errors``) and training goes on.
 
@@ -90,7 +100,7 @@ def rtlab_evaluate_end(run, epoch, results):
 
 
 @hookspec
-def rtlab_checkpoint_save(run, tensors, meta):
+def rtlab_checkpoint_save(run: RunView, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
     """A checkpoint is being written: add tensors (``tensors[key] = tensor``) or JSON-able ``meta`` entries.
 
     ``meta["kind"]`` is ``"weights"`` (``checkpoints/final``, ``checkpoints/epoch_N``) or ``"train_state"``
@@ -103,13 +113,13 @@ def rtlab_checkpoint_save(run, tensors, meta):
 
 
 @hookspec
-def rtlab_checkpoint_load(run, tensors, meta):
+def rtlab_checkpoint_load(run: RunView, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
     """A training state was restored into ``run`` (a resumed run, before ``rtlab_run_start``): restore what your
     :func:`rtlab_checkpoint_save` added to it. ``run.step`` is the step the run continues from."""
 
 
 @hookspec
-def rtlab_summarize(run, summary):
+def rtlab_summarize(run: RunView, summary: dict[str, Any]) -> None:
     """Training and the final evaluation are done: add entries to ``summary`` before ``summary.json`` is written.
 
     ``summary["metrics"]`` holds the final flat metrics (``knn/student``, ``linear/teacher``, …). Each
@@ -119,13 +129,13 @@ def rtlab_summarize(run, summary):
 
 
 @hookspec
-def rtlab_run_end(run, summary):
+def rtlab_run_end(run: RunView, summary: dict[str, Any]) -> None:
     """``summary.json`` was written. Close trackers, print tables, write plots. Each implementation is called
     even when another one fails; failures are added to ``summary.json`` and the command exits with code 1."""
 
 
 @hookspec
-def rtlab_run_error(run, error):
+def rtlab_run_error(run: RunView, error: BaseException) -> None:
     """The run stopped with ``error`` (an exception). Finished work on disk must stay intact; flush and close.
 
     Every implementation is called even when another one fails.

@@ -19,6 +19,14 @@ class Kind:
     group: str | None = None
     options_base: type | None = None
     multi: bool = False
+    # how a user selects one, for messages; default "(select with GROUP=NAME)"
+    select_hint: str | None = None
+
+    @property
+    def hint(self) -> str:
+        if self.select_hint is not None:
+            return self.select_hint
+        return f"(select with {self.group}=NAME)" if self.group else ""
 
 
 @dataclass(frozen=True)
@@ -91,9 +99,10 @@ class Registry:
 
     # ----------------------------------------------------------------------------------------------------- kinds
     def add_kind(self, name: str, doc: str, group: str | None = None, options_base: type | None = None,
-                 multi: bool = False) -> Kind:
-        """Declare a kind of component (idempotent for identical declarations)."""
-        kind = Kind(name, doc, group, options_base, multi)
+                 multi: bool = False, select_hint: str | None = None) -> Kind:
+        """Declare a kind of component (idempotent for identical declarations); ``select_hint`` says how a user
+        selects one, for messages (default ``(select with GROUP=NAME)``)."""
+        kind = Kind(name, doc, group, options_base, multi, select_hint)
         old = self._kinds.get(name)
         if old is not None and (old.group, old.multi) != (group, multi):
             raise RtlabError(f"kind '{name}' is declared twice with different settings "
@@ -180,10 +189,14 @@ class Registry:
         """The component, or an :class:`RtlabError` listing the known names and close matches."""
         comps = self._components[self.kind(kind).name]
         if name not in comps:
-            what = kind.replace("_", " ")
-            group = self._kinds[kind].group
-            raise unknown_name(what, name, comps, f"(select with {group}=NAME)" if group else "")
+            raise unknown_name(kind.replace("_", " "), name, comps, self._kinds[kind].hint)
         return comps[name]
+
+    def has_kind(self, kind: str) -> bool:
+        return kind in self._kinds
+
+    def has(self, kind: str, name: str) -> bool:
+        return name in self._components.get(kind, {})
 
     def names(self, kind: str) -> list[str]:
         return sorted(self._components[self.kind(kind).name])
@@ -260,6 +273,39 @@ def describe_options(options: type) -> list[tuple[str, str, Any]]:
         tname = getattr(f.type, "__name__", str(f.type))
         out.append((f.name, tname, default))
     return out
+
+
+def option_help(options: type) -> dict[str, str]:
+    """Each option's help: ``field(metadata={"help": …})``, else the comment on its line (or the comment lines just
+    above it) in the dataclass's source, searched along the class hierarchy."""
+    import ast
+    import inspect
+    import textwrap
+
+    found: dict[str, str] = {}
+    for cls in reversed([c for c in options.__mro__ if dataclasses.is_dataclass(c)]):
+        try:
+            lines, _ = inspect.getsourcelines(cls)
+        except (OSError, TypeError):
+            continue
+        for node in ast.parse(textwrap.dedent("".join(lines))).body[0].body:
+            if not (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)):
+                continue
+            line = lines[node.lineno - 1]
+            comment = [line.split("#", 1)[1].strip()] if "#" in line else []
+            above = node.lineno - 2
+            while not comment and above >= 0 and lines[above].strip().startswith("#"):
+                block = []
+                while above >= 0 and lines[above].strip().startswith("#"):
+                    block.insert(0, lines[above].strip().lstrip("#").strip())
+                    above -= 1
+                comment = block
+            if comment:
+                found[node.target.id] = " ".join(comment)
+    for f in dataclasses.fields(options):
+        if f.metadata.get("help"):
+            found[f.name] = str(f.metadata["help"])
+    return found
 
 
 Factory = Callable[..., Any]

@@ -20,6 +20,7 @@ from typing import Any, Sequence
 from omegaconf import DictConfig, OmegaConf
 
 from framework.errors import RtlabError
+from framework.provenance import check_recorded_plugins
 from framework.registry import Registry
 
 RESUME_ARG = "resume="
@@ -123,6 +124,7 @@ def _plan_dir(run_dir: Path, overrides: Sequence[str], registry: Registry, confi
     old = OmegaConf.to_container(OmegaConf.load(saved_overrides))
     if not isinstance(old, list) or not all(isinstance(o, str) for o in old):
         raise RtlabError(f"{saved_overrides} is not a list of overrides; that run cannot be resumed")
+    check_recorded_plugins(run_dir, registry, _saved_config(run_dir))
     merged = merge_overrides(old, overrides)
     cfg = compose(merged, registry, config_dirs)
     changed = [d for d in config_differences(_saved_config(run_dir), _container(cfg))

@@ -40,6 +40,7 @@ from omegaconf import DictConfig, OmegaConf
 from framework import hookimpl
 from framework.checkpoint import atomic_write_text
 from framework.errors import RtlabError
+from framework.provenance import check_recorded_plugins
 
 log = logging.getLogger("rtlab")
 
@@ -68,7 +69,7 @@ class Analysis(Protocol):
 
 def declare_kind(registry) -> None:
     registry.add_kind(KIND, "an analysis run by `rtlab analyze NAME` (IMP, barrier, landscape, …)", group=KIND,
-                      options_base=AnalysisOptions)
+                      options_base=AnalysisOptions, select_hint="(run one with: rtlab analyze NAME)")
 
 
 class AnalysisContext:
@@ -179,7 +180,7 @@ def compose_analysis(name: str, overrides: Sequence[str], registry) -> tuple[Dic
 def prepare_folder(name: str, cfg: DictConfig, out: str | None) -> Path:
     """The analysis folder, refusing one that holds an analysis of another configuration."""
     digest = config_hash(cfg)
-    folder = Path(out) if out else Path("runs") / str(cfg.name) / f"{name}-{digest}"
+    folder = Path(out) if out else default_folder(name, cfg)
     record = folder / RESULTS_FILE
     if record.exists():
         old = json.loads(record.read_text())
@@ -208,7 +209,10 @@ def render_folder(folder: Path, registry) -> str:
     """Re-draw an analysis folder's plots and write its ``report.md``; returns the Markdown."""
     record = read_record(folder)
     if record.get("status") != "done":
-        raise RtlabError(f"the analysis in {folder} has not finished; run its command again to resume it")
+        raise RtlabError(f"the analysis in {folder} has not finished ({record.get('status')}); run its command "
+                         "again to resume it")
+    config = OmegaConf.to_container(OmegaConf.load(Path(folder) / "config.yaml"))
+    check_recorded_plugins(Path(folder), registry, config)
     analysis = registry.build(KIND, _options_from(folder, record["analysis"], registry))
     text = analysis.render(Path(folder), record["results"])
     atomic_write_text(Path(folder) / "report.md", text)
@@ -225,22 +229,38 @@ def _options_from(folder: Path, name: str, registry) -> Any:
 
 
 def run_analysis(name: str, overrides: Sequence[str], out: str | None = None, pm=None) -> Path:
-    """``rtlab analyze NAME OVERRIDES``: compose, run (resuming), record and render; returns the folder."""
+    """``rtlab analyze NAME OVERRIDES``: compose, run (resuming), record and render; returns the folder.
+
+    Bad options are refused before the folder is made. A failing analysis is recorded like a failing hook: its
+    ``analysis.json`` gets ``"status": "failed"`` and the error, ``error.txt`` the traceback, and the command
+    ends with one line naming the analysis and its plugin (a bad input found at the very start, with nothing
+    computed yet, leaves no folder behind).
+    """
     from framework.config import register_configs
     from framework.plugin_manager import get_plugin_manager
 
     pm = pm or get_plugin_manager()
     register_configs(pm.registry)
     cfg, full = compose_analysis(name, overrides, pm.registry)
+    analysis = pm.registry.build(KIND, cfg[KIND])  # validates the options before anything is written
+    target = Path(out) if out else None
+    fresh = not (target or default_folder(name, cfg)).exists()
     folder = prepare_folder(name, cfg, out)
+    atomic_write_text(folder / "plugins.json", json.dumps(pm.listing(), indent=2))
     ctx = AnalysisContext(name, cfg, full, folder, pm)
-    analysis = pm.registry.build(KIND, cfg[KIND])
     try:
         results = analysis.run(ctx)
+    except BaseException as exc:
+        _record_failure(folder, name, pm, exc, fresh)
+        error = _as_one_line(name, pm, exc, folder)
+        if error is exc:
+            raise
+        raise error from exc
     finally:
         ctx.close()
     record = read_record(folder)
     record.update(status="done", results=results)
+    record.pop("error", None)
     write_record(folder, record)
     text = analysis.render(folder, results)
     atomic_write_text(folder / "report.md", text)
@@ -249,17 +269,51 @@ def run_analysis(name: str, overrides: Sequence[str], out: str | None = None, pm
     return folder
 
 
+def default_folder(name: str, cfg: DictConfig) -> Path:
+    return Path("runs") / str(cfg.name) / f"{name}-{config_hash(cfg)}"
+
+
+def _record_failure(folder: Path, name: str, pm, exc: BaseException, fresh: bool) -> None:
+    import traceback
+
+    own = {"config.yaml", RESULTS_FILE, "plugins.json"}
+    if fresh and isinstance(exc, RtlabError) and {p.name for p in folder.iterdir()} <= own:
+        shutil.rmtree(folder, ignore_errors=True)  # refused before computing anything: leave no trace
+        return
+    interrupted = not isinstance(exc, Exception)
+    record = read_record(folder)
+    record.update(status="interrupted" if interrupted else "failed", error=str(_as_one_line(name, pm, exc, folder)))
+    write_record(folder, record)
+    atomic_write_text(folder / "error.txt", "".join(traceback.format_exception(exc)))
+
+
+def _as_one_line(name: str, pm, exc: BaseException, folder: Path) -> BaseException:
+    """What the command prints: bad input as it is, anything else as a failure of the analysis's plugin."""
+    from framework.errors import PluginError
+
+    if isinstance(exc, (RtlabError, PluginError)) or not isinstance(exc, Exception):
+        return exc
+    plugin = pm.registry.get(KIND, name).plugin
+    detail = " ".join(str(exc).split())[:300]
+    return PluginError(plugin, f"analysis '{name}'", exc,
+                       f"analysis '{name}' (plugin {plugin}) failed: {type(exc).__name__}"
+                       + (f": {detail}" if detail else "") + f"; the traceback is in {folder / 'error.txt'}")
+
+
 # ------------------------------------------------------------------------------------------------------- command
 def configure(parser: argparse.ArgumentParser) -> None:
     from framework.plugin_manager import get_plugin_manager
-    from framework.registry import describe_options
+    from framework.registry import describe_options, option_help
 
     registry = get_plugin_manager().registry
     sub = parser.add_subparsers(dest="analysis", metavar="ANALYSIS")
     for comp in registry.components(KIND):
-        options = "; ".join(f"{n}={d!r}" for n, _, d in describe_options(comp.options))
-        p = sub.add_parser(comp.name, help=comp.doc, description=f"{comp.doc} Options (analysis.NAME=VALUE): "
-                           f"{options}")
+        helps = option_help(comp.options)
+        options = "\n".join(f"  analysis.{n}={d!r}" + (f"\n      {helps[n]}" if n in helps else "")
+                             for n, _, d in describe_options(comp.options))
+        p = sub.add_parser(comp.name, help=comp.doc, formatter_class=argparse.RawDescriptionHelpFormatter,
+                           description=f"{comp.doc}\n\noptions (Hydra overrides analysis.NAME=VALUE, defaults shown):"
+                                       f"\n{options}")
         p.add_argument("overrides", nargs="*", help="Hydra overrides: experiment=PRESET analysis.KEY=VALUE …")
         p.add_argument("--out", help="output folder (default: runs/NAME/ANALYSIS-HASH; the same folder resumes)")
 

@@ -32,8 +32,6 @@ class RandomTeacherOptions:
 class RandomTeacher:
     """A randomly initialised teacher, in eval mode (BatchNorm uses its initial statistics), never trained."""
 
-    frozen = True
-
     def __init__(self, opts: RandomTeacherOptions) -> None:
         self.opts = opts
 
@@ -69,8 +67,6 @@ def _pretrained_backbone_state(run) -> dict:
 class CheckpointTeacher:
     """A trained teacher: a network of an earlier run, a weights file, or timm's pretrained backbone."""
 
-    frozen = True
-
     def __init__(self, opts: CheckpointTeacherOptions) -> None:
         if opts.which not in WHICH:
             raise RtlabError(f"teacher.which must be student or teacher, got '{opts.which}'")
@@ -98,8 +94,6 @@ class RestartTeacherOptions:
 
 class RestartTeacher:
     """The converged student of the previous round becomes the frozen teacher (PAPER.md Fig. 18)."""
-
-    frozen = True
 
     def __init__(self, opts: RestartTeacherOptions) -> None:
         if not opts.path:

@@ -8,5 +8,6 @@ Plugins (each registered by its module name):
 * ``checkpointing`` — ``checkpoints/epoch_N`` and ``checkpoints/final``;
 * ``results_table`` — the table printed at the end of a run.
 
-Helpers (not plugins): ``plotting`` — headless matplotlib shared by every rtlab plot.
+Helpers (not plugins): ``plotting`` — headless matplotlib shared by every rtlab plot; ``per_run`` — the state a
+tracker keeps per live run (a file, a writer), opened on first use and closed once.
 """

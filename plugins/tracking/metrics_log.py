@@ -12,22 +12,20 @@ import os
 import time
 
 from framework import hookimpl
-
-_files: dict[int, object] = {}
+from plugins.tracking.per_run import PerRun
 
 
 def _path(run):
     return run.out_dir / "metrics.jsonl"
 
 
+_files = PerRun(lambda run: open(_path(run), "a", encoding="utf-8"), lambda f: f.close())
+
+
 def _write(run, record: dict) -> None:
-    f = _files.get(id(run))
-    if f is None:
-        f = open(_path(run), "a", encoding="utf-8")
-        _files[id(run)] = f
-    record = {"time": round(time.time(), 3), **record}
-    f.write(json.dumps(record) + "\n")  # type: ignore[attr-defined]
-    f.flush()  # type: ignore[attr-defined]
+    f = _files.get(run)
+    f.write(json.dumps({"time": round(time.time(), 3), **record}) + "\n")
+    f.flush()
 
 
 def _truncate(run, size: int) -> None:
@@ -67,17 +65,11 @@ def rtlab_evaluate_end(run, epoch, results):
     _write(run, {"kind": "eval", "epoch": epoch, "step": run.step, **results})
 
 
-def _close(run) -> None:
-    f = _files.pop(id(run), None)
-    if f is not None:
-        f.close()  # type: ignore[attr-defined]
-
-
 @hookimpl
 def rtlab_run_end(run, summary):
-    _close(run)
+    _files.close(run)
 
 
 @hookimpl
 def rtlab_run_error(run, error):
-    _close(run)
+    _files.close(run)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from framework import hookimpl
+from plugins.tracking.per_run import PerRun
 
 
 @dataclass
@@ -16,21 +17,18 @@ class TensorBoardSettings:
     enabled: bool = True
 
 
-_writers: dict[int, object] = {}
-
-
-def _writer(run):
+def _open(run):
     if not run.cfg.tensorboard.enabled:
         return None
-    w = _writers.get(id(run))
-    if w is None:
-        from torch.utils.tensorboard import SummaryWriter
+    from torch.utils.tensorboard import SummaryWriter
 
-        # a resumed run drops the events its crashed attempt logged after the saved state
-        purge = run.resumed_step + 1 if run.resumed_step is not None else None
-        w = SummaryWriter(log_dir=str(run.out_dir), purge_step=purge)
-        _writers[id(run)] = w
-    return w
+    # a resumed run drops the events its crashed attempt logged after the saved state
+    purge = run.resumed_step + 1 if run.resumed_step is not None else None
+    return SummaryWriter(log_dir=str(run.out_dir), purge_step=purge)
+
+
+_writers = PerRun(_open, lambda w: w.close())
+_writer = _writers.get
 
 
 @hookimpl
@@ -64,17 +62,11 @@ def rtlab_evaluate_end(run, epoch, results):
         w.flush()
 
 
-def _close(run) -> None:
-    w = _writers.pop(id(run), None)
-    if w is not None:
-        w.close()
-
-
 @hookimpl
 def rtlab_run_end(run, summary):
-    _close(run)
+    _writers.close(run)
 
 
 @hookimpl
 def rtlab_run_error(run, error):
-    _close(run)
+    _writers.close(run)
