@@ -16,7 +16,7 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from framework import metrics
+from framework import distributed, metrics
 from framework.checkpoint import atomic_write_text
 from framework.data import load_image_data
 from framework.device import cpu_bf16_hazards, cpu_load, enable_determinism, safe_cpu_threads
@@ -25,6 +25,7 @@ from framework.evaluation import load_probe_datasets
 from framework.metrics import declared_kinds
 from framework.guards import check_parameters
 from framework.models import Network, build_network, parameter_distance
+from framework.parallel import convert_batchnorm, loss_forward
 from framework.runlock import RunLock
 from framework.seeding import stream_seed
 from framework.teacher_check import check_teacher
@@ -54,6 +55,26 @@ class RunBuild:
         """A freshly initialised backbone + head, determined by ``seed`` alone (built on the CPU)."""
         return build_network(self.registry, self.cfg.backbone, self.cfg.head, self.data.channels, self.data.size,
                              seed)
+
+    def views_of(self, batch: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """(this process's shard of the global ``batch``, its views). Random views are drawn for the global batch,
+        so that every process's stream advances alike and each image gets the views one process would give it."""
+        if self.world_size == 1 or getattr(self.augment, "deterministic", False):
+            index = distributed.shard(batch)
+            images = self.data.train.images[index].float().div_(255.0)
+            return index, [self.prepare(v) for v in self.augment.views(images, self.aug_gen)]
+        images = self.data.train.images[batch].float().div_(255.0)
+        views = self.augment.views(images, self.aug_gen)
+        index = distributed.shard(batch)
+        start = sum(len(s) for s in batch.tensor_split(self.world_size)[:self.rank])
+        return index, [self.prepare(v[start:start + len(index)]) for v in views]
+
+    def forward_loss(self, views: list[torch.Tensor], index: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """The objective's loss on this process's views (through DistributedDataParallel with several processes:
+        :mod:`framework.parallel`)."""
+        if self._loss_forward is None:
+            self._loss_forward = loss_forward(self)
+        return self._loss_forward(views, index)
 
     def place(self, net: nn.Module) -> nn.Module:
         net = net.to(self.device, dtype=self.dtype)
@@ -122,6 +143,7 @@ class RunBuild:
             self.summary["skipped_images"] = {"count": len(skipped), "files": skipped}
         if len(self.data.train) == 0:
             raise RtlabError("the train split is empty; check data.train_size and data.train_split")
+        self._check_shards()
         self.normalize = self.data.normalizer(self.device)
         self.probe_data = load_probe_datasets(self.registry, cfg.eval.datasets, self.data, self.device)
         self.order_gen = torch.Generator().manual_seed(stream_seed(cfg.train.seed, "order"))
@@ -134,6 +156,8 @@ class RunBuild:
         if self.student is self.teacher or any(
                 a is b for a, b in zip(self.student.parameters(), self.teacher.parameters())):
             raise RtlabError("the student initialiser returned the teacher itself; it must return a copy")
+        if cfg.train.sync_bn and self.world_size > 1:
+            self.teacher, self.student = convert_batchnorm(self.teacher), convert_batchnorm(self.student)
         self.updater = self.registry.build("updater", cfg.updater)
         if hasattr(self.updater, "setup"):
             self.updater.setup(self)
@@ -141,6 +165,8 @@ class RunBuild:
         self.loss_fn = self.registry.build("loss", cfg.loss) if cfg.get("loss") is not None else None
         self.objective = self.registry.build("objective", cfg.objective)
         extra = list(self.objective.setup(self) or [])
+        if cfg.train.sync_bn and self.world_size > 1 and isinstance(self.objective, nn.Module):
+            convert_batchnorm(self.objective)
         self.teacher.requires_grad_(False)
         self.student.train()
         self.optimizer_factory = self.registry.build("optimizer", cfg.optimizer)
@@ -217,6 +243,16 @@ class RunBuild:
                    "(e.g. 1), or upsample with data.image_size=N")
             log.warning(msg)
             self.summary.setdefault("warnings", []).append(msg)
+
+    def _check_shards(self) -> None:
+        """Every process gets at least one image of every batch."""
+        n, bs = len(self.data.train), self.cfg.train.batch_size
+        last = n % bs if not self.cfg.train.drop_last and n >= bs else 0
+        smallest = min(bs, n) if not last else last
+        if self.world_size > 1 and smallest < self.world_size:
+            raise RtlabError(f"a batch of {smallest} image(s) cannot be shared by {self.world_size} processes; use "
+                             f"train.batch_size >= {self.world_size} and train.drop_last=true (or a train size whose "
+                             "last batch has one image per process)")
 
     def _check_folder(self) -> None:
         """A fresh run never writes into the results of another one."""

@@ -13,10 +13,11 @@ import logging
 import os
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from framework import __version__
-from framework.errors import PluginError, RtlabError
+from framework.errors import PluginError, RtlabError, RunInterrupted
 
 _HYDRA_VALUE_FLAGS = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn",
                       "--config-dir", "-cd", "--info", "--experimental-rerun"}
@@ -130,12 +131,27 @@ def train_command(argv: Sequence[str]) -> int:
 
     @hydra.main(config_path=str(config_dir()), config_name="config", version_base=None)
     def app(cfg: Any) -> Any:
-        out_dir = HydraConfig.get().runtime.output_dir
+        from hydra.types import RunMode
+
+        from framework import sweeps
+
+        hydra_cfg = HydraConfig.get()
+        out_dir, resume_job = hydra_cfg.runtime.output_dir, resuming
         folder = FolderClaim(out_dir, subdir, copy.deepcopy(cfg))
         try:
             check_config(cfg, pm.registry)
-            summary = run_training(cfg, out_dir, pm, resume=resuming, claim=folder.claim)
-        except (RtlabError, PluginError) as exc:
+            if hydra_cfg.mode == RunMode.MULTIRUN:  # skip finished jobs, continue unfinished ones (sweeps.py)
+                distributed.init(prefer_cuda=str(cfg.train.device) != "cpu")  # the srun tasks of a submitit job
+                plan = distributed.broadcast(sweeps.job_plan(out_dir, cfg) if distributed.rank() == 0 else None)
+                if plan == sweeps.SKIP:
+                    print(f"rtlab: {out_dir} already finished with this configuration; skipped", file=sys.stderr)
+                    return json.loads((Path(out_dir) / "summary.json").read_text()).get("metrics")
+                if plan == sweeps.RESUME:
+                    print(f"rtlab: resuming {out_dir}", file=sys.stderr)
+                resume_job = plan == sweeps.RESUME
+                sweeps.pin_threads(hydra_cfg.launcher, cfg)
+            summary = run_training(cfg, out_dir, pm, resume=resume_job, claim=folder.claim)
+        except (RtlabError, PluginError, RunInterrupted) as exc:
             line = os_error_line(exc.error, out_dir) if isinstance(exc, PluginError) else None
             raise SystemExit(fail(line or str(exc), 2 if line else exc.exit_code))
         except OSError as exc:
@@ -319,7 +335,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command in builtin:
             return builtin[args.command](args)
         return commands.commands[args.command].run(args) or 0
-    except (RtlabError, PluginError) as exc:
+    except (RtlabError, PluginError, RunInterrupted) as exc:
         return fail(str(exc), exc.exit_code)
     except KeyboardInterrupt:
         return fail("interrupted", 130)

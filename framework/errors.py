@@ -2,7 +2,8 @@
 
 Exit codes: 0 success; 1 a run finished but a plugin, evaluator or analysis failed (training results are kept), or a
 plugin failed during training; 2 bad input (:class:`RtlabError`); 3 training diverged (:class:`TrainingDiverged`);
-130 interrupted. ``docs/troubleshooting.md`` lists every message and its fix.
+4 stopped by a signal (SIGTERM, SIGUSR1, SIGUSR2, Ctrl-C) with the training state saved (:class:`RunInterrupted`);
+130 interrupted at once (a second Ctrl-C, or Ctrl-C outside training). ``docs/troubleshooting.md`` lists every message and its fix.
 """
 
 from __future__ import annotations
@@ -25,6 +26,13 @@ class TrainingDiverged(RtlabError):
     def __init__(self, message: str, step: int) -> None:
         super().__init__(message)
         self.step = step
+
+
+class RunInterrupted(Exception):
+    """A signal stopped the run at a step boundary; ``checkpoints/last`` holds that step (see
+    :mod:`framework.preemption`). Not an input error: a sweep stops at it instead of going on to the next job."""
+
+    exit_code = 4
 
 
 class PluginError(Exception):

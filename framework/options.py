@@ -63,6 +63,7 @@ class TrainConfig:
     max_steps: Optional[int] = None  # stop after this many steps (smoke tests, benchmarks)
     drop_last: bool = False  # the paper keeps the last partial batch (196 steps/epoch on CIFAR-10)
     compile: bool = False  # torch.compile the student and teacher
+    sync_bn: bool = False  # several processes: BatchNorm with the global batch's statistics (docs/performance.md)
     threads: Optional[int] = None  # CPU threads (torch.set_num_threads); None: torch's default, fewer on a busy CPU
     deterministic: bool = False  # torch.use_deterministic_algorithms: bit-identical reruns and resumes (slower)
     # checkpoints/last, the full training state `rtlab train resume=RUN_DIR` continues from (docs/resume.md):

@@ -19,6 +19,7 @@ from omegaconf import OmegaConf
 
 from framework import __version__
 from framework.checkpoint import atomic_write_text, prefixed, save_checkpoint
+from framework.errors import RunInterrupted
 from framework.guards import check_parameters
 from framework.metrics import MetricKind, kind_of
 from framework.models import parameter_distance, resolved_backbone_options
@@ -102,7 +103,7 @@ class RunResults:
 
     def record_crash(self, exc: BaseException) -> None:
         """``error.txt`` in the run folder: the traceback of what stopped the run (only in a folder we own)."""
-        if not self.claimed or not self.is_main:
+        if not self.claimed or not self.is_main or isinstance(exc, RunInterrupted):  # nothing went wrong
             return
         text = "".join(traceback.format_exception(exc))
         try:

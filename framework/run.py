@@ -28,6 +28,7 @@ from framework.evaluation import BUILTIN_TARGETS, RunEvaluation
 from framework.guards import StepMetrics
 from framework.models import Network
 from framework.plugin_manager import PluginManager, get_plugin_manager
+from framework.preemption import Preemption
 from framework.results import RunResults
 from framework.runlock import RunLock
 from framework.state import TrainingState
@@ -86,10 +87,19 @@ class Run(RunBuild, TrainingState, RunEvaluation, RunResults):
         self._start_time = time.time()
         self.train_time = 0.0
         self.images_seen = 0
+        self._loss_forward: Callable | None = None  # built on the first step (framework.parallel)
+        self.preemption = Preemption()  # SIGTERM/SIGUSR1/SIGUSR2/Ctrl-C: stop after the step, state saved
 
     # ------------------------------------------------------------------------------------------------- the loop
     def fit(self) -> dict[str, Any]:
-        """Train and evaluate (continuing a restored state); returns the summary, also in ``summary.json``."""
+        """Train and evaluate (continuing a restored state); returns the summary, also in ``summary.json``. A signal
+        stops the run after its current step with the state saved (:mod:`framework.preemption`)."""
+        with self.preemption.installed():
+            summary = self.train_and_evaluate()
+        self.preemption.check_after(self)
+        return summary
+
+    def train_and_evaluate(self) -> dict[str, Any]:
         cfg = self.cfg
         self.hook.rtlab_run_start(run=self)
         known = BUILTIN_TARGETS
@@ -111,6 +121,8 @@ class Run(RunBuild, TrainingState, RunEvaluation, RunResults):
                     self.log_step(epoch)
                 if self._state_due(epoch_end=False):
                     self.save_state()
+                if self.preemption.requested():
+                    self.preemption.stop(self)  # checkpoints/last at this step, then exit code 4 (or a requeue)
             self.train_time += time.time() - t0
             # train.max_steps ended the epoch early: its state is saved before the epoch end, so that resuming
             # with a larger train.max_steps continues the epoch exactly where it stopped
@@ -140,16 +152,14 @@ class Run(RunBuild, TrainingState, RunEvaluation, RunResults):
 
     def train_step(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
         """One optimiser step on the global ``batch`` of train-split positions (this process's shard of it)."""
-        index = distributed.shard(batch)
-        images = self.data.train.images[index].float().div_(255.0)
-        views = [self.prepare(v) for v in self.augment.views(images, self.aug_gen)]
+        index, views = self.views_of(batch)
         self.optimizer_factory.schedule(self.optimizer, self)
         with self.autocast():
-            loss, logs = self.objective.loss(self, views, index)
+            loss, logs = self.forward_loss(views, index)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
         share = len(index) / len(batch)
-        distributed.reduce_gradients(self.trainable, share)
+        # DDP averages gradients over processes: scaled by world_size x share, they sum to the global batch's
+        (loss if self.world_size == 1 else loss * (self.world_size * share)).backward()
         step = getattr(self.optimizer_factory, "step", None)  # clipping, last-layer freeze (after the reduction)
         step_logs = (step(self.optimizer, self) if step is not None else self.optimizer.step()) or {}
         self.updater.update(self)

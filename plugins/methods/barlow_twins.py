@@ -7,6 +7,10 @@ Learning via Redundancy Reduction", ICML 2021).
   without affine parameters), should be the identity: Σᵢ (1 − Cᵢᵢ)² + λ Σᵢ Σ_{j≠i} Cᵢⱼ², λ = ``lambd`` = 5e-3;
 * views: BYOL's asymmetric augmentation (``augment=byol``), as in the paper.
 
+Made global under data parallelism: every process gathers all processes' embeddings
+(:func:`framework.distributed.gather_with_grad`, gradients flow back to their process) and computes the loss of the
+global batch — its standardisation and cross-correlation — as one process would.
+
 The teacher is never used: it stays the random init the student started from. The optimiser is the experiment's
 (Barlow Twins: LARS, lr 0.2 for weights and 0.0048 for biases and BN, weight decay 1.5e-6, batch 2048).
 """
@@ -17,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from framework import hookimpl
+from framework import distributed, hookimpl
 from plugins.networks.heads import mlp_head
 from plugins.methods import add_method
 from plugins.methods.joint_embedding import JointEmbedding, WideProjectorOptions
@@ -42,6 +46,8 @@ class BarlowTwins(JointEmbedding):
         self.opts = opts
 
     def pair_loss(self, a, b):
+        if distributed.active():  # the global batch
+            a, b = distributed.gather_with_grad(torch.cat([a, b], 1))[0].chunk(2, 1)
         c = standardise(a).T @ standardise(b) / len(a)
         diagonal = torch.diagonal(c)
         on = (1.0 - diagonal).pow(2).sum()

@@ -7,7 +7,9 @@ Norouzi, Hinton, ICML 2020).
   images, each one's positive is the other view of its image and its negatives are the other 2(N − 1)
   embeddings; cosine similarities divided by ``temperature`` (0.5, the paper's CIFAR-10 setting; ImageNet: 0.1),
   averaged over all 2N anchors. Both views go through the network as one batch (shared BatchNorm statistics, as
-  in the paper's code). Under data parallelism the negatives are those of each process's shard;
+  in the paper's code). Made global under data parallelism: every process gathers all processes' embeddings
+  (:func:`framework.distributed.gather_with_grad`, gradients flow back to their process) and scores its own anchors
+  against every other embedding of the global batch, so the negatives are the global batch's 2(N − 1);
 * views: random resized crops (scale 0.08–1), flip, colour distortion of strength 1 (jitter p 0.8; 0.8, 0.8,
   0.8, 0.2), grayscale (p 0.2), Gaussian blur (p 0.5) (``augment=simclr``).
 
@@ -23,7 +25,7 @@ from typing import List
 import torch
 import torch.nn.functional as F
 
-from framework import hookimpl
+from framework import distributed, hookimpl
 from framework.errors import RtlabError
 from plugins.data.augmentations import MultiCrop, TwoViewOptions
 from plugins.networks.heads import MLPHeadOptions, mlp_head
@@ -33,12 +35,22 @@ from plugins.methods.joint_embedding import JointEmbedding
 
 def nt_xent(a: torch.Tensor, b: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
     """NT-Xent of two views' embeddings (row i of ``a`` and of ``b`` are one image) and the fraction of anchors
-    whose positive is their most similar embedding."""
+    whose positive is their most similar embedding. Under data parallelism ``a`` and ``b`` are this process's rows:
+    its anchors are scored against the embeddings of every process (the global batch's negatives), and the loss is
+    the mean over its anchors (the loop weights it by the process's share of the batch)."""
     n = len(a)
-    z = F.normalize(torch.cat([a, b]).float(), dim=-1)
-    logits = z @ z.T / temperature
-    logits.fill_diagonal_(float("-inf"))  # an embedding is not its own negative
-    positives = torch.arange(2 * n, device=a.device).roll(n)  # i ↔ i + n, made on the device (no copy per step)
+    za, zb = F.normalize(a.float(), dim=-1), F.normalize(b.float(), dim=-1)
+    anchors = torch.cat([za, zb])
+    if distributed.active():
+        pairs, start = distributed.gather_with_grad(torch.cat([za, zb], 1))  # (N, 2·dim): [a | b] of every image
+        total, everyone = len(pairs), torch.cat(pairs.chunk(2, 1))
+    else:
+        start, total, everyone = 0, n, anchors
+    logits = anchors @ everyone.T / temperature  # (2n, 2N)
+    rows = torch.arange(n, device=a.device)
+    own = torch.cat([start + rows, total + start + rows])  # each anchor's own column: not its own negative
+    logits[torch.arange(2 * n, device=a.device), own] = float("-inf")
+    positives = torch.cat([total + start + rows, start + rows])  # i ↔ i + N
     loss = F.cross_entropy(logits, positives)
     with torch.no_grad():
         hits = (logits.argmax(1) == positives).float().mean()

@@ -8,6 +8,10 @@
   view;
 * views: BYOL's asymmetric augmentation (``augment=byol``), as in the paper.
 
+Made global under data parallelism: every process gathers all processes' embeddings
+(:func:`framework.distributed.gather_with_grad`, gradients flow back to their process) and computes the three terms
+on the global batch (its variances and covariances) as one process would.
+
 The teacher is never used: it stays the random init the student started from. The optimiser is the experiment's
 (VICReg: LARS, base lr 0.2 · batch/256, weight decay 1e-6, batch 2048).
 """
@@ -19,7 +23,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from framework import hookimpl
+from framework import distributed, hookimpl
 from plugins.networks.heads import mlp_head
 from plugins.methods import add_method
 from plugins.methods.joint_embedding import JointEmbedding, WideProjectorOptions
@@ -54,6 +58,8 @@ class VICReg(JointEmbedding):
 
     def pair_loss(self, a, b):
         o = self.opts
+        if distributed.active():  # the global batch
+            a, b = distributed.gather_with_grad(torch.cat([a, b], 1))[0].chunk(2, 1)
         invariance = F.mse_loss(a, b)
         variance = (variance_term(a, o.std_target) + variance_term(b, o.std_target)) / 2
         covariance = covariance_term(a) + covariance_term(b)

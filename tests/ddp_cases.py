@@ -1,0 +1,26 @@
+"""Tiny runs whose two-process training must equal one process on the global batch (tests/test_distributed.py).
+
+117 digits in batches of 32: three shards of 16 + 16 and a last batch of 21 shared 11 + 10 (unequal shards);
+float64, so that the comparison is tight; ``train.sync_bn=true`` (BatchNorm of the global batch: the
+projectors of SimCLR, Barlow Twins, VICReg and BYOL have BatchNorm; one process ignores the setting).
+"""
+
+from __future__ import annotations
+
+BASE = ["backbone=test_vit", "data=digits", "data.train_size=117", "data.test_size=32", "train.batch_size=32",
+        "train.epochs=1", "train.log_every=1", "train.precision=fp64", "train.sync_bn=true", "train.threads=1",
+        "eval.every=0", "eval.before=false", "evaluator=[]", "progress.enabled=false", "tensorboard.enabled=false",
+        "checkpoint.final=true"]
+
+_DINO_HEAD = ["head.hidden_dims=[32]", "head.bottleneck_dim=16", "head.out_dim=32"]
+_PROJECTOR = ["head.hidden_dims=[32]", "head.out_dim=16"]
+
+CASES = {
+    "random_teacher": ["method=random_teacher", *_DINO_HEAD],
+    "dino": ["method=dino", *_DINO_HEAD, "augment.local_views=2", "augment.local_size=4",
+             "optimizer.freeze_last_layer_epochs=0"],
+    "simclr": ["method=simclr", *_PROJECTOR],
+    "barlow_twins": ["method=barlow_twins", *_PROJECTOR],
+    "vicreg": ["method=vicreg", *_PROJECTOR],
+    "byol": ["method=byol", *_PROJECTOR, "objective.predictor_hidden_dims=[32]"],
+}
