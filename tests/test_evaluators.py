@@ -7,6 +7,7 @@ import torch
 
 import pytest
 
+from framework.errors import RtlabError
 from plugins.probes.knn import knn_neighbours, knn_predict
 from plugins.probes.linear_probe import standardize, train_linear_probe
 
@@ -99,3 +100,30 @@ def test_linear_probe_learns_separable_data_and_standardisation_rescues_tiny_fea
     assert std > raw + 0.2
     again = train_linear_probe(tr, labels[:600], te, labels[600:], 4, epochs=10, seed=0)
     assert again == std  # seeded
+
+
+def test_knn_list_of_k_is_one_search_with_the_single_k_answers():
+    """k=[10,20,200] answers, for every k, what a probe with that k alone answers (exact and bf16-screened), and
+    the probe reports knn_k<k> with knn the first k; a scalar k keeps the single key."""
+    from types import SimpleNamespace
+
+    from plugins.probes.knn import KNNOptions, KNNProbe, knn_predict_ks
+
+    g = torch.Generator().manual_seed(0)
+    centers = torch.randn(5, 24, generator=g)
+    y, yt = torch.randint(0, 5, (4000,), generator=g), torch.randint(0, 5, (300,), generator=g)
+    x = centers[y] + 1.5 * torch.randn(4000, 24, generator=g)
+    xt = centers[yt] + 1.5 * torch.randn(300, 24, generator=g)
+    for screen in ("off", "bf16"):
+        for vote, metric in (("majority", "l2"), ("weighted", "cosine")):
+            many = knn_predict_ks(x, y, xt, [10, 20, 200], metric, vote, screen=screen)
+            for k in (10, 20, 200):
+                assert torch.equal(many[k], knn_predict(x, y, xt, k, metric, vote, screen=screen)), (screen, k)
+    feats = SimpleNamespace(train=x, train_labels=y, test=xt, test_labels=yt, num_classes=5)
+    out = KNNProbe(KNNOptions(k=[20, 10, 200])).evaluate(feats, None)
+    assert set(out) == {"knn", "knn_k10", "knn_k20", "knn_k200"} and out["knn"] == out["knn_k20"]
+    single = KNNProbe(KNNOptions(k=10)).evaluate(feats, None)
+    assert single == {"knn": out["knn_k10"]}
+    for bad in ([10, 10], [0], [], 2.5):
+        with pytest.raises(RtlabError, match="evaluator.knn.k must be a positive integer"):
+            KNNProbe(KNNOptions(k=bad))
