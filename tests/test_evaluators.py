@@ -127,3 +127,75 @@ def test_knn_list_of_k_is_one_search_with_the_single_k_answers():
     for bad in ([10, 10], [0], [], 2.5):
         with pytest.raises(RtlabError, match="evaluator.knn.k must be a positive integer"):
             KNNProbe(KNNOptions(k=bad))
+
+
+def _planted(seed=0):
+    """Two classes. Train: coordinate 1 carries the label. Test: coordinate 1 carries it with the sign flipped
+    (a test-only signal), so the head that learnt the train signal scores ~0 on test while an untrained one ~50 %."""
+    g = torch.Generator().manual_seed(seed)
+    y, yt = torch.randint(0, 2, (800,), generator=g), torch.randint(0, 2, (400,), generator=g)
+    x = torch.randn(800, 6, generator=g) * 0.3
+    xt = torch.randn(400, 6, generator=g) * 0.3
+    x[:, 1] += 2.0 * y - 1
+    xt[:, 1] -= 2.0 * yt - 1
+    return x, y, xt, yt
+
+
+def test_linear_lr_grid_chooses_on_held_out_train_images_never_the_test_split():
+    from plugins.probes.linear_probe import train_linear_grid
+
+    x, y, xt, yt = _planted()
+    lrs = [1e-7, 1e-2, 1e-1]
+    res = train_linear_grid(x, y, xt, yt, 2, lrs, epochs=5, batch_size=64, seed=0)
+    assert max(res["test"]) > 0.3 and res["test"][0] == max(res["test"])  # on test, the untrained head wins …
+    assert res["lr"] in (1e-2, 1e-1) and min(res["val"][1:]) > 0.95 > res["val"][0]  # … validation picks a trained one
+    assert res["acc"] == res["test"][lrs.index(res["lr"])] < 0.1  # and linear/X is that head's (bad) test accuracy
+    # the choice does not move when the test labels do
+    again = train_linear_grid(x, y, xt, 1 - yt, 2, lrs, epochs=5, batch_size=64, seed=0)
+    assert again["lr"] == res["lr"] and again["val"] == res["val"]
+
+
+def test_linear_probe_with_an_lr_grid_reports_the_choice_and_every_validation_accuracy():
+    from types import SimpleNamespace
+
+    from framework.metrics import MetricKind
+    from plugins.probes.linear_probe import LinearProbe, LinearProbeOptions
+
+    x, y, xt, yt = _planted(1)
+    feats = SimpleNamespace(train=x, train_labels=y, test=xt, test_labels=yt, num_classes=2, seed=0)
+    probe = LinearProbe(LinearProbeOptions(lr=[1e-3, 1e-2, 1e-1], epochs=3))
+    out = probe.evaluate(feats, None)
+    assert set(out) == {"linear", "linear_lr", "linear_std", "linear_std_lr", *(
+        f"{v}_val_lr{lr}" for v in ("linear", "linear_std") for lr in ("0.001", "0.01", "0.1"))}
+    assert out["linear_lr"] in (1e-3, 1e-2, 1e-1) and probe.metric_kinds["linear_lr"] == MetricKind.number()
+    scalar = LinearProbe(LinearProbeOptions()).evaluate(feats, None)
+    assert set(scalar) == {"linear", "linear_std"}  # a scalar lr: today's probe and keys
+    with pytest.raises(RtlabError, match="evaluator.linear.lr must be a positive number"):
+        LinearProbe(LinearProbeOptions(lr=[1e-3, -1]))
+
+
+def test_logreg_matches_scikit_learn_and_fewshot_reports_mean_and_std():
+    from types import SimpleNamespace
+
+    from sklearn.datasets import load_digits
+    from sklearn.linear_model import LogisticRegression
+
+    from plugins.probes.linear_probe import FewShotOptions, FewShotProbe, LogRegOptions, LogRegProbe, lbfgs_heads
+
+    digits = load_digits()
+    x = torch.tensor(digits.data, dtype=torch.float32)
+    y = torch.tensor(digits.target)
+    tr, te = standardize(x[:1200], x[1200:])
+    w, b = lbfgs_heads(tr, y[:1200], 10, [0.1, 1.0], max_iter=200)
+    ours = [float(((te @ w[i] + b[i]).argmax(1) == y[1200:]).float().mean()) for i in range(2)]
+    for i, c in enumerate((0.1, 1.0)):
+        ref = LogisticRegression(C=c, max_iter=1000).fit(tr.numpy(), y[:1200].numpy()).score(te.numpy(), y[1200:])
+        assert abs(ours[i] - ref) < 0.015, (c, ours[i], ref)
+    feats = SimpleNamespace(train=x[:1200], train_labels=y[:1200], test=x[1200:], test_labels=y[1200:],
+                            num_classes=10, seed=0)
+    out = LogRegProbe(LogRegOptions()).evaluate(feats, None)
+    assert out["logreg"] > 0.9 and out["logreg_c"] in LogRegOptions().C
+    few = FewShotProbe(FewShotOptions(shots=[1, 5], draws=4)).evaluate(feats, None)
+    assert set(few) == {"fewshot_n1", "fewshot_n1_std", "fewshot_n5", "fewshot_n5_std"}
+    assert 0.3 < few["fewshot_n1"] < few["fewshot_n5"] < out["logreg"] and 0 < few["fewshot_n5_std"] < 0.1
+    assert FewShotProbe(FewShotOptions(shots=[1], draws=4)).evaluate(feats, None)["fewshot_n1"] == few["fewshot_n1"]
