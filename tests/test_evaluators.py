@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 import pytest
 
@@ -199,3 +200,68 @@ def test_logreg_matches_scikit_learn_and_fewshot_reports_mean_and_std():
     assert set(few) == {"fewshot_n1", "fewshot_n1_std", "fewshot_n5", "fewshot_n5_std"}
     assert 0.3 < few["fewshot_n1"] < few["fewshot_n5"] < out["logreg"] and 0 < few["fewshot_n5_std"] < 0.1
     assert FewShotProbe(FewShotOptions(shots=[1], draws=4)).evaluate(feats, None)["fewshot_n1"] == few["fewshot_n1"]
+
+
+def test_representation_metrics_follow_their_definitions():
+    from plugins.probes.representation import alignment, linear_cka, rankme, uniformity
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(500, 16, generator=g)
+    assert rankme(x[:, :1].repeat(1, 16)) == pytest.approx(1.0, abs=1e-3)  # collapse: rank 1
+    assert 14 < rankme(x) <= 16  # isotropic: nearly the dimension
+    q, _ = torch.linalg.qr(torch.randn(16, 16, generator=g))
+    assert linear_cka(x, 3 * x @ q + 1) == pytest.approx(1.0, abs=1e-9)  # invariant to rotation, scale, shift
+    assert linear_cka(x, torch.randn(500, 8, generator=g)) < 0.1
+    labels = torch.arange(500) % 5
+    u = F.normalize(x, dim=1)
+    brute = np.mean([float((u[i] - u[j]).pow(2).sum()) for i in range(500) for j in range(500)
+                     if i != j and labels[i] == labels[j]])
+    assert alignment(x, labels, 5) == pytest.approx(brute, rel=1e-6)
+    pair = torch.cdist(u, u).pow(2)
+    off = ~torch.eye(500, dtype=torch.bool)
+    assert uniformity(x) == pytest.approx(float(torch.exp(-2 * pair[off]).mean().log()), rel=1e-5)
+
+
+def test_one_run_with_every_protocol_writes_the_documented_keys(tmp_path):
+    """The acceptance run, tiny: a k list, an lr grid, two layers and the representation metrics."""
+    import json
+
+    from framework.metrics import from_summary
+    from tiny_runs import fit
+
+    s = fit(tmp_path, "evaluator=[knn,linear,rankme,cka,alignment]", "evaluator.knn.k=[10,20,200]",
+            "evaluator.linear.lr=[1e-3,1e-2,1e-1]", "evaluator.linear.epochs=2", "eval.layers=[-1,-2]")
+    m = json.loads((tmp_path / "summary.json").read_text())["metrics"]
+    assert m == s["metrics"] and not s.get("errors")
+    for t in ("teacher", "teacher_bn", "student", "teacher.L-2", "student.L-2"):
+        for metric in ("knn", "knn_k10", "knn_k20", "knn_k200", "linear", "linear_lr", "linear_val_lr0.01",
+                       "linear_std", "rankme", "uniformity", "alignment"):
+            assert f"{metric}/{t}" in m, f"{metric}/{t}"
+        assert m[f"knn/{t}"] == m[f"knn_k10/{t}"] and m[f"linear_lr/{t}"] in (1e-3, 1e-2, 1e-1)
+    assert "knn/input" in m and "knn/input.L-2" not in m  # pixels have no layers
+    assert 0 <= m["cka_teacher/student"] <= 1 and 0 <= m["cka_init/student"] <= 1 and "cka_teacher/teacher" not in m
+    assert m["cka_teacher/student"] == pytest.approx(m["cka_init/student"], abs=1e-3)  # α = 1e-10: init = teacher
+    kinds = from_summary(s)
+    assert not kinds["rankme"].accuracy and not kinds["uniformity"].higher_is_better and not kinds["linear_lr"].accuracy
+
+
+def test_bad_layers_name_the_problem():
+    import timm
+    from torch import nn
+
+    from framework.evaluation import check_layers, layer_embedder
+    from framework.models import Network
+
+    with pytest.raises(RtlabError, match="without repeats"):
+        check_layers([-1, -1])
+    with pytest.raises(RtlabError, match="eval.layers entries must be ints"):
+        check_layers([-1, "a/b"])
+    net = Network(timm.create_model("test_resnet", num_classes=0), nn.Identity(), 0)
+    names = [info["module"] for info in net.encoder.feature_info]
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.equal(layer_embedder(net, names[-2])(x), layer_embedder(net, -2)(x))  # a name or its index
+    assert layer_embedder(net, -2)(x).shape == (2, net.encoder.feature_info[-2]["num_chs"])
+    with pytest.raises(RtlabError, match="no stage 'nope'; its stages are"):
+        layer_embedder(net, "nope")
+    with pytest.raises(RtlabError, match="out of range"):
+        layer_embedder(net, -40)

@@ -319,7 +319,8 @@ class FewShotProbe:
                 if min(len(rows) for rows in by_class) < n:
                     raise RtlabError(f"evaluator.fewshot.shots: a class has fewer than {n} train images")
                 gen = torch.Generator().manual_seed(features.seed * 1000 + n)
-                picks = torch.stack([torch.cat([rows[torch.randperm(len(rows), generator=gen)[:n]] for rows in by_class])
+                picks = torch.stack([torch.cat([rows[torch.randperm(len(rows), generator=gen)[:n]]
+                                                for rows in by_class])
                                      for _ in range(o.draws)]).to(tr.device)  # (draws, n·classes)
                 w, b = lbfgs_heads(tr[picks], labels[picks], classes, [o.C] * o.draws, o.max_iter)
                 acc = _accuracies(w, b, te, features.test_labels.expand(o.draws, -1))
