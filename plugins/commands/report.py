@@ -93,14 +93,24 @@ def report_run(folder: Path) -> str:
     lines = [f"# Run {summary.get('name', name)} ({folder})", ""]
     for metric, targets in series.items():
         fig, ax = plt.subplots(figsize=(5.6, 3.8))
-        for target, points in targets.items():
+        scale = 100.0 if kind_of(metric, kinds).accuracy else 1.0  # accuracies in %, as the tables print them
+        drawn: list[tuple[str, list]] = []
+        for z, (target, points) in enumerate(targets.items()):
             color, style = TARGET_STYLE.get(target, (None, "-"))
+            # a series identical to one drawn before would hide it: drawn on top, thinner, and labelled as equal
+            same = next((t for t, p in drawn if p == points), None)
+            label = target + (f" (= {same})" if same else "")
+            lw = 1.0 if same else 1.8
             if len(points) == 1 and last_epoch > 0:
-                ax.axhline(points[0][1], color=color, ls="--", lw=1.2, label=f"{target} (fixed)")
+                ax.axhline(scale * points[0][1], color=color, ls=":" if same else "--", lw=lw, zorder=2 + z,
+                           label=f"{label} (fixed)")
             else:
-                ax.plot(*zip(*points), color=color, ls=style, marker="." if len(points) < 30 else None, label=target)
+                xs, ys = zip(*points)
+                ax.plot(xs, [scale * y for y in ys], color=color, ls=":" if same else style, lw=lw, zorder=2 + z,
+                        marker="." if len(points) < 30 else None, label=label)
+            drawn.append((target, points))
         ax.set_xlabel("epoch")
-        ax.set_ylabel(f"{metric} accuracy" if kind_of(metric, kinds).accuracy else metric)
+        ax.set_ylabel(f"{metric} accuracy (%)" if scale == 100.0 else metric)
         ax.set_title(f"{summary.get('name', name)}: {metric}")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
