@@ -16,6 +16,7 @@ from typing import Any, List, Optional, Sequence
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from framework.errors import RtlabError, unknown_name
+from framework.expectations import Expectation
 from framework.registry import Registry, node_class
 
 SCHEMA_NAME = "rtlab_schema"
@@ -81,6 +82,7 @@ def build_schema(registry: Registry) -> type:
         ("train", TrainConfig, field(default_factory=TrainConfig)),
         ("eval", EvalConfig, field(default_factory=EvalConfig)),
         (BACKBONE_GROUP, Any, field(default=MISSING)),
+        ("expect", List[Expectation], field(default_factory=list)),  # rtlab verify's expected results
     ]
     for kind in registry.kinds:
         if kind.group is None:

@@ -65,6 +65,7 @@ DEFAULT_PLUGINS = (
     "plugins.commands.bench",
     "plugins.commands.compare",
     "plugins.commands.report",
+    "plugins.commands.verify",
 )
 
 
