@@ -11,11 +11,12 @@ import dataclasses
 import re
 from dataclasses import field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, List, Sequence
 
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from framework.errors import RtlabError, unknown_name
+from framework.expectations import Expectation
 from framework.options import EvalConfig, TrainConfig
 from framework.registry import Registry, node_class
 
@@ -37,6 +38,7 @@ def build_schema(registry: Registry) -> type:
         ("train", TrainConfig, field(default_factory=TrainConfig)),
         ("eval", EvalConfig, field(default_factory=EvalConfig)),
         (BACKBONE_GROUP, Any, field(default=MISSING)),
+        ("expect", List[Expectation], field(default_factory=list)),  # rtlab verify's expected results
     ]
     for kind in registry.kinds:
         if kind.group is None:

@@ -10,6 +10,12 @@ Targets (``eval.targets``):
 * ``student`` — the student's encoder embedding;
 * ``input`` — the flattened normalised pixels (the paper's "input" baseline).
 
+Layers (``eval.layers``, default ``[-1]``): ``-1`` is the embedding (the encoder's pooled output, what every probe
+measured before); any other entry is an intermediate representation from timm's ``forward_intermediates`` —
+an int is its index (negative from the end: ``-2`` is the stage before the last) and a string a stage's name in the
+backbone's ``feature_info`` (``layer3``) — global-average-pooled to (B, C). Such a target is ``<target>.L<i>`` or
+``<target>.<name>`` (``knn/student.L-2``, ``linear/teacher.layer3@cifar100``); ``input`` has no layers.
+
 Probe datasets: the training data (when it has labels) and every ``eval.datasets`` entry (transfer probing).
 Metric keys are ``<metric>/<target>`` for the training data and ``<metric>/<target>@<key>`` for the others, e.g.
 ``linear/student@cifar100``. A probe dataset is resized to the training images' size and converted to their
@@ -51,10 +57,62 @@ class Features:
     test_labels: torch.Tensor
     num_classes: int
     seed: int = 0
+    layer: Any = -1
+    # the test embedding of another target (``teacher``, ``student``, ``student_init``: the student's initial
+    # weights) at the same layer on the same dataset, extracted once per evaluation (representation comparisons)
+    peer: Callable[[str], torch.Tensor] | None = None
 
     @property
     def dim(self) -> int:
         return int(self.train.shape[1])
+
+    def other(self, target: str) -> torch.Tensor:
+        if self.peer is None:
+            raise RtlabError(f"the features of {self.target} carry no peers; '{target}' is not available")
+        return self.peer(target)
+
+
+def layer_suffix(layer: Any) -> str:
+    """``""`` for the embedding (-1), ``.L-2`` for an index, ``.layer3`` for a stage name (see the module doc)."""
+    if isinstance(layer, bool) or not isinstance(layer, (int, str)) or layer == "" or (
+            isinstance(layer, str) and any(c in layer for c in "/@")):
+        raise RtlabError(f"eval.layers entries must be ints (-1 = the embedding, -2 = the stage before the last) or "
+                         f"stage names without '/' or '@', got {layer!r}")
+    return "" if layer == -1 else f".L{layer}" if isinstance(layer, int) else f".{layer}"
+
+
+def check_layers(layers: Sequence[Any]) -> list[Any]:
+    suffixes = [layer_suffix(layer) for layer in layers]
+    if not layers or len(set(suffixes)) != len(suffixes):
+        raise RtlabError(f"eval.layers must be a non-empty list without repeats (eval.layers=[-1,-2]), got "
+                         f"{list(layers)}")
+    return list(layers)
+
+
+def layer_embedder(net: nn.Module, layer: Any) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``net``'s representation at ``layer`` (see the module doc), pooled to (B, C)."""
+    if layer == -1:
+        return net.embed
+    enc = net.encoder
+    if not hasattr(enc, "forward_intermediates") or not hasattr(enc, "feature_info"):
+        raise RtlabError(f"eval.layers={layer!r} needs a timm backbone with forward_intermediates; "
+                         f"{type(enc).__name__} has none (use eval.layers=[-1])")
+    names = [info["module"] for info in enc.feature_info]
+    if isinstance(layer, str):
+        if layer not in names:
+            raise RtlabError(f"eval.layers: the backbone has no stage '{layer}'; its stages are {', '.join(names)}")
+        index = names.index(layer)
+    elif -len(names) <= layer < len(names):
+        index = layer % len(names)
+    else:
+        raise RtlabError(f"eval.layers: index {layer} is out of range; the backbone has {len(names)} stages "
+                         f"({', '.join(names)})")
+
+    def embed(x: torch.Tensor) -> torch.Tensor:
+        out = enc.forward_intermediates(x, indices=[index], intermediates_only=True)[0]
+        return out.mean(tuple(range(2, out.dim()))) if out.dim() > 2 else out  # global average pooling
+
+    return embed
 
 
 @torch.no_grad()
@@ -88,40 +146,84 @@ def bn_control(teacher: nn.Module, run: "Run") -> nn.Module:
     return net.eval()
 
 
-def target_embedder(run: "Run", target: str, cache: dict[str, Any] | None = None
+def initial_student(run: "Run") -> nn.Module:
+    """The student with its initial weights (``run._init_student``) and fresh BatchNorm statistics (those of a
+    just-built network)."""
+    net = clone(run.student)
+    with torch.no_grad():
+        params = dict(net.named_parameters())
+        for name, value in run._init_student.items():
+            params[name].copy_(value)
+    for m in net.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.reset_running_stats()
+    return net.eval()
+
+
+def target_embedder(run: "Run", target: str, cache: dict[str, Any] | None = None, layer: Any = -1
                     ) -> Callable[[torch.Tensor], torch.Tensor]:
-    """How to embed normalised images for ``target``; ``cache`` keeps the BN control for one evaluation."""
+    """How to embed normalised images for ``target`` at ``layer``; ``cache`` keeps the BN control (and the initial
+    student) for one evaluation."""
+    if target == "input":
+        if layer != -1:
+            raise RtlabError("the input target has no layers")
+        return lambda x: x.flatten(1)
+    cache = {} if cache is None else cache
     if target == "teacher":
-        return run.teacher.embed
-    if target == "student":
-        return run.student.embed
-    if target == "teacher_bn":
-        cache = {} if cache is None else cache
+        net = run.teacher
+    elif target == "student":
+        net = run.student
+    elif target == "teacher_bn":
         if "teacher_bn" not in cache:
             cache["teacher_bn"] = bn_control(run.teacher, run) if has_batchnorm(run.teacher) else run.teacher
-        return cache["teacher_bn"].embed
-    if target == "input":
-        return lambda x: x.flatten(1)
-    raise KeyError(target)
+        net = cache["teacher_bn"]
+    elif target == "student_init":
+        if "student_init" not in cache:
+            cache["student_init"] = initial_student(run)
+        net = cache["student_init"]
+    else:
+        raise KeyError(target)
+    return layer_embedder(net, layer)
 
 
-def features(run: "Run", target: str, data: "ImageData | None" = None, cache: dict[str, Any] | None = None
-             ) -> Features:
-    """Embeddings of the train and test split of ``data`` (default: the training data) for ``target``, with the
-    networks in eval mode."""
+class _EvalMode:
+    """The student and teacher in eval mode for the block, their modes restored after."""
+
+    def __init__(self, run: "Run") -> None:
+        self.modes = [(m, m.training) for m in (run.student, run.teacher)]
+
+    def __enter__(self) -> None:
+        for m, _ in self.modes:
+            m.eval()
+
+    def __exit__(self, *exc: Any) -> None:
+        for m, mode in self.modes:
+            m.train(mode)
+
+
+def features(run: "Run", target: str, data: "ImageData | None" = None, cache: dict[str, Any] | None = None,
+             layer: Any = -1) -> Features:
+    """Embeddings of the train and test split of ``data`` (default: the training data) for ``target`` at ``layer``,
+    with the networks in eval mode. Their ``other(target)`` gives another target's test embedding (cached in
+    ``cache`` for the evaluation)."""
     data = run.data if data is None else data
     normalize = None if data is run.data else data.normalizer(run.device)
-    modes = [(m, m.training) for m in (run.student, run.teacher)]
-    for m, _ in modes:
-        m.eval()
-    try:
-        embed = target_embedder(run, target, cache)
+    cache = {} if cache is None else cache
+    with _EvalMode(run):
+        embed = target_embedder(run, target, cache, layer)
         train = extract(embed, data.train.images, run, normalize)
         test = extract(embed, data.test.images, run, normalize)
-    finally:
-        for m, mode in modes:
-            m.train(mode)
-    return Features(target, train, data.train.labels, test, data.test.labels, data.num_classes, run.cfg.eval.seed)
+    cache[("test", id(data), target, str(layer))] = test
+
+    def peer(other: str) -> torch.Tensor:
+        key = ("test", id(data), other, str(layer))
+        if key not in cache:
+            with _EvalMode(run):
+                cache[key] = extract(target_embedder(run, other, cache, layer), data.test.images, run, normalize)
+        return cache[key]
+
+    return Features(target, train, data.train.labels, test, data.test.labels, data.num_classes, run.cfg.eval.seed,
+                    layer, peer)
 
 
 def load_probe_datasets(registry: "Registry", specs: Sequence[Any], train_data: "ImageData",
@@ -172,15 +274,17 @@ class RunEvaluation:
             "teacher_student_distance": parameter_distance(self.student, self.teacher),
             "student_distance_from_init": parameter_distance(self.student, self._init_student),
         }
-        cache: dict[str, Any] = {}
+        cache: dict[Any, Any] = {}
+        layers = check_layers(self.cfg.eval.layers)
+        points = [(t, layer) for t in self.cfg.eval.targets for layer in layers if t != "input" or layer == -1]
         for key, data in self.probe_sets().items() if self.evaluators else ():
-            for target in self.cfg.eval.targets:
-                name = f"{target}@{key}" if key else target
+            for target, layer in points:
+                name = target + layer_suffix(layer) + (f"@{key}" if key else "")
                 frozen = target == "input" or (target in ("teacher", "teacher_bn") and self.teacher_frozen)
                 if frozen and any(k.endswith(f"/{name}") for k in self.metrics):
                     continue
-                try:
-                    feats = features(self, target, data, cache)  # every rank embeds its share; all get every row
+                try:  # every rank embeds its share; all get every row
+                    feats = features(self, target, data, cache, layer)
                 except Exception as exc:  # an optional part: recorded, training goes on
                     self.record_error(f"feature extraction for eval target '{name}' at epoch {epoch}", exc)
                     continue

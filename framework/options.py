@@ -80,6 +80,9 @@ class EvalConfig:
     batch_size: int = 1024  # feature-extraction batch
     seed: int = 0  # probe stream (linear-probe init and order)
     targets: List[str] = field(default_factory=lambda: ["teacher", "teacher_bn", "student", "input"])
+    # representations probed: -1 = the embedding; -2, … or stage names = pooled timm forward_intermediates
+    # (targets `student.L-2`, `student.layer3`; docs/experiments.md#probing-intermediate-layers)
+    layers: List[Any] = field(default_factory=lambda: [-1])
     # more datasets to probe (transfer probing): a data preset or source name (cifar100, fashion_mnist, …) or a
     # node {preset: NAME, key: KEY, <data option>: …}. Their metrics are `<metric>/<target>@<key>`; the
     # training dataset keeps `<metric>/<target>`. See docs/experiments.md.

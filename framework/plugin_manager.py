@@ -44,6 +44,7 @@ DEFAULT_PLUGINS = (
     "plugins.training.collapse_guard",
     "plugins.probes.knn",
     "plugins.probes.linear_probe",
+    "plugins.probes.representation",
     "plugins.tracking.metrics_log",
     "plugins.tracking.tensorboard_log",
     "plugins.tracking.progress",
@@ -64,6 +65,7 @@ DEFAULT_PLUGINS = (
     "plugins.commands.bench",
     "plugins.commands.compare",
     "plugins.commands.report",
+    "plugins.commands.verify",
 )
 
 

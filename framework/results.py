@@ -125,7 +125,7 @@ def _best(history: list[dict[str, Any]], kinds: Mapping[str, MetricKind]) -> dic
         if row["epoch"] < 1:
             continue
         for k, v in row.items():
-            if "/" in k and k.split("/", 1)[1].split("@", 1)[0] == "student" and isinstance(v, float):
+            if "/" in k and k.split("/", 1)[1].split("@", 1)[0].split(".", 1)[0] == "student" and isinstance(v, float):
                 best[k] = kind_of(k, kinds).better(best[k], v) if k in best else v
     return best
 

@@ -45,3 +45,42 @@ def test_command(tmp_path, capsys):
     assert "student.beta" in capsys.readouterr().err
     with pytest.raises(RtlabError):
         find_runs([str(tmp_path / "r0" / "config.yaml")])
+
+
+def test_gains_over_controls_are_paired_per_seed_with_bootstrap_intervals(tmp_path, capsys):
+    from framework.cli import main
+    from framework.intervals import bootstrap_interval
+
+    student, bn = [0.70, 0.74, 0.72], [0.60, 0.61, 0.63]
+    for seed in range(3):
+        folder = tmp_path / "sweep" / str(seed)
+        folder.mkdir(parents=True)
+        (folder / "config.yaml").write_text(yaml.safe_dump({"student": {"alpha": 0.0}, "train": {"seed": seed}}))
+        metrics = {"knn/student": student[seed], "knn/teacher_bn": bn[seed],
+                   "knn/teacher": student[seed] + (0.01 if seed else -0.02),  # no clear gain over the teacher
+                   "rankme/student": 10.0 + seed, "rankme/teacher": 8.0}
+        (folder / "summary.json").write_text(json.dumps({"metrics": metrics, "metric_kinds": {
+            "rankme": {"accuracy": False, "higher_is_better": True}}}))
+    _, table = aggregate(find_runs([str(tmp_path / "sweep")]), ["student.alpha"], ["knn/*", "rankme/*"])
+    g = table[0]["gains"]["knn/student"]
+    diffs = [s - b for s, b in zip(student, bn)]
+    assert g["teacher_bn"]["mean"] == pytest.approx(sum(diffs) / 3) and g["teacher_bn"]["n"] == 3
+    assert (g["teacher_bn"]["lo"], g["teacher_bn"]["hi"]) == bootstrap_interval(diffs)  # seeded: reproducible
+    assert g["teacher_bn"]["lo"] <= min(diffs) + 1e-12 and g["teacher_bn"]["excludes_zero"]
+    assert not g["teacher"]["excludes_zero"] and "input" not in g
+    assert main(["aggregate", str(tmp_path / "sweep"), "--by", "student.alpha", "--metrics", "knn/*,rankme/*"]) == 0
+    out = capsys.readouterr().out
+    lo, hi = g["teacher_bn"]["lo"], g["teacher_bn"]["hi"]
+    assert f"| 0.0 | knn/student | {100 * g['teacher']['mean']:+.2f} [" in out
+    assert f"{100 * g['teacher_bn']['mean']:+.2f} [{100 * lo:+.2f}, {100 * hi:+.2f}] * |" in out
+    assert "| 0.0 | rankme/student | +3 [" in out  # numbers are differences as they are, not points
+
+
+def test_one_run_prints_the_value_alone(tmp_path, capsys):
+    from framework.cli import main
+
+    write_run(tmp_path / "r0", 0.5, 0, 0.7)
+    assert main(["aggregate", str(tmp_path), "--by", "student.alpha"]) == 0
+    out = capsys.readouterr().out
+    assert "| 0.5 | 1 | 70.00 | 50.00 |" in out and "±" not in out
+    assert "| 0.5 | knn/student | +20.00 (n = 1) | - | - |" in out

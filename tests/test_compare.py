@@ -73,3 +73,27 @@ def test_a_failing_cell_is_reported_and_the_others_tabulated(tmp_path):
     failed = next(c for c in json.loads((out / "compare.json").read_text())["cells"] if c["method"] == "simclr")
     assert "objective.temperature must be positive" in failed["error"]
     assert "| simclr | test_resnet | 0 (1 failed) |" in (out / "compare.md").read_text()
+
+
+def test_compare_tables_gains_over_controls_and_names_the_spread_sd():
+    from plugins.commands.compare import csv_text, markdown, summarise
+
+    results = []
+    for seed, (knn, bn) in enumerate([(0.70, 0.60), (0.74, 0.61), (0.72, 0.63)]):
+        results.append({"method": "dino", "backbone": "r", "seed": seed, "status": "done", "knn": knn, "linear": 0.5,
+                        "knn_minus_teacher_bn": knn - bn, "knn_minus_teacher": 0.01 * (seed - 1),
+                        "linear_minus_teacher": None, "wall_time_s": 1.0, "images_per_s": 10.0})
+    results.append({"method": "byol", "backbone": "r", "seed": 0, "status": "done", "knn": 0.6, "linear": 0.5,
+                    "knn_minus_teacher_bn": 0.05, "wall_time_s": 1.0, "images_per_s": 10.0})
+    rows = summarise(results, ["dino", "byol"], ["r"])
+    g = rows[0]["gains"]["knn_minus_teacher_bn"]
+    assert g["n"] == 3 and g["excludes_zero"] and 0.089 < g["lo"] <= g["mean"] <= g["hi"] < 0.131
+    assert not rows[0]["gains"]["knn_minus_teacher"]["excludes_zero"]
+    table = markdown(rows)
+    assert f"{100 * g['mean']:+.2f} [{100 * g['lo']:+.2f}, {100 * g['hi']:+.2f}] *" in table
+    assert "| byol | r | 1 | 60.00 | 50.00 |" in table and "+5.00 (n = 1)" in table  # one seed: no ± 0.00
+    header = csv_text(rows).splitlines()[0].split(",")
+    assert "linear_sd" in header and "knn_sd" in header and "linear_std" not in header
+    assert "knn_minus_teacher_bn_lo" in header
+    byol = dict(zip(header, csv_text(rows).splitlines()[2].split(",")))
+    assert byol["knn_sd"] == "" and byol["knn_minus_teacher_bn_mean"] == "0.05" and byol["knn_minus_teacher_bn_lo"] == ""

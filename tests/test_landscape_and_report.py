@@ -52,3 +52,17 @@ def test_report_of_a_multirun_compares_its_runs(cli, tmp_path):
     assert (sweep / "comparison" / "plots" / "compare_knn.png").exists()
     res = cli("report", str(tmp_path / "nothing"))
     assert res.returncode == 2 and "not a folder" in res.stderr
+
+
+def test_report_draws_the_embedding_panel_from_the_final_checkpoint(tmp_path):
+    from PIL import Image
+
+    from plugins.commands.report import report_run
+    from tiny_runs import fit, plugin_manager
+
+    fit(tmp_path, "checkpoint.final=true", "eval.targets=[teacher,student]")
+    text = report_run(tmp_path, plugin_manager().registry)
+    assert "![embeddings](plots/embedding.png)" in text
+    with Image.open(tmp_path / "plots" / "embedding.png") as img:
+        assert img.size[0] >= 1000 and img.size[1] >= 900  # 2 x 2 panels, legible at 120 dpi
+    assert "![embeddings]" not in report_run(tmp_path)  # without a registry: no checkpoint is read

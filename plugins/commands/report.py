@@ -26,6 +26,7 @@ from plugins.tracking.plotting import pyplot, save
 
 TARGET_STYLE = {"teacher": ("tab:orange", "-"), "teacher_bn": ("tab:red", ":"), "student": ("tab:blue", "-"),
                 "input": ("black", "--")}
+CONTROL_BANDS = ("teacher", "teacher_bn", "input")  # drawn as bands behind the compared runs' curves
 
 
 def read_metrics(folder: Path) -> tuple[list[dict], list[dict]]:
@@ -81,8 +82,9 @@ def expand(paths: list[str]) -> list[Path]:
 
 
 # ------------------------------------------------------------------------------------------------- one run
-def report_run(folder: Path) -> str:
-    """Fig. 1-style plots of one training run and its Markdown summary (also written to ``report.md``)."""
+def report_run(folder: Path, registry: Any = None) -> str:
+    """Fig. 1-style plots of one training run and its Markdown summary (also written to ``report.md``); with a
+    ``registry`` and a final checkpoint also the 2-D embedding panel (``plots/embedding.png``)."""
     plt = pyplot()
     evals, train = read_metrics(folder)
     series = metric_series(evals)
@@ -93,14 +95,24 @@ def report_run(folder: Path) -> str:
     lines = [f"# Run {summary.get('name', name)} ({folder})", ""]
     for metric, targets in series.items():
         fig, ax = plt.subplots(figsize=(5.6, 3.8))
-        for target, points in targets.items():
+        scale = 100.0 if kind_of(metric, kinds).accuracy else 1.0  # accuracies in %, as the tables print them
+        drawn: list[tuple[str, list]] = []
+        for z, (target, points) in enumerate(targets.items()):
             color, style = TARGET_STYLE.get(target, (None, "-"))
+            # a series identical to one drawn before would hide it: drawn on top, thinner, and labelled as equal
+            same = next((t for t, p in drawn if p == points), None)
+            label = target + (f" (= {same})" if same else "")
+            lw = 1.0 if same else 1.8
             if len(points) == 1 and last_epoch > 0:
-                ax.axhline(points[0][1], color=color, ls="--", lw=1.2, label=f"{target} (fixed)")
+                ax.axhline(scale * points[0][1], color=color, ls=":" if same else "--", lw=lw, zorder=2 + z,
+                           label=f"{label} (fixed)")
             else:
-                ax.plot(*zip(*points), color=color, ls=style, marker="." if len(points) < 30 else None, label=target)
+                xs, ys = zip(*points)
+                ax.plot(xs, [scale * y for y in ys], color=color, ls=":" if same else style, lw=lw, zorder=2 + z,
+                        marker="." if len(points) < 30 else None, label=label)
+            drawn.append((target, points))
         ax.set_xlabel("epoch")
-        ax.set_ylabel(f"{metric} accuracy" if kind_of(metric, kinds).accuracy else metric)
+        ax.set_ylabel(f"{metric} accuracy (%)" if scale == 100.0 else metric)
         ax.set_title(f"{summary.get('name', name)}: {metric}")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
@@ -109,6 +121,11 @@ def report_run(folder: Path) -> str:
     if train:
         _plot_training(folder, train)
         lines.append("![training](plots/training.png)")
+    if registry is not None:
+        from plugins.tracking.embedding_panel import embedding_panel
+
+        if embedding_panel(folder, registry):
+            lines.append("![embeddings](plots/embedding.png)")
     lines += ["", "| metric | target | first | last | best |", "|---|---|---|---|---|"]
     for metric, targets in series.items():
         for target, points in targets.items():
@@ -181,12 +198,30 @@ def compare_runs(folders: list[Path], out: Path, target: str = "student") -> str
     lines = [f"# Comparison of {len(folders)} runs", ""]
     for metric in metrics:
         fig, ax = plt.subplots(figsize=(6.0, 4.0))
+        scale = 100.0 if kind_of(metric, kinds).accuracy else 1.0
+        for control in CONTROL_BANDS:  # the controls over the runs: a band from the lowest to the highest run
+            by_epoch: dict[float, list[float]] = {}
+            for series in per_run:
+                for epoch, value in series.get(metric, {}).get(control, []):
+                    by_epoch.setdefault(epoch, []).append(scale * value)
+            if not by_epoch or control == target:
+                continue
+            epochs = sorted(by_epoch)
+            if len(epochs) == 1:  # a frozen control, evaluated once: a band across the plot
+                epochs = [0.0, max((e for s in per_run for e, _ in s.get(metric, {}).get(target, [])), default=1.0)]
+                by_epoch = {e: next(iter(by_epoch.values())) for e in epochs}
+            color = TARGET_STYLE.get(control, (None, "-"))[0]
+            ax.fill_between(epochs, [min(by_epoch[e]) for e in epochs], [max(by_epoch[e]) for e in epochs],
+                            color=color, alpha=0.18, lw=0)
+            ax.plot(epochs, [sum(by_epoch[e]) / len(by_epoch[e]) for e in epochs], color=color, ls="--", lw=1,
+                    label=f"{control} (mean, band: range over runs)")  # a band of zero width stays visible
         for label, series in zip(labels, per_run):
             points = series.get(metric, {}).get(target)
             if points:
-                ax.plot(*zip(*points), label=label, marker="." if len(points) < 30 else None)
+                xs, ys = zip(*points)
+                ax.plot(xs, [scale * y for y in ys], label=label, marker="." if len(points) < 30 else None)
         ax.set_xlabel("epoch")
-        ax.set_ylabel(f"{metric} accuracy ({target})" if kind_of(metric, kinds).accuracy else f"{metric} ({target})")
+        ax.set_ylabel(f"{metric} accuracy (%, {target})" if scale == 100.0 else f"{metric} ({target})")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
         save(fig, out / "plots" / f"compare_{metric}.png")
@@ -237,7 +272,7 @@ def command(args: argparse.Namespace) -> int:
         if is_analysis(f):
             render_folder(f, get_plugin_manager().registry)
         else:
-            report_run(f)
+            report_run(f, get_plugin_manager().registry)
         print(f"rtlab report: {f / 'report.md'}")
     if len(runs) > 1:
         out = Path(args.out) if args.out else Path(os.path.commonpath([str(r.resolve()) for r in runs])) / "comparison"

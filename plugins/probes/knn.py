@@ -4,8 +4,11 @@
   unweighted majority vote of the k = 20 nearest train embeddings (ties go to the smallest label);
 * ``metric=cosine`` + ``vote=weighted`` — DINO's: cosine similarity, votes weighted by exp(sim / T), T = 0.07.
 
+``k`` may be a list (``k=[10,20,200]``): one search finds the max(k) nearest rows, best first, and every k votes
+with its prefix of them (keys ``knn_k10``, ``knn_k20``, …; ``knn`` is the first k).
+
 The distances of a chunk of test rows to every train row are one matrix product. ``screen=bf16`` (``auto`` on CPUs
-with bf16 matrix units: AMX or AVX512-BF16, from 20,000 train rows) computes that product in bfloat16, ~3x faster,
+with bf16 matrix units: AMX or AVX512-BF16, from 20,000 train rows and for k ≤ 64) computes that product in bfloat16, ~3x faster,
 and keeps it exact:
 
 1. approximate scores s̃ = 2q·x − ‖x‖² (l2; q·x for cosine) from bf16 operands with fp32 accumulation, rounded to
@@ -24,7 +27,7 @@ score in the input precision.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Any, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -34,6 +37,7 @@ from framework.errors import RtlabError
 
 SCREENS = ("auto", "bf16", "off")
 AUTO_MIN_TRAIN = 20_000  # screen=auto screens from this many train rows
+AUTO_MAX_K = 64  # and up to this many neighbours
 BLOCK = 16  # train rows per block of the screening pass
 _U = 2.0 ** -8  # bfloat16's unit roundoff
 
@@ -214,8 +218,10 @@ def knn_neighbours(train: torch.Tensor, test: torch.Tensor, k: int = 20, metric:
     k = min(k, len(train))
     # auto: only from AUTO_MIN_TRAIN rows, below which the selection costs what the cheaper product saves
     # (measured on one core: 10k x 10k x 512 ties, 25k x 10k is 1.35x faster, 50k x 10k 1.9x)
+    # and only for k ≤ AUTO_MAX_K: the exact re-scoring gathers k train rows per query, which at k = 200 costs more
+    # than the bf16 product saves (50k x 1k x 512, one core: k=200 screened 13.5 s, all-fp32 8.5 s; k=20 5.7 s)
     use_screen = screen == "bf16" or (screen == "auto" and bf16_screening_pays(train.device)
-                                       and len(train) >= AUTO_MIN_TRAIN)
+                                       and len(train) >= AUTO_MIN_TRAIN and k <= AUTO_MAX_K)
     use_screen = use_screen and len(train) > BLOCK * k  # the blocks need more rows than k of them hold
     scorer = _Scorer(train, metric, use_screen)
     for i in range(0, len(test), chunk):
@@ -231,25 +237,38 @@ def knn_predict(train: torch.Tensor, train_labels: torch.Tensor, test: torch.Ten
                 metric: str = "l2", vote: str = "majority", temperature: float = 0.07, num_classes: int = 0,
                 chunk: int = 1024, screen: str = "auto") -> torch.Tensor:
     """Predicted labels of ``test`` rows from their ``k`` nearest ``train`` rows (memory: chunk x N_train)."""
+    return knn_predict_ks(train, train_labels, test, [k], metric, vote, temperature, num_classes, chunk,
+                          screen)[k]
+
+
+def knn_predict_ks(train: torch.Tensor, train_labels: torch.Tensor, test: torch.Tensor, ks: Sequence[int],
+                   metric: str = "l2", vote: str = "majority", temperature: float = 0.07, num_classes: int = 0,
+                   chunk: int = 1024, screen: str = "auto") -> dict[int, torch.Tensor]:
+    """Predicted labels for every k in ``ks``, from one search of the max(ks) nearest rows: the neighbours come
+    best first, so the k nearest are the first k of them (votes for each k are one scatter over a prefix)."""
     if vote not in ("majority", "weighted"):  # the metric and screen are checked by knn_neighbours
         raise RtlabError(f"knn: vote must be majority or weighted, got '{vote}'")
     num_classes = num_classes or int(train_labels.max()) + 1
-    preds = []
-    for top, idx in knn_neighbours(train, test, k, metric, chunk, screen):
+    preds: dict[int, list[torch.Tensor]] = {k: [] for k in ks}
+    for top, idx in knn_neighbours(train, test, max(ks), metric, chunk, screen):
         neighbours = train_labels[idx]
-        if vote == "majority":
-            weights = torch.ones_like(top)
-        else:
-            weights = (top / temperature).exp() if metric == "cosine" else F.softmax(top, dim=1)
-        votes = torch.zeros(len(top), num_classes, device=top.device, dtype=weights.dtype)
-        votes.scatter_add_(1, neighbours, weights)
-        preds.append(votes.argmax(1))
-    return torch.cat(preds) if preds else torch.zeros(0, dtype=torch.long, device=test.device)
+        for k in ks:
+            kk = min(k, top.shape[1])
+            t, nb = top[:, :kk], neighbours[:, :kk]
+            if vote == "majority":
+                weights = torch.ones_like(t)
+            else:
+                weights = (t / temperature).exp() if metric == "cosine" else F.softmax(t, dim=1)
+            votes = torch.zeros(len(t), num_classes, device=t.device, dtype=weights.dtype)
+            votes.scatter_add_(1, nb, weights)
+            preds[k].append(votes.argmax(1))
+    empty = torch.zeros(0, dtype=torch.long, device=test.device)
+    return {k: torch.cat(p) if p else empty for k, p in preds.items()}
 
 
 @dataclass
 class KNNOptions:
-    k: int = 20
+    k: Any = 20  # an int, or a list [10, 20, 200]: every k from one search (keys knn_k10, …; knn = the first)
     metric: str = "l2"  # l2 (paper) | cosine (DINO)
     vote: str = "majority"  # majority (paper) | weighted (DINO: exp(sim / temperature))
     temperature: float = 0.07
@@ -257,17 +276,31 @@ class KNNOptions:
     screen: str = "auto"  # bf16 screening + exact fp32 re-scoring: auto (CPUs with bf16 matrix units) | bf16 | off
 
 
+def _ks(value: Any) -> list[int]:
+    """``evaluator.knn.k`` as a list of distinct positive ints, in the order given."""
+    values = list(value) if isinstance(value, Sequence) and not isinstance(value, str) else [value]
+    ok = bool(values) and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values)
+    ks = [int(v) for v in values] if ok else []
+    if not ok or len(set(ks)) != len(ks):
+        raise RtlabError(f"evaluator.knn.k must be a positive integer or a list of distinct ones (k=[10,20,200]), "
+                         f"got {value}")
+    return ks
+
+
 class KNNProbe:
-    """k-NN accuracy of the test split against the train split (metric ``knn``)."""
+    """k-NN accuracy of the test split against the train split (metric ``knn``; with a list of k also
+    ``knn_k<k>`` for every k, ``knn`` being the first)."""
 
     def __init__(self, opts: KNNOptions) -> None:
-        if opts.k <= 0:
-            raise RtlabError(f"evaluator.knn.k must be positive, got {opts.k}")
+        self.ks = _ks(opts.k)
         if opts.screen not in SCREENS:
             raise RtlabError(f"evaluator.knn.screen must be one of {', '.join(SCREENS)}, got '{opts.screen}'")
         if opts.metric not in ("l2", "cosine") or opts.vote not in ("majority", "weighted"):
             raise RtlabError(f"evaluator.knn.metric must be l2 or cosine and evaluator.knn.vote majority or weighted, "
                              f"got {opts.metric}/{opts.vote}")
+        if not opts.temperature > 0:
+            raise RtlabError(f"evaluator.knn.temperature must be positive, got {opts.temperature}")
+        self.many = not isinstance(opts.k, int)
         self.opts = opts
 
     def evaluate(self, features, run):
@@ -275,9 +308,13 @@ class KNNProbe:
             raise RtlabError("the k-NN probe needs labels, but the dataset has none; set data.label_column "
                              "or drop the probe with evaluator=[]")
         o = self.opts
-        pred = knn_predict(features.train, features.train_labels, features.test, o.k, o.metric, o.vote,
-                           o.temperature, features.num_classes, o.chunk, o.screen)
-        return {"knn": float((pred == features.test_labels).float().mean())}
+        preds = knn_predict_ks(features.train, features.train_labels, features.test, self.ks, o.metric, o.vote,
+                               o.temperature, features.num_classes, o.chunk, o.screen)
+        acc = {k: float((p == features.test_labels).float().mean()) for k, p in preds.items()}
+        out = {"knn": acc[self.ks[0]]}
+        if self.many:
+            out.update({f"knn_k{k}": acc[k] for k in self.ks})
+        return out
 
 
 @hookimpl
