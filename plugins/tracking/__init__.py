@@ -8,6 +8,7 @@ Plugins (each registered by its module name):
 * ``checkpointing`` — ``checkpoints/epoch_N`` and ``checkpoints/final``;
 * ``results_table`` — the table printed at the end of a run.
 
-Helpers (not plugins): ``plotting`` — headless matplotlib shared by every rtlab plot; ``per_run`` — the state a
+Helpers (not plugins): ``plotting`` — headless matplotlib shared by every rtlab plot; ``embedding_panel`` — the
+PCA / t-SNE panel of ``rtlab report``; ``per_run`` — the state a
 tracker keeps per live run (a file, a writer), opened on first use and closed once.
 """
