@@ -112,7 +112,7 @@ class RunBuild:
             atomic_write_text(self.out_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
             atomic_write_text(self.out_dir / "plugins.json", json.dumps(self.pm.listing(), indent=2))
 
-        self.data = load_image_data(self.registry, cfg.data).to(self.device)
+        self.data = load_image_data(self.registry, cfg.data, self.device)
         if len(self.data.train) == 0:
             raise RtlabError("the train split is empty; check data.train_size and data.train_split")
         self.normalize = self.data.normalizer(self.device)
