@@ -76,15 +76,15 @@ def choose_storage(requested: str, nbytes: int, device: torch.device, what: str)
     if requested != "auto":
         return requested
     dev, host = budgets(device)
-    gb = 1 << 30
+    gib = 1 << 30
     if nbytes <= dev:
-        mode, why = "device", f"{nbytes / gb:.2f} GB fit the device budget of {dev / gb:.2f} GB"
+        mode, why = "device", f"{nbytes / gib:.2f} GiB fit the device budget of {dev / gib:.2f} GiB"
     elif device.type != "cpu" and nbytes <= host:
-        mode, why = "host", (f"{nbytes / gb:.2f} GB exceed the device budget of {dev / gb:.2f} GB and fit the "
-                             f"host budget of {host / gb:.2f} GB")
+        mode, why = "host", (f"{nbytes / gib:.2f} GiB exceed the device budget of {dev / gib:.2f} GiB and fit the "
+                             f"host budget of {host / gib:.2f} GiB")
     else:
-        mode, why = "disk", (f"{nbytes / gb:.2f} GB exceed the {'device' if device.type == 'cpu' else 'host'} "
-                             f"budget of {(dev if device.type == 'cpu' else host) / gb:.2f} GB")
+        mode, why = "disk", (f"{nbytes / gib:.2f} GiB exceed the {'device' if device.type == 'cpu' else 'host'} "
+                             f"budget of {(dev if device.type == 'cpu' else host) / gib:.2f} GiB")
     log.info("%s: data.storage=auto chose %s (%s; caps: RTLAB_MAX_DEVICE_BYTES, RTLAB_MAX_HOST_BYTES)",
              what, mode, why)
     return mode
