@@ -28,12 +28,14 @@ def _rows(run: Path, kind: str) -> list[dict]:
 
 
 def test_two_gloo_processes_match_one_process(tmp_path):
+    """Also across storage modes: the two processes read their shards of each batch from the decoded cache file
+    (data.storage=disk) while the one process holds the images in memory."""
     single, ddp = tmp_path / "single", tmp_path / "ddp"
     res = subprocess.run([sys.executable, "-m", "framework.cli", "train", *COMMON, f"hydra.run.dir={single}"],
                          capture_output=True, text=True, env=_env(), cwd=tmp_path, timeout=600)
     assert res.returncode == 0, res.stderr[-2000:]
     res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                          "-m", "framework.cli", "train", *COMMON, f"hydra.run.dir={ddp}"],
+                          "-m", "framework.cli", "train", *COMMON, "data.storage=disk", f"hydra.run.dir={ddp}"],
                          capture_output=True, text=True, env=_env(), cwd=tmp_path, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
 
@@ -44,7 +46,7 @@ def test_two_gloo_processes_match_one_process(tmp_path):
     assert [r["knn/student"] for r in _rows(single, "eval")] == [r["knn/student"] for r in _rows(ddp, "eval")]
 
     summary = json.loads((ddp / "summary.json").read_text())
-    assert summary["world_size"] == 2 and summary["train_images"] == 256
+    assert summary["world_size"] == 2 and summary["train_images"] == 256 and summary["data_storage"] == "disk"
     from safetensors.torch import load_file
 
     a = load_file(single / "checkpoints" / "final.safetensors")
