@@ -7,6 +7,7 @@ other part uses to put tensors and networks on the run's device in its precision
 from __future__ import annotations
 
 import contextlib
+import os
 import json
 import logging
 import math
@@ -61,9 +62,9 @@ class RunBuild:
         so that every process's stream advances alike and each image gets the views one process would give it."""
         if self.world_size == 1 or getattr(self.augment, "deterministic", False):
             index = distributed.shard(batch)
-            images = self.data.train.images[index].float().div_(255.0)
+            images = self.data.train.batch(index).float().div_(255.0)  # prefetched by host/disk storage
             return index, [self.prepare(v) for v in self.augment.views(images, self.aug_gen)]
-        images = self.data.train.images[batch].float().div_(255.0)
+        images = self.data.train.batch(batch).float().div_(255.0)
         views = self.augment.views(images, self.aug_gen)
         index = distributed.shard(batch)
         start = sum(len(s) for s in batch.tensor_split(self.world_size)[:self.rank])
@@ -125,7 +126,7 @@ class RunBuild:
             self._check_folder()
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
-        elif self.device.type == "cpu":
+        elif self.device.type == "cpu" and not os.environ.get("RTLAB_KEEP_THREADS"):
             self._avoid_oversubscription()
         if cfg.train.deterministic:
             enable_determinism(self.device)
@@ -137,7 +138,7 @@ class RunBuild:
         if not self.resume:  # a fresh folder is ours once _check_folder found no other run in it
             self.claim()
 
-        self.data = load_image_data(self.registry, cfg.data).to(self.device)
+        self.data = load_image_data(self.registry, cfg.data, self.device)
         skipped = self.data.train.skipped + self.data.test.skipped  # data.skip_bad_images=true
         if skipped:
             self.summary["skipped_images"] = {"count": len(skipped), "files": skipped}

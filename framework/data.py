@@ -1,58 +1,69 @@
-"""The data path: any Hugging Face image dataset, decoded once to uint8 tensors that live on the training device.
+"""The data path: any Hugging Face image dataset, decoded once to uint8 tensors, kept where it fits.
 
 A dataset source component returns ``datasets`` splits (hub id, local imagefolder, parquet/arrow, a
 ``save_to_disk`` folder or a built-in). This module finds the image and label columns, takes the stratified
-subset, decodes every image once into a ``(N, C, H, W)`` uint8 tensor with int64 labels, caches that on disk
-keyed by the dataset fingerprint, and normalises batches on the device. No PIL in the training loop.
+subset, decodes every image once into a ``(N, C, H, W)`` uint8 array with int64 labels, caches that on disk
+(:mod:`framework.datacache`: keyed without rescanning the dataset, decoded in resumable chunks) and places it as
+``data.storage`` says (:mod:`framework.storage`: on the device, in host memory or read from the cache file).
+Batches are normalised on the device. No PIL in the training loop.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
+import dataclasses
 import logging
-import os
+import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from framework.bad_images import drop_rows, image_rows
+from framework import datacache
+from framework.bad_images import image_rows
+from framework.datacache import DiskImages, cache_dir  # noqa: F401  (cache_dir: public since the first cache)
 from framework.errors import RtlabError
 from framework.options import DataOptions
 from framework.registry import Registry
+from framework.selection import (IMAGE_COLUMNS, LABEL_COLUMNS, Selection, _labels_of, class_names,  # noqa: F401
+                                 detect_columns, select_splits, stratified_subset)
+from framework.storage import BatchReader, choose_storage, place_images
 
 log = logging.getLogger(__name__)
-
-IMAGE_COLUMNS = ("image", "img", "images", "pixel_values", "pixels", "x", "input")
-LABEL_COLUMNS = ("label", "labels", "fine_label", "coarse_label", "target", "targets", "class", "y")
-CACHE_VERSION = 1
-
-
-def cache_dir() -> Path:
-    """``$RTLAB_CACHE_DIR``, else ``$XDG_CACHE_HOME/rtlab``, else ``~/.cache/rtlab``."""
-    if os.environ.get("RTLAB_CACHE_DIR"):
-        return Path(os.environ["RTLAB_CACHE_DIR"])
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "rtlab"
 
 
 @dataclass
 class ImageSplit:
-    """Decoded images (uint8, N x C x H x W) and labels (int64, -1 where unlabelled)."""
+    """Decoded images (uint8, N x C x H x W: a tensor, or :class:`DiskImages` for ``data.storage=disk``) and
+    labels (int64, -1 where unlabelled). ``batch(index)`` delivers images on the training device."""
 
-    images: torch.Tensor
+    images: Any
     labels: torch.Tensor
+    storage: str = "device"
+    reader: BatchReader | None = field(default=None, repr=False)
     skipped: list[str] = field(default_factory=list)  # unreadable files left out (data.skip_bad_images)
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
 
     def to(self, device: torch.device | str) -> "ImageSplit":
-        return ImageSplit(self.images.to(device), self.labels.to(device), self.skipped)
+        return ImageSplit(self.images.to(device), self.labels.to(device), skipped=self.skipped)
+
+    def place(self, mode: str, device: torch.device) -> "ImageSplit":
+        images, reader = place_images(self.images, mode, device)
+        return ImageSplit(images, self.labels.to(device), mode, reader, self.skipped)
+
+    def batch(self, index: torch.Tensor) -> torch.Tensor:
+        """uint8 images ``index`` (train-split positions) on the training device."""
+        return self.images[index] if self.reader is None else self.reader.batch(index)
+
+    def ahead(self, order: Iterable[torch.Tensor]) -> Iterator[torch.Tensor]:
+        """The index batches of ``order``; host and disk storage gather each one's images while the previous
+        one trains."""
+        return iter(order) if self.reader is None else self.reader.ahead(order)
 
     @property
     def labelled(self) -> bool:
@@ -84,9 +95,18 @@ class ImageData:
     def num_classes(self) -> int:
         return len(self.classes)
 
+    @property
+    def nbytes(self) -> int:
+        return sum(int(np.prod(s.images.shape)) for s in (self.train, self.test))
+
     def to(self, device: torch.device | str) -> "ImageData":
-        return ImageData(self.name, self.train.to(device), self.test.to(device), self.classes, self.mean,
-                         self.std, self.fingerprint, self.extra)
+        return dataclasses.replace(self, train=self.train.to(device), test=self.test.to(device))
+
+    def place(self, storage: str, device: torch.device) -> "ImageData":
+        """Both splits kept as ``storage`` (``auto``: chosen by size, see :mod:`framework.storage`) says."""
+        mode = choose_storage(storage, self.nbytes, device, f"dataset '{self.name}'")
+        return dataclasses.replace(self, train=self.train.place(mode, device), test=self.test.place(mode, device),
+                                   extra={**self.extra, "storage": mode})
 
     def normalizer(self, device: torch.device | str) -> "Normalize":
         return Normalize(self.mean, self.std, device)
@@ -103,76 +123,6 @@ class Normalize:
         if x.dtype == torch.uint8:
             x = x.float().div_(255.0)
         return (x - self.mean) / self.std
-
-
-# --------------------------------------------------------------------------------------------------- subsetting
-def stratified_subset(labels: np.ndarray, size: int, seed: int) -> np.ndarray:
-    """``size`` sorted indices with every class kept in proportion (largest remainders), drawn with ``seed``."""
-    n = len(labels)
-    if size < 0:
-        raise RtlabError(f"subset size must be positive, got {size}")
-    if size >= n:
-        return np.arange(n)
-    rng = np.random.default_rng(seed)
-    if (labels < 0).any():
-        return np.sort(rng.permutation(n)[:size])
-    classes, counts = np.unique(labels, return_counts=True)
-    quota = counts * size / n
-    take = np.floor(quota).astype(int)
-    order = np.argsort(-(quota - take), kind="stable")
-    take[order[: size - take.sum()]] += 1
-    picked = [rng.permutation(np.flatnonzero(labels == c))[:k] for c, k in zip(classes, take)]
-    return np.sort(np.concatenate(picked)) if picked else np.arange(0)
-
-
-# ------------------------------------------------------------------------------------------------------ columns
-def detect_columns(features: Mapping[str, Any], opts: DataOptions, what: str) -> tuple[str, str | None]:
-    """(image column, label column or None) from the features (``Image``/arrays, ``ClassLabel``) or names."""
-    import datasets
-
-    cols = list(features)
-    if opts.image_column:
-        if opts.image_column not in cols:
-            raise RtlabError(f"{what} has no column '{opts.image_column}' (columns: {', '.join(cols)}); "
-                             "fix data.image_column")
-        image = opts.image_column
-    else:
-        array_types = tuple(getattr(datasets, n) for n in ("Array2D", "Array3D") if hasattr(datasets, n))
-        image = next((c for c in cols if isinstance(features[c], datasets.Image)), None)
-        image = image or next((c for c in cols if isinstance(features[c], array_types)), None)
-        image = image or next((c for c in IMAGE_COLUMNS if c in cols), None)
-        if image is None:
-            raise RtlabError(f"{what} has no image column (columns: {', '.join(cols)}); "
-                             "set data.image_column=NAME")
-    if opts.label_column:
-        if opts.label_column not in cols:
-            raise RtlabError(f"{what} has no column '{opts.label_column}' (columns: {', '.join(cols)}); "
-                             "fix data.label_column")
-        return image, opts.label_column
-    label = next((c for c in cols if isinstance(features[c], datasets.ClassLabel)), None)
-    label = label or next((c for c in LABEL_COLUMNS if c in cols and c != image), None)
-    return image, label
-
-
-def class_names(features: Mapping[str, Any], label: str | None, values: np.ndarray) -> tuple[list[str], dict]:
-    """Class names and a value → index map (ClassLabel names, else the sorted distinct values)."""
-    import datasets
-
-    if label is None:
-        return [], {}
-    feat = features[label]
-    if isinstance(feat, datasets.ClassLabel):
-        return list(feat.names), {}
-    distinct = sorted(set(values.tolist()))
-    if all(isinstance(v, (int, np.integer)) for v in distinct) and distinct == list(range(len(distinct))):
-        return [str(v) for v in distinct], {}
-    return [str(v) for v in distinct], {v: i for i, v in enumerate(distinct)}
-
-
-def _labels_of(ds: Any, label: str | None) -> np.ndarray:
-    if label is None:
-        return np.full(len(ds), -1, dtype=np.int64)
-    return np.asarray(ds.with_format(None)[label])
 
 
 # ----------------------------------------------------------------------------------------------------- decoding
@@ -225,27 +175,30 @@ def _array_batch(arr: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(arr))
 
 
-def decode_images(ds: Any, column: str, opts: DataOptions, what: str, chunk: int = 2048,
-                  skipped: list[tuple[int, str]] | None = None) -> torch.Tensor:
-    """Every image of ``ds[column]`` as one uint8 (N, C, H, W) tensor (one pass, no per-step decoding); unreadable
-    files are refused by name or, with ``data.skip_bad_images``, left out and listed in ``skipped``."""
+def decode_chunks(ds: Any, column: str, opts: DataOptions, what: str, chunk: int = 2048, start: int = 0
+                  ) -> Iterator[tuple[torch.Tensor, bool]]:
+    """``(uint8 (n, C, H, W) chunk, all its images gray)`` for rows ``start``, ``start + chunk``, … of
+    ``ds[column]`` (image files as RGB, arrays as they are); :func:`finish_channels` is the whole-split step."""
     import datasets
 
     feat = ds.features[column]
     n = len(ds)
     if n == 0:
         raise RtlabError(f"{what} is empty; check data.train_size/data.test_size and the split names")
-    parts: list[torch.Tensor] = []
-    all_gray = True
     size: tuple[int, int] | None = None
     is_image = isinstance(feat, datasets.Image)
     view = ds.select_columns([column])
     view = view.with_format(None) if is_image else view.with_format("numpy")
-    for start in range(0, n, chunk):
+    for start in range(start, n, chunk):
+        rows = min(chunk, n - start)
+        skipped: list[tuple[int, str]] = []
+        if is_image:  # an unreadable file is refused by name, or left out with data.skip_bad_images
+            batch = image_rows(view, ds, column, start, start + rows, what, opts.skip_bad_images, skipped)
+        else:
+            batch = view[start:start + rows][column]
         if is_image:
-            batch = image_rows(view, ds, column, start, min(start + chunk, n), what,
-                               getattr(opts, "skip_bad_images", False), skipped)
             imgs = []
+            all_gray = True
             for im in batch:
                 gray = im.mode in ("L", "1", "I", "I;16", "F", "LA")
                 all_gray &= gray
@@ -259,16 +212,16 @@ def decode_images(ds: Any, column: str, opts: DataOptions, what: str, chunk: int
                     raise RtlabError(f"{what} has images of different sizes ({size[0]}x{size[1]} and "
                                      f"{t.shape[-2]}x{t.shape[-1]}); set data.image_size=N to resize them")
                 imgs.append(t)
-            parts += [torch.stack(imgs)] if imgs else []
+            yield (torch.stack(imgs) if imgs else None), all_gray, rows, skipped
         else:
-            t = _array_batch(view[start:start + chunk][column])
-            all_gray &= t.shape[1] == 1
+            t = _array_batch(batch)
             if opts.image_size:
                 t = resize_center_crop(t, opts.image_size)
-            parts.append(t)
-    if not parts:
-        raise RtlabError(f"{what}: no image could be decoded; check the files")
-    images = torch.cat(parts)
+            yield t, False, rows, skipped
+
+
+def finish_channels(images: torch.Tensor, is_image: bool, all_gray: bool, opts: DataOptions) -> torch.Tensor:
+    """The whole-split channel step: all-gray image files keep one channel, alpha goes, then ``data.channels``."""
     if is_image and all_gray:
         images = images[:, :1].contiguous()
     if images.shape[1] == 4:
@@ -280,46 +233,23 @@ def decode_images(ds: Any, column: str, opts: DataOptions, what: str, chunk: int
     return images
 
 
-# -------------------------------------------------------------------------------------------------------- cache
-def _cache_key(fingerprint: str, image: str, label: str | None, opts: DataOptions) -> str:
-    skip = ["skip_bad_images"] if getattr(opts, "skip_bad_images", False) else []
-    text = json.dumps([CACHE_VERSION, fingerprint, image, label, opts.image_size, opts.channels, *skip])
-    return hashlib.sha256(text.encode()).hexdigest()[:24]
+def decode_images(ds: Any, column: str, opts: DataOptions, what: str, chunk: int = 2048) -> torch.Tensor:
+    """Every image of ``ds[column]`` as one uint8 (N, C, H, W) tensor (one pass, no per-step decoding)."""
+    import datasets
 
-
-def _load_split(ds: Any, image: str, label: str | None, label_map: dict, opts: DataOptions, what: str
-                ) -> ImageSplit:
-    from framework.checkpoint import load_tensors, save_tensors
-
-    fingerprint = getattr(ds, "_fingerprint", "") or ""
-    path = cache_dir() / "tensors" / f"{_cache_key(fingerprint, image, label, opts)}.safetensors"
-    if opts.cache and fingerprint and path.exists():
-        try:
-            tensors, meta = load_tensors(path)
-            return ImageSplit(tensors["images"], tensors["labels"], list(meta.get("skipped", [])))
-        except RtlabError as exc:
-            log.warning("ignoring a broken data cache entry: %s", exc)
-    values = _labels_of(ds, label)
-    if label_map:
-        values = np.array([label_map[v] for v in values.tolist()], dtype=np.int64)
-    labels = torch.as_tensor(values.astype(np.int64))
-    skipped: list[tuple[int, str]] = []
-    images = decode_images(ds, image, opts, what, skipped=skipped)
-    if skipped:
-        labels = drop_rows(labels, skipped, what)
-    split = ImageSplit(images, labels, [file for _, file in skipped])
-    if opts.cache and fingerprint:
-        try:
-            save_tensors(path, {"images": images, "labels": labels}, {"what": what, "skipped": split.skipped})
-        except OSError as exc:  # a read-only cache must not stop a run
-            log.warning("could not write the data cache %s: %s", path, exc)
-    return split
+    chunks = [(t, gray) for t, gray, _, _ in decode_chunks(ds, column, opts, what, chunk) if t is not None]
+    if not chunks:
+        raise RtlabError(f"{what}: no image could be decoded; check the files")
+    parts, grays = zip(*chunks)
+    return finish_channels(torch.cat(parts), isinstance(ds.features[column], datasets.Image), all(grays), opts)
 
 
 # --------------------------------------------------------------------------------------------------------- load
-def channel_stats(images: torch.Tensor, chunk: int = 4096) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel mean and std of uint8 images, in [0, 1] units."""
+def channel_stats(images: Any, chunk: int = 4096) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std of uint8 images (a tensor or :class:`DiskImages`), in [0, 1] units; chunks of at
+    most 64 MB of float64."""
     c = images.shape[1]
+    chunk = max(1, min(chunk, (1 << 23) // max(1, int(np.prod(images.shape[1:])))))
     s = torch.zeros(c, dtype=torch.float64)
     s2 = torch.zeros(c, dtype=torch.float64)
     for i in range(0, len(images), chunk):
@@ -332,68 +262,98 @@ def channel_stats(images: torch.Tensor, chunk: int = 4096) -> tuple[tuple[float,
     return tuple(float(v) for v in mean), tuple(max(float(v), 1e-3) for v in std)
 
 
-def _pick_split(splits: Mapping[str, Any], wanted: str, what: str, fallbacks: Sequence[str] = ()) -> str | None:
-    if wanted in splits:
-        return wanted
-    for alt in fallbacks:
-        if alt in splits:
-            return alt
-    return None
+def build_entry(sel: Selection, opts: DataOptions, name: str, folder: Path) -> dict[str, Any]:
+    """Decode both splits into the cache entry ``folder`` (resumably, see :mod:`framework.datacache`)."""
+    import datasets
+
+    partial = folder.with_name(folder.name + ".partial")
+    shapes, labels, skipped = {}, {}, {}
+    for split, ds, what in (("train", sel.train, f"dataset '{name}' ({sel.train_name} split)"),
+                            ("test", sel.test, f"dataset '{name}' (test split)")):
+        values = _labels_of(ds, sel.label)
+        if sel.label_map:
+            values = np.array([sel.label_map[v] for v in values.tolist()], dtype=np.int64)
+        labels[split] = torch.as_tensor(values.astype(np.int64))
+        is_image = isinstance(ds.features[sel.image], datasets.Image)
+        shapes[split], skipped[split] = datacache.write_split(
+            partial, split, len(ds), lambda start, ds=ds, what=what: decode_chunks(
+                ds, sel.image, opts, what, datacache.DECODE_CHUNK, start=start),
+            lambda x, gray, is_image=is_image: finish_channels(x, is_image, gray, opts), labels[split], what)
+    if shapes["test"][1:] != shapes["train"][1:]:
+        raise RtlabError(f"dataset '{name}': test images are {shapes['test'][1:]}, train images "
+                         f"{shapes['train'][1:]}; set data.image_size and data.channels")
+    train = DiskImages(partial / "train.images", shapes["train"])
+    mean, std = channel_stats(train)
+    classes = sel.classes
+    if not classes and sel.label is not None:
+        classes = [str(i) for i in range(int(labels["train"].max()) + 1)]
+    meta = {"name": name, "classes": classes, "mean": mean, "std": std,
+            "fingerprint": getattr(sel.train, "_fingerprint", "") or "",
+            "splits": {s: {"shape": list(shapes[s]), "skipped": skipped[s]} for s in shapes}}
+    datacache.commit_entry(partial, folder, meta)
+    return meta
 
 
-def load_image_data(registry: Registry, options: Any) -> ImageData:
-    """The selected dataset, decoded, subset and normalised as the ``data`` config says."""
-    opts: DataOptions = registry.options("dataset", options)
-    source = registry.build("dataset", opts)
-    name = getattr(opts, "name", "data")
-    splits = source.load()
-    if not splits:
-        raise RtlabError(f"dataset '{name}' has no splits")
-    train_name = _pick_split(splits, opts.train_split, name)
-    if train_name is None:
-        raise RtlabError(f"dataset '{name}' has no split '{opts.train_split}' (splits: {', '.join(splits)}); "
-                         "set data.train_split")
-    train_ds = splits[train_name]
-    test_name = _pick_split(splits, opts.test_split, name,
-                            () if opts.test_split != "test" else ("validation", "valid", "val"))
-    image, label = detect_columns(train_ds.features, opts, f"dataset '{name}'")
-    if test_name is None:
-        if opts.test_split != "test":
-            raise RtlabError(f"dataset '{name}' has no split '{opts.test_split}' (splits: {', '.join(splits)}); "
-                             "set data.test_split, or leave it at 'test' to hold out data.test_fraction")
-        if not 0.0 < opts.test_fraction < 1.0:
-            raise RtlabError(f"data.test_fraction must be in (0, 1), got {opts.test_fraction}")
-        labels = _labels_of(train_ds, label)
-        held = stratified_subset(labels, int(round(len(labels) * opts.test_fraction)), opts.seed + 7919)
-        rest = np.setdiff1d(np.arange(len(labels)), held)
-        log.info("dataset '%s' has no test split: holding out %d of %d train images (data.test_fraction=%s)",
-                 name, len(held), len(labels), opts.test_fraction)
-        test_ds, train_ds = train_ds.select(held), train_ds.select(rest)
-    else:
-        test_ds = splits[test_name]
-    all_train_labels = _labels_of(train_ds, label)
-    classes, label_map = class_names(train_ds.features, label, all_train_labels)
-    for size, key in ((opts.train_size, "train_size"), (opts.test_size, "test_size")):
-        if size is not None and size <= 0:
-            raise RtlabError(f"data.{key} must be a positive number of images, got {size}")
-    if opts.train_size is not None:
-        train_ds = train_ds.select(stratified_subset(all_train_labels, opts.train_size, opts.seed))
-    if opts.test_size is not None:
-        test_ds = test_ds.select(stratified_subset(_labels_of(test_ds, label), opts.test_size, opts.seed + 1))
-    train = _load_split(train_ds, image, label, label_map, opts, f"dataset '{name}' ({train_name} split)")
-    test = _load_split(test_ds, image, label, label_map, opts, f"dataset '{name}' (test split)")
-    if test.images.shape[1:] != train.images.shape[1:]:
-        raise RtlabError(f"dataset '{name}': test images are {tuple(test.images.shape[1:])}, train images "
-                         f"{tuple(train.images.shape[1:])}; set data.image_size and data.channels")
+def open_entry(folder: Path, meta: dict[str, Any], opts: DataOptions, source: Any) -> ImageData:
+    """The cache entry as :class:`ImageData` read from its files, with the normalisation ``data`` asks for."""
+    splits = {s: ImageSplit(DiskImages(folder / f"{s}.images", m["shape"]),
+                            datacache.read_labels(folder / f"{s}.labels", m["shape"][0]),
+                            skipped=list(m.get("skipped", [])))
+              for s, m in meta["splits"].items()}
+    channels = int(meta["splits"]["train"]["shape"][1])
     if opts.mean is not None and opts.std is not None:
         mean, std = tuple(opts.mean), tuple(opts.std)
     else:
         mean, std = getattr(source, "mean", None), getattr(source, "std", None)
-        if mean is None or std is None or len(mean) != train.images.shape[1]:
-            mean, std = channel_stats(train.images)
-    if len(mean) != train.images.shape[1] or len(std) != train.images.shape[1]:
-        raise RtlabError(f"data.mean/data.std have {len(mean)} values for {train.images.shape[1]}-channel images")
-    if not classes and label is not None:
-        classes = [str(i) for i in range(int(train.labels.max()) + 1)]
-    fingerprint = getattr(train_ds, "_fingerprint", "") or ""
-    return ImageData(name, train, test, classes, tuple(mean), tuple(std), fingerprint)
+        if mean is None or std is None or len(mean) != channels:
+            mean, std = meta["mean"], meta["std"]
+    if len(mean) != channels or len(std) != channels:
+        raise RtlabError(f"data.mean/data.std have {len(mean)} values for {channels}-channel images")
+    return ImageData(meta["name"], splits["train"], splits["test"], list(meta["classes"]), tuple(mean),
+                     tuple(std), meta.get("fingerprint", ""))
+
+
+def _decode_options(opts: DataOptions, source: Any) -> dict[str, Any]:
+    """Every option that changes the decoded tensors (not where they live, nor the normalisation)."""
+    d = dataclasses.asdict(opts) if dataclasses.is_dataclass(opts) else dict(opts)
+    for k in ("storage", "cache", "mean", "std"):
+        d.pop(k, None)
+    return {"source": f"{type(source).__module__}.{type(source).__qualname__}", **d}
+
+
+def load_image_data(registry: Registry, options: Any, device: torch.device | str | None = None) -> ImageData:
+    """The selected dataset, decoded, subset and normalised as the ``data`` config says, kept as
+    ``data.storage`` says for training on ``device`` (default: the CPU).
+
+    A source's ``cache_key()`` (a cheap identity of its data: a file listing, a hub revision) finds a cached
+    entry without loading the dataset; without one, the ``datasets`` fingerprint of the selection keys it."""
+    opts: DataOptions = registry.options("dataset", options)
+    source = registry.build("dataset", opts)
+    name = getattr(opts, "name", "data")
+    cheap = getattr(source, "cache_key", None)
+    key = cheap() if opts.cache and callable(cheap) else None
+    sel = None
+    if opts.cache and key is None:
+        sel = select_splits(source, opts, name)
+        prints = [getattr(ds, "_fingerprint", "") or "" for ds in (sel.train, sel.test)]
+        key = "fingerprint:" + ":".join(prints) if all(prints) else None
+    data = None
+    if key is not None:
+        folder = cache_dir() / "data" / datacache.entry_key(key, _decode_options(opts, source))
+        meta = datacache.load_entry(folder)
+        try:
+            if meta is None:
+                with datacache.entry_lock(folder):  # concurrent runs and ranks decode once
+                    meta = datacache.load_entry(folder) or build_entry(
+                        sel or select_splits(source, opts, name), opts, name, folder)
+            data = open_entry(folder, meta, opts, source)
+        except OSError as exc:  # a read-only or full cache must not stop a run
+            log.warning("could not use the data cache %s (%s); decoding into a temporary folder", folder, exc)
+    if data is None:  # data.cache=false: a temporary entry, removed once its files are open
+        tmp = Path(tempfile.mkdtemp(prefix="rtlab-decode-"))
+        try:
+            meta = build_entry(sel or select_splits(source, opts, name), opts, name, tmp / "entry")
+            data = open_entry(tmp / "entry", meta, opts, source)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return data.place(getattr(opts, "storage", "auto"), torch.device(device or "cpu"))

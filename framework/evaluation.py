@@ -245,11 +245,11 @@ def load_probe_datasets(registry: "Registry", specs: Sequence[Any], train_data: 
             node.image_size = h
         if node.get("channels") is None:
             node.channels = train_data.channels
-        data = load_image_data(registry, node)
+        data = load_image_data(registry, node, device)
         if not data.train.labelled or not data.test.labelled:
             raise RtlabError(f"probe dataset '{key}' has no labels; eval.datasets needs labelled data "
                              f"(set its label_column)")
-        out[key] = data.to(device)
+        out[key] = data
     return out
 
 

@@ -40,8 +40,11 @@ class DataOptions:
     channels: Optional[int] = None  # 1 or 3; None: keep the dataset's (grayscale stays 1 channel)
     mean: Optional[List[float]] = None  # per-channel normalisation; None: computed from the train split
     std: Optional[List[float]] = None
-    cache: bool = True  # keep the decoded uint8 tensors on disk, keyed by the dataset fingerprint
+    cache: bool = True  # keep the decoded uint8 images on disk, keyed on a file listing / hub revision
     skip_bad_images: bool = False  # leave out image files that cannot be decoded (listed in summary.json)
+    # where the decoded images live while training: auto (by size against RTLAB_MAX_DEVICE_BYTES /
+    # RTLAB_MAX_HOST_BYTES) | device | host (host memory, batches copied ahead) | disk (read from the cache file)
+    storage: str = "auto"
 
 
 @dataclass

@@ -71,6 +71,7 @@ class RunResults:
             "sample_budget": self.cfg.train.sample_budget,
             "train_images": len(self.data.train),
             "test_images": len(self.data.test),
+            "data_storage": self.data.extra.get("storage", "device"),
             "wall_time_s": round(wall, 2),
             "train_time_s": round(self.train_time, 2),
             "images_per_s": round(self.images_seen / self.train_time, 1) if self.train_time else None,

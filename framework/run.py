@@ -147,8 +147,7 @@ class Run(RunBuild, TrainingState, RunEvaluation, RunResults):
         if self.perm is None:
             self.perm = torch.randperm(n, generator=self.order_gen).to(self.device)
         stop = (n // bs) * bs if self.cfg.train.drop_last else n
-        for i in range(self.position * bs, stop, bs):
-            yield self.perm[i:i + bs]
+        yield from self.data.train.ahead(self.perm[i:i + bs] for i in range(self.position * bs, stop, bs))
 
     def train_step(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
         """One optimiser step on the global ``batch`` of train-split positions (this process's shard of it)."""

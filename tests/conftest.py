@@ -35,6 +35,8 @@ def offline_env(tmp_path_factory):
         "RTLAB_CACHE_DIR": str(cache / "rtlab"),
         "HF_DATASETS_CACHE": str(cache / "hf"),
         "MPLBACKEND": "Agg",
+        # runs the tests compare must not pick their thread count from the load average of the moment
+        "RTLAB_KEEP_THREADS": "1",
     }
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)

@@ -29,3 +29,15 @@ def test_bench_writes_the_documented_keys(cli, tmp_path):
 def test_bench_rejects_a_malformed_input_shape(cli):
     res = cli("bench", "--backbone", "test_resnet", "--input", "16", "--no-probes")
     assert res.returncode == 2 and "--input must look like 3x32x32" in res.stderr
+
+
+def test_bench_data_path_times_every_storage_mode(cli, tmp_path):
+    out = tmp_path / "bench.json"
+    res = cli("bench", "--data", "--backbone", "test_resnet", "--input", "3x16x16", "--out-dim", "64", "--batch", "8",
+              "--steps", "2", "--repeats", "1", "--threads", "1", "--out", str(out), env={"OMP_NUM_THREADS": "1"})
+    assert res.returncode == 0, res.stderr[-2000:]
+    r = json.loads(out.read_text())["data_path"]
+    assert r["backbone"] == "test_resnet" and r["batch"] == 8 and r["device"] == "cpu"
+    assert set(r["steps_per_s"]) == {"device", "host", "disk"} and all(v > 0 for v in r["steps_per_s"].values())
+    assert r["over_device"]["device"] == 1.0 and len(r["segments_s"]["disk"]) == 1
+    assert "vs device" in res.stdout

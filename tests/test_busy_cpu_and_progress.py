@@ -24,6 +24,7 @@ def test_setup_on_a_busy_cpu_trains_with_one_thread_and_says_so(tmp_path, monkey
     from tests.tiny_runs import compose_run
 
     monkeypatch.setattr("framework.building.cpu_load", lambda: (2, 9.2))
+    monkeypatch.delenv("RTLAB_KEEP_THREADS", raising=False)
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:

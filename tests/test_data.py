@@ -103,7 +103,7 @@ def test_decoded_tensors_are_cached_by_fingerprint(pm, imagefolder, monkeypatch)
     def no_decoding(*args, **kwargs):
         raise AssertionError("decoded again although cached")
 
-    monkeypatch.setattr(data_module, "decode_images", no_decoding)
+    monkeypatch.setattr(data_module, "decode_chunks", no_decoding)
     second = load(pm, "data=imagefolder", f"data.path={imagefolder}")
     assert torch.equal(first.train.images, second.train.images)
     with pytest.raises(AssertionError, match="decoded again"):

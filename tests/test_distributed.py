@@ -86,15 +86,18 @@ def _same_run(single: Path, ddp: Path) -> None:
 
 
 def test_torchrun_two_nodes_on_localhost_match_one_process(single, tmp_path):
-    """Two torchrun invocations (node ranks 0 and 1, one process each) meet at one rendezvous port."""
+    """Two torchrun invocations (node ranks 0 and 1, one process each) meet at one rendezvous port. Also across
+    storage modes: the two processes read their shards of each batch from the decoded cache file
+    (data.storage=disk) while the one process holds the images in memory."""
     ddp, port = tmp_path / "ddp", _free_port()
     procs = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes=2", f"--node_rank={rank}",
                                "--nproc_per_node=1", "--master_addr=127.0.0.1", f"--master_port={port}",
-                               "-m", "framework.cli", "train", *COMMON, f"hydra.run.dir={ddp}"],
+                               "-m", "framework.cli", "train", *COMMON, "data.storage=disk", f"hydra.run.dir={ddp}"],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_env(), cwd=tmp_path)
              for rank in (0, 1)]
     _wait(procs)
     _same_run(single, ddp)
+    assert json.loads((ddp / "summary.json").read_text())["data_storage"] == "disk"
 
 
 @pytest.mark.slow

@@ -7,4 +7,6 @@ Plugins (each registered by its module name):
 * ``compare`` — ``rtlab compare``: SSL methods × backbones × seeds, one table;
 * ``report`` — ``rtlab report``: plots and a Markdown summary of runs and analyses;
 * ``verify`` — ``rtlab verify``: train a preset and check the results it expects.
+
+Helpers (not plugins): ``bench_data`` — the data-path case of ``rtlab bench`` (``--data``).
 """

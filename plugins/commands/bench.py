@@ -51,6 +51,9 @@ class RandomImages:
     def __init__(self, opts: RandomImagesOptions) -> None:
         self.opts = opts
 
+    def cache_key(self) -> str:
+        return "random-images:1"  # the images are a function of the options, which the cache key holds
+
     def load(self):
         import datasets
 
@@ -345,6 +348,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="k-NN problem size (preset's by default: 50000 10000 512)")
     parser.add_argument("--threads", type=int, help="CPU threads for torch and scikit-learn alike (default: all "
                         "cores; 1 measures reliably on a machine shared with other jobs)")
+    parser.add_argument("--data", action="store_true", help="measure the data path instead: steps/s with "
+                        "data.storage=device, host and disk, interleaved (first case, or --backbone)")
     parser.add_argument("--out", type=Path, help="write the results as JSON to this file")
 
 
@@ -376,6 +381,14 @@ def run_bench(args: argparse.Namespace) -> int:
                               "versions": {"rtlab": __version__, "torch": torch.__version__,
                                            "timm": timm.__version__, "python": platform.python_version()},
                               "threads": torch.get_num_threads(), "machine": platform.machine()}
+    if args.data:
+        from plugins.commands.bench_data import bench_data_path, print_data_path
+
+        case = _cases(args)[0]
+        report["data_path"] = bench_data_path(case.backbone, case.channels, case.size, case.out_dim, case.stem,
+                                              batch, steps, repeats, args.device, args.precision)
+        print_data_path(report["data_path"])
+        return _write(report, args.out)
     print(f"{'backbone':<14}{'input':<10}{'out_dim':>8}{'batch':>6}  {'bound img/s':>12}{'rtlab img/s':>12}"
           f"{'cached img/s':>13}{'rtlab/bound':>12}{'cached/rtlab':>13}", flush=True)
     for case in _cases(args):
@@ -399,11 +412,15 @@ def run_bench(args: argparse.Namespace) -> int:
         ln = report["linear"]
         print(f"linear probe {ln['n_train']}x{ln['dim']}: rtlab {ln['rtlab_s']} s (acc {ln['rtlab_acc']}), "
               f"scikit-learn LogisticRegression {ln['sklearn_s']} s (acc {ln['sklearn_acc']})", flush=True)
-    if args.out:
+    return _write(report, args.out)
+
+
+def _write(report: dict[str, Any], out: Optional[Path]) -> int:
+    if out:
         from framework.checkpoint import atomic_write_text
 
-        atomic_write_text(args.out, json.dumps(report, indent=2))
-        print(f"wrote {args.out}", file=sys.stderr)
+        atomic_write_text(out, json.dumps(report, indent=2))
+        print(f"wrote {out}", file=sys.stderr)
     return 0
 
 

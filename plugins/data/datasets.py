@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Optional
@@ -18,6 +19,7 @@ from typing import Any, Mapping, Optional
 import numpy as np
 
 from framework import hookimpl
+from framework.datacache import listing_key
 from framework.errors import RtlabError
 from framework.options import DataOptions
 
@@ -108,6 +110,25 @@ class HFSource:
             raise RtlabError("data=hf needs data.path (a hub id such as uoft-cs/cifar10, or a local folder/file)")
         self.opts = opts
 
+    def cache_key(self) -> Optional[str]:
+        """Local files: their listing; a hub dataset: its commit (``data.revision`` when it is one, else asked
+        of the Hub); None (the cache falls back to the ``datasets`` fingerprint) when neither is known."""
+        p = Path(self.opts.path).expanduser()
+        if p.exists():
+            return f"files:{listing_key(p)}"
+        rev = self.opts.revision
+        if rev and re.fullmatch(r"[0-9a-f]{40}", rev):
+            return f"hub:{self.opts.path}:{self.opts.config_name}@{rev}"
+        if _offline() or self.opts.path.startswith(("/", "./", "../", "~")):
+            return None
+        try:
+            from huggingface_hub import HfApi
+
+            sha = HfApi().dataset_info(self.opts.path, revision=rev).sha
+        except Exception:  # unreachable or unknown: load() reports it
+            return None
+        return f"hub:{self.opts.path}:{self.opts.config_name}@{sha}" if sha else None
+
     def load(self) -> Mapping[str, Any]:
         splits = load_hf(self.opts.path, self.opts.config_name, self.opts.revision)
         if self.opts.classes is not None and splits:
@@ -131,6 +152,10 @@ class ImageFolderSource:
         self.path = Path(opts.path).expanduser()
         if not self.path.is_dir():
             raise RtlabError(f"data.path {self.path} is not a folder; point it at a folder of class folders")
+
+    def cache_key(self) -> str:
+        """The folder's listing (paths, sizes, mtimes): a cache hit needs no rescan by ``datasets``."""
+        return f"files:{listing_key(self.path)}"
 
     def load(self) -> Mapping[str, Any]:
         import datasets
@@ -188,11 +213,21 @@ class FashionMNISTSource:
     def __init__(self, opts: FashionMNISTOptions) -> None:
         self.opts = opts
 
+    def _files(self) -> dict[str, tuple[Path | None, Path | None]]:
+        folder = Path(self.opts.path)
+        return {s: (_find(folder, i), _find(folder, lab)) for s, (i, lab) in FASHION_FILES.items()}
+
+    def cache_key(self) -> Optional[str]:
+        files = [f for pair in self._files().values() for f in pair]
+        if not all(files):
+            return None
+        return "fashion-mnist:" + ":".join(listing_key(f) for f in files)
+
     def load(self) -> Mapping[str, Any]:
         import datasets
 
         folder = Path(self.opts.path)
-        files = {s: (_find(folder, i), _find(folder, l)) for s, (i, l) in FASHION_FILES.items()}
+        files = self._files()
         if all(a and b for a, b in files.values()):
             features = datasets.Features(image=datasets.Array2D((28, 28), "uint8"),
                                          label=datasets.ClassLabel(names=FASHION_CLASSES))
@@ -219,6 +254,11 @@ class DigitsSource:
 
     def __init__(self, opts: DigitsOptions) -> None:
         self.opts = opts
+
+    def cache_key(self) -> str:
+        import sklearn
+
+        return f"sklearn-digits:{sklearn.__version__}"
 
     def load(self) -> Mapping[str, Any]:
         import datasets

@@ -47,6 +47,9 @@ class GaussianSource:
         self.mean = (0.5,) * self.channels
         self.std = (0.5 / (CLIP * opts.sigma),) * self.channels
 
+    def cache_key(self) -> str:
+        return "gaussian-noise:1"  # the images are a function of the options, which the cache key holds
+
     def load(self) -> Mapping[str, Any]:
         import datasets
 
