@@ -43,10 +43,6 @@ if [[ " $STEPS " == *" paper "* ]] && [ ! -f "$RTLAB_CIFAR10/train.parquet" ]; t
   exit 2
 fi
 mkdir -p "$OUTDIR"
-run() {  # echo, then run unless --dry-run
-  echo "+ $*"
-  [ $DRY = 1 ] || "$@"
-}
 status=0
 summary=$OUTDIR/summary.md
 echo "# rtlab GPU check ($(date -u +%Y-%m-%dT%H:%MZ))" > "$summary"
@@ -63,7 +59,11 @@ EOF
       echo "gpu_check: $missing missing and no wheel folder $WHEELS; fill it with the pip download line of docs/performance.md (or set RTLAB_GPU_WHEELS)" >&2
       exit 2
     fi
-    run $PY -m pip install -q --no-index --find-links "$WHEELS" $missing
+    echo "+ $PY -m pip install -q --no-index --find-links $WHEELS $missing"
+    if [ $DRY = 0 ] && ! $PY -m pip install -q --no-index --find-links "$WHEELS" $missing; then
+      echo "gpu_check: pip could not install $missing from $WHEELS; a wheel is missing there or the image's packages are older than these wheels need (datasets 5.2 needs pyarrow>=24): see docs/performance.md#the-gpu-check" >&2
+      exit 2
+    fi
   fi
   echo "- dependencies: ${missing:-all present}" >> "$summary"
 fi
