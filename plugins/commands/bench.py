@@ -9,7 +9,7 @@ machine:
 * **cached** — the same with the frozen teacher's head input computed once per image (``objective.cache_teacher``);
 * **knn / linear** — rtlab's probes against scikit-learn's brute-force k-NN and logistic regression;
 * **flops** — the step's FLOPs (``torch.utils.flop_counter.FlopCounterMode``) over its time, against the device's
-  matmul peak measured in the same process (fp32 and bf16);
+  matmul peak sampled between the timed segments (fp32 and bf16);
 * **optimizer** — one AdamW update of the case's student parameters with the run's gradients, torch's multi-tensor
   (``foreach``) kernel against the fused one (the run's on CUDA and the CPU);
 * **precision** — every case at each ``--precision`` (default fp32 and auto: bf16 on GPUs and bf16-capable CPUs).
@@ -167,6 +167,8 @@ class _Interleave:
                  reference: _Bound | None = None) -> None:
         self.bound, self.steps, self.batch, self.device = bound, steps, batch, device
         self.reference = reference  # a bare fp32 loop timed alongside, for load-robust precision ratios
+        self.peak_dtype: Any = None  # set: sample the matmul peak at this dtype after every segment
+        self.peaks: list[float] = []
         self.rtlab: list[float] = []
         self.bare: list[float] = []
         self.bare_fp32: list[float] = []
@@ -193,6 +195,8 @@ class _Interleave:
             self.reference.steps(self.steps, self.batch)
             _sync(self.device)
             self.bare_fp32.append(time.perf_counter() - done)
+        if self.peak_dtype is not None:
+            self.peaks.append(matmul_peak(self.device, self.peak_dtype, repeats=3))
         self._mark = time.perf_counter()
 
 
@@ -210,28 +214,29 @@ def step_flops(bound: "_Bound", batch: int) -> float:
     return float(counter.get_total_flops())
 
 
-_PEAKS: dict[tuple[str, str], float] = {}
+_OPERANDS: dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor]] = {}
 
 
 def matmul_peak(device: torch.device, dtype: torch.dtype, repeats: int = 5) -> float:
-    """The device's achievable matmul rate in GFLOP/s at ``dtype``: the best of ``repeats`` square products (n =
-    2048 on the CPU, 8192 on a GPU), measured once per process with the current thread setting."""
+    """The device's achievable matmul rate now, in GFLOP/s at ``dtype``: the best of ``repeats`` square products
+    (n = 2048 on the CPU, 8192 on a GPU) with the current thread setting. The bench samples it between the timed
+    segments, so a change of machine load hits the peak and the step alike."""
     key = (str(device), str(dtype))
-    if key not in _PEAKS:
+    if key not in _OPERANDS:
         n = 8192 if device.type == "cuda" else 2048
         g = torch.Generator(device="cpu").manual_seed(0)
-        a = torch.randn(n, n, generator=g).to(device, dtype)
-        b = torch.randn(n, n, generator=g).to(device, dtype)
-        a @ b  # warm-up
-        best = float("inf")
-        for _ in range(repeats):
-            _sync(device)
-            t0 = time.perf_counter()
-            a @ b
-            _sync(device)
-            best = min(best, time.perf_counter() - t0)
-        _PEAKS[key] = 2.0 * n ** 3 / best / 1e9
-    return _PEAKS[key]
+        _OPERANDS[key] = (torch.randn(n, n, generator=g).to(device, dtype),
+                          torch.randn(n, n, generator=g).to(device, dtype))
+        _OPERANDS[key][0] @ _OPERANDS[key][1]  # warm-up
+    a, b = _OPERANDS[key]
+    best = float("inf")
+    for _ in range(repeats):
+        _sync(device)
+        t0 = time.perf_counter()
+        a @ b
+        _sync(device)
+        best = min(best, time.perf_counter() - t0)
+    return 2.0 * a.shape[0] ** 3 / best / 1e9
 
 
 def bench_optimizer(params: list[torch.nn.Parameter], repeats: int = 5) -> dict[str, Any]:
@@ -307,11 +312,14 @@ def bench_case(case: BenchCase, batch: int, steps: int, repeats: int, device: st
             bound = _Bound(run)
             reference = _Bound(run, dtype=None) if mode == "uncached" and run.amp_dtype is not None else None
             probe = _Interleave(bound, steps, batch, run.device, reference)
+            if mode == "uncached":
+                probe.peak_dtype = run.amp_dtype or torch.float32
             pm.register(probe, name="bench-interleave")
             run.fit()
             if mode == "uncached":
                 flops = step_flops(bound, batch)
                 optimizer = bench_optimizer(run.trainable)
+                peaks = probe.peaks[1:] or probe.peaks
         results[f"rtlab_{mode}"] = probe.rtlab[1:]  # epoch 1 warms up
         results[f"bare_{mode}"] = probe.bare[1:]
         if probe.bare_fp32:
@@ -319,7 +327,6 @@ def bench_case(case: BenchCase, batch: int, steps: int, repeats: int, device: st
         amp = run.amp_dtype
         dtype = str(amp).replace("torch.", "") if amp else "float32"
         dev = str(run.device)
-        device_obj = run.device
     n = batch * steps
     bound_times = results["bare_uncached"] + results.get("bare_cached", [])
     bound = _median_rate(bound_times, n)
@@ -338,7 +345,7 @@ def bench_case(case: BenchCase, batch: int, steps: int, repeats: int, device: st
                          / statistics.median(results["bare_uncached"]))
     gflop = flops / 1e9
     achieved = gflop / statistics.median(results["rtlab_uncached"]) * steps
-    peak = matmul_peak(device_obj, amp or torch.float32)
+    peak = statistics.median(peaks)  # sampled between the segments the step was timed in
     return BenchResult(case.backbone, case.input, case.out_dim, batch, dev, dtype, round(bound, 1), round(step, 1),
                        round(cached_rate, 1) if cached_rate else None, round(step_ratio, 3),
                        round(cached_ratio, 3) if cached_ratio else None, precision, round(gflop, 3),
@@ -495,8 +502,9 @@ def run_bench(args: argparse.Namespace) -> int:
             precisions.append((p, dtype))
     report["peak_gflops"] = {str(d).replace("torch.", ""): round(matmul_peak(device, d), 1)
                              for d in (torch.float32, torch.bfloat16)}
-    print(f"matmul peak on {device}: " + ", ".join(f"{k} {v:.1f} GFLOP/s" for k, v in report["peak_gflops"].items()),
-          flush=True)
+    print(f"matmul peak on {device} at the start: " + ", ".join(f"{k} {v:.1f} GFLOP/s" for k, v in
+                                                             report["peak_gflops"].items())
+          + " (each case's own is sampled between its segments)", flush=True)
     print(f"{'backbone':<14}{'input':<10}{'out_dim':>8}{'batch':>6}{'dtype':>10}  {'bound img/s':>12}"
           f"{'rtlab img/s':>12}{'cached img/s':>13}{'rtlab/bound':>12}{'cached/rtlab':>13}{'GFLOP/step':>11}"
           f"{'GFLOP/s':>9}{'of peak':>8}", flush=True)
