@@ -55,9 +55,10 @@ def test_fused_cpu_adamw_equals_foreach_to_float32_rounding(tmp_path, hyper):
                                    atol=0.0)
 
 
-def test_cpu_runs_keep_foreach_until_fused_resumes_exactly(tmp_path):
+@needs_fused
+def test_cpu_runs_use_fused_adamw_and_foreach_sgd(tmp_path):
     adamw = compose_run(tmp_path / "adamw", "evaluator=[]")
-    assert adamw.optimizer.defaults["foreach"] is True and not adamw.optimizer.defaults.get("fused")
+    assert adamw.optimizer.defaults["fused"] is True and not adamw.optimizer.defaults.get("foreach")
     sgd = compose_run(tmp_path / "sgd", "evaluator=[]", "optimizer=sgd")
     assert sgd.optimizer.defaults["foreach"] is True and not sgd.optimizer.defaults.get("fused")
     summary = adamw.fit()
