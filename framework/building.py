@@ -193,8 +193,8 @@ class RunBuild:
         if self.device.type == "cpu" and self.amp_dtype == torch.bfloat16:
             hazards = cpu_bf16_hazards(self.student, self.prepare(self.data.train.images[:2]))
             if hazards:
-                msg = (f"train.precision=bf16 switched to fp32: strided convolutions see 1x1 maps "
-                       f"({', '.join(hazards[:3])}), where torch's CPU bf16 backward returns non-finite gradients")
+                msg = (f"train.precision={cfg.train.precision} (bf16) switched to fp32: strided convolutions see 1x1 "
+                       f"maps ({', '.join(hazards[:3])}), where torch's CPU bf16 backward returns non-finite gradients")
                 log.warning(msg)
                 self.summary.setdefault("warnings", []).append(msg)
                 self.amp_dtype = None

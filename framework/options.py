@@ -57,8 +57,8 @@ class TrainConfig:
     sample_budget: Optional[int] = None
     batch_size: int = 256
     seed: int = 0  # data order and augmentation streams
-    # auto (bf16 autocast on CUDA, fp32 on the CPU) | fp32 | bf16 | fp16 | fp64 (networks and inputs in float64:
-    # a student at α = 1e-10 then really differs from its teacher, PAPER.md §2.7)
+    # auto (bf16 autocast on CUDA and on CPUs with bf16 units, else fp32) | fp32 | bf16 | fp16 | fp64 (networks and
+    # inputs in float64: a student at α = 1e-10 then really differs from its teacher, PAPER.md §2.7)
     precision: str = "auto"
     channels_last: bool = True
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps

@@ -46,7 +46,7 @@ CASES = {
     "no cuda": (["train.device=cuda"], ["no CUDA device is available; use train.device=cpu"]),
     "unknown schedule": (["optimizer.schedule=linear"], ["optimizer.schedule must be one of constant, cosine"]),
     "unknown init": (["backbone.init=xavier"], ["backbone.init must be 'paper' or 'timm'"]),
-    "knn k": (["evaluator.knn.k=0"], ["evaluator.knn.k must be positive"]),
+    "knn k": (["evaluator.knn.k=0"], ["evaluator.knn.k must be a positive integer or a list of distinct ones"]),
     "knn metric": (["evaluator.knn.metric=cos"], ["evaluator.knn.metric must be l2 or cosine"]),
     "head out_dim": (["head.out_dim=0"], ["head.out_dim must be positive"]),
     # data

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 
 def test_bench_writes_the_documented_keys(cli, tmp_path):
     out = tmp_path / "bench.json"
@@ -12,18 +14,32 @@ def test_bench_writes_the_documented_keys(cli, tmp_path):
               env={"OMP_NUM_THREADS": "1"})
     assert res.returncode == 0, res.stderr[-2000:]
     report = json.loads(out.read_text())
-    assert [r["out_dim"] for r in report["results"]] == [64, 128]
+    from framework.device import cpu_has_bf16_units
+
+    precisions = ["fp32", "auto"] if cpu_has_bf16_units() else ["fp32"]  # auto = fp32 elsewhere: measured once
+    assert [(r["out_dim"], r["precision"]) for r in report["results"]] == [(d, p) for d in (64, 128)
+                                                                          for p in precisions]
+    assert report["peak_gflops"]["float32"] > 0 and report["peak_gflops"]["bfloat16"] > 0
     for r in report["results"]:
         assert r["backbone"] == "test_resnet" and r["input"] == "1x16x16" and r["batch"] == 8
         assert r["bound_img_s"] > 0 and r["step_img_s"] > 0 and r["cached_img_s"] > 0
         assert r["step_over_bound"] > 0 and r["cached_over_step"] > 0
-        assert r["device"] == "cpu"
+        assert r["device"] == "cpu" and r["dtype"] == ("float32" if r["precision"] == "fp32" else "bfloat16")
+        # FLOPs of the step: test_resnet at 16 px plus the head, 8 images, forward + backward + teacher forward
+        assert 0.1 < r["gflop_per_step"] < 10 and r["gflops"] > 0
+        assert r["fraction_of_peak"] == pytest.approx(r["gflops"] / r["peak_gflops"], rel=0.02)
+        opt = r["optimizer"]
+        assert opt["params"] > 10 ** 6 and opt["foreach_ms"] > 0
+        if "fused_ms" in opt:
+            assert opt["fused_ms"] > 0 and opt["max_diff_ulp"] < 64  # the two kernels agree
+        assert (r["bound_speedup_over_fp32"] is None) == (r["precision"] == "fp32")
+    assert len(report["precision_speedup"]) == 2 * (len(precisions) - 1)
     knn = report["knn"]
     assert knn["rtlab_s"] > 0 and knn["sklearn_s"] > 0 and knn["agreement"] > 0.99
     assert knn["agreement_fp32"] == 1.0 and knn["rtlab_fp32_s"] > 0  # the bf16 screen changes no prediction
     assert knn["k_list"] == [10, 20, 200] and knn["rtlab_list_s"] > 0 and knn["list_over_max_k"] > 0
     assert report["versions"]["torch"] and "linear" in report
-    assert "rtlab/bound" in res.stdout
+    assert "rtlab/bound" in res.stdout and "GFLOP/s" in res.stdout and "matmul peak" in res.stdout
 
 
 def test_bench_rejects_a_malformed_input_shape(cli):

@@ -15,7 +15,8 @@ from tiny_runs import FAST, compose_run
 PAPER_PRESETS = ["paper_cifar10_resnet18", "paper_cifar10_vgg11", "paper_table1", "paper_table2_transfer",
                  "paper_table3_knn", "paper_table5_architectures", "paper_fig3_locality", "paper_fig3_cpu",
                  "paper_fig4_datasize", "paper_fig4_cpu", "paper_fig10_outdim", "paper_fig11_norm",
-                 "paper_fig12_bottleneck", "paper_fig18_restart", "paper_dino_cifar10"]
+                 "paper_fig12_bottleneck", "paper_fig18_restart", "paper_dino_cifar10", "cifar10_cpu",
+                 "cifar10_cpu_gaussian"]
 PRESETS = ["default", *PAPER_PRESETS]
 # two steps, one cheap evaluation, on the digits instead of each preset's dataset
 SMOKE = [*FAST, "train.max_steps=2", "evaluator=[knn]", "eval.targets=[student]", "eval.datasets=[]",

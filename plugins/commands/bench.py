@@ -7,7 +7,12 @@ machine:
   as a bare loop over device-resident uint8 batches, no framework;
 * **step** — rtlab's distillation step through the real run loop (``Run.fit``), same networks, batch and input;
 * **cached** — the same with the frozen teacher's head input computed once per image (``objective.cache_teacher``);
-* **knn / linear** — rtlab's probes against scikit-learn's brute-force k-NN and logistic regression.
+* **knn / linear** — rtlab's probes against scikit-learn's brute-force k-NN and logistic regression;
+* **flops** — the step's FLOPs (``torch.utils.flop_counter.FlopCounterMode``) over its time, against the device's
+  matmul peak sampled between the timed segments (fp32 and bf16);
+* **optimizer** — one AdamW update of the case's student parameters with the run's gradients, torch's multi-tensor
+  (``foreach``) kernel against the fused one (the run's on CUDA and the CPU);
+* **precision** — every case at each ``--precision`` (default fp32 and auto: bf16 on GPUs and bf16-capable CPUs).
 
 The bound and the rtlab loop alternate segment by segment (a hook runs the bound at every rtlab epoch end), so
 load changes hit both alike. ``--out FILE`` writes the table as JSON.
@@ -109,6 +114,14 @@ class BenchResult:
     cached_img_s: Optional[float]
     step_over_bound: float  # time per step, rtlab / bare loop (1.0 = no overhead)
     cached_over_step: Optional[float]  # time per step, cached / uncached rtlab
+    precision: str = "auto"  # the requested train.precision (dtype: what the run used)
+    gflop_per_step: Optional[float] = None  # FLOPs of one uncached step (student fwd + bwd, teacher fwd), 1e9
+    gflops: Optional[float] = None  # gflop_per_step / rtlab's median step time
+    peak_gflops: Optional[float] = None  # the device's measured matmul peak at this dtype
+    fraction_of_peak: Optional[float] = None  # gflops / peak_gflops
+    optimizer: dict[str, Any] = field(default_factory=dict)  # foreach vs fused AdamW update (see bench_optimizer)
+    # time per step of the bare fp32 loop / the bare loop at this precision, alternated in one run (None at fp32)
+    bound_speedup_over_fp32: Optional[float] = None
     segments: dict[str, list[float]] = field(default_factory=dict)
 
 
@@ -120,19 +133,19 @@ def _sync(device: torch.device) -> None:
 class _Bound:
     """The bare loop: same networks and data as the run, plain PyTorch."""
 
-    def __init__(self, run) -> None:
+    def __init__(self, run, dtype: Any = "run") -> None:
         self.run = run
         self.student = run.new_network(run.cfg.student.seed if "seed" in run.cfg.student else 1)
         self.teacher = run.new_network(run.cfg.teacher.seed)
         self.student, self.teacher = run.place(self.student), run.place(self.teacher).eval().requires_grad_(False)
         self.student.train()
-        self.opt = torch.optim.AdamW(self.student.parameters(), lr=1e-3, weight_decay=0.0,
-                                     **({"fused": True} if run.device.type == "cuda" else {"foreach": True}))
+        kernel = {"fused": True} if run.optimizer.defaults.get("fused") else {"foreach": True}  # the run's
+        self.opt = torch.optim.AdamW(self.student.parameters(), lr=1e-3, weight_decay=0.0, **kernel)
         self.images = run.data.train.images
         self.mean = torch.tensor(run.data.mean, device=run.device).view(1, -1, 1, 1)
         self.std = torch.tensor(run.data.std, device=run.device).view(1, -1, 1, 1)
         self.channels_last = run.cfg.train.channels_last
-        self.dtype = run.amp_dtype
+        self.dtype = run.amp_dtype if dtype == "run" else dtype  # the autocast dtype (None: fp32)
 
     def steps(self, n: int, batch: int) -> None:
         for i in range(n):
@@ -153,15 +166,22 @@ class _Bound:
 class _Interleave:
     """A throw-away plugin: at every rtlab epoch end, time the bare loop for the same number of steps."""
 
-    def __init__(self, bound: _Bound, steps: int, batch: int, device: torch.device) -> None:
+    def __init__(self, bound: _Bound, steps: int, batch: int, device: torch.device,
+                 reference: _Bound | None = None) -> None:
         self.bound, self.steps, self.batch, self.device = bound, steps, batch, device
+        self.reference = reference  # a bare fp32 loop timed alongside, for load-robust precision ratios
+        self.peak_dtype: Any = None  # set: sample the matmul peak at this dtype after every segment
+        self.peaks: list[float] = []
         self.rtlab: list[float] = []
         self.bare: list[float] = []
+        self.bare_fp32: list[float] = []
         self._mark = 0.0
 
     @hookimpl
     def rtlab_run_start(self, run):
         self.bound.steps(1, self.batch)  # warm-up of the bare loop
+        if self.reference is not None:
+            self.reference.steps(1, self.batch)
         _sync(self.device)
         self._mark = time.perf_counter()
 
@@ -174,11 +194,97 @@ class _Interleave:
         _sync(self.device)
         done = time.perf_counter()
         self.bare.append(done - now)
+        if self.reference is not None:
+            self.reference.steps(self.steps, self.batch)
+            _sync(self.device)
+            self.bare_fp32.append(time.perf_counter() - done)
+        if self.peak_dtype is not None:
+            self.peaks.append(matmul_peak(self.device, self.peak_dtype, repeats=3))
         self._mark = time.perf_counter()
 
 
 def _median_rate(times: list[float], images: int) -> float:
     return images / statistics.median(times)
+
+
+def step_flops(bound: "_Bound", batch: int) -> float:
+    """FLOPs of one bare step (student forward and backward, teacher forward), counted by torch's FlopCounterMode
+    (matrix products and convolutions; elementwise work is not counted)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        bound.steps(1, batch)
+    return float(counter.get_total_flops())
+
+
+_OPERANDS: dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def matmul_peak(device: torch.device, dtype: torch.dtype, repeats: int = 5) -> float:
+    """The device's achievable matmul rate now, in GFLOP/s at ``dtype``: the best of ``repeats`` square products
+    (n = 2048 on the CPU, 8192 on a GPU) with the current thread setting. The bench samples it between the timed
+    segments, so a change of machine load hits the peak and the step alike."""
+    key = (str(device), str(dtype))
+    if key not in _OPERANDS:
+        n = 8192 if device.type == "cuda" else 2048
+        g = torch.Generator(device="cpu").manual_seed(0)
+        _OPERANDS[key] = (torch.randn(n, n, generator=g).to(device, dtype),
+                          torch.randn(n, n, generator=g).to(device, dtype))
+        _OPERANDS[key][0] @ _OPERANDS[key][1]  # warm-up
+    a, b = _OPERANDS[key]
+    best = float("inf")
+    for _ in range(repeats):
+        _sync(device)
+        t0 = time.perf_counter()
+        a @ b
+        _sync(device)
+        best = min(best, time.perf_counter() - t0)
+    return 2.0 * a.shape[0] ** 3 / best / 1e9
+
+
+def bench_optimizer(params: list[torch.nn.Parameter], repeats: int = 5) -> dict[str, Any]:
+    """One AdamW update (lr 1e-3, wd 0) of copies of ``params`` with their current gradients, foreach against
+    fused, alternated ``repeats`` times (medians); the largest difference of the updated weights, in units of
+    the float32 spacing of the weight or of the update (lr), whichever is larger (ulp), says whether the two
+    kernels agree."""
+    params = [p for p in params if p.grad is not None]
+    if not params:
+        return {}
+    device = params[0].device
+    fused_ok = device.type == "cuda"
+    if device.type == "cpu":
+        from plugins.training.optimizers import cpu_fused_adamw_available
+
+        fused_ok = cpu_fused_adamw_available()
+    kinds = ["foreach", "fused"] if fused_ok else ["foreach"]
+    copies, opts = {}, {}
+    for kind in kinds:
+        copies[kind] = [torch.nn.Parameter(p.detach().clone()) for p in params]
+        for c, p in zip(copies[kind], params):
+            c.grad = p.grad.detach().clone()
+        opts[kind] = torch.optim.AdamW(copies[kind], lr=1e-3, weight_decay=0.0, **{kind: True})
+        opts[kind].step()  # creates the state; the first step is not timed
+    times: dict[str, list[float]] = {k: [] for k in kinds}
+    for _ in range(repeats):
+        for kind in kinds:
+            _sync(device)
+            t0 = time.perf_counter()
+            opts[kind].step()
+            _sync(device)
+            times[kind].append(time.perf_counter() - t0)
+    out: dict[str, Any] = {"params": sum(p.numel() for p in params), "tensors": len(params),
+                           "foreach_ms": round(1e3 * statistics.median(times["foreach"]), 2)}
+    if fused_ok:
+        out["fused_ms"] = round(1e3 * statistics.median(times["fused"]), 2)
+        out["speedup"] = round(statistics.median(times["foreach"]) / statistics.median(times["fused"]), 2)
+        worst = 0.0
+        with torch.no_grad():
+            for a, b in zip(copies["foreach"], copies["fused"]):
+                # the spacing of the weight, or of the update (~lr) for weights that cross zero
+                spacing = torch.finfo(a.dtype).eps * a.abs().clamp_min(1e-3)
+                worst = max(worst, float(((a - b).abs() / spacing).max()))
+        out["max_diff_ulp"] = round(worst, 2)
+    return out
 
 
 def bench_case(case: BenchCase, batch: int, steps: int, repeats: int, device: str, precision: str,
@@ -206,12 +312,23 @@ def bench_case(case: BenchCase, batch: int, steps: int, repeats: int, device: st
 
         with tempfile.TemporaryDirectory() as tmp:
             run = Run(cfg, tmp, pm).setup()
-            probe = _Interleave(_Bound(run), steps, batch, run.device)
+            bound = _Bound(run)
+            reference = _Bound(run, dtype=None) if mode == "uncached" and run.amp_dtype is not None else None
+            probe = _Interleave(bound, steps, batch, run.device, reference)
+            if mode == "uncached":
+                probe.peak_dtype = run.amp_dtype or torch.float32
             pm.register(probe, name="bench-interleave")
             run.fit()
+            if mode == "uncached":
+                flops = step_flops(bound, batch)
+                optimizer = bench_optimizer(run.trainable)
+                peaks = probe.peaks[1:] or probe.peaks
         results[f"rtlab_{mode}"] = probe.rtlab[1:]  # epoch 1 warms up
         results[f"bare_{mode}"] = probe.bare[1:]
-        dtype = str(run.amp_dtype).replace("torch.", "") if run.amp_dtype else "float32"
+        if probe.bare_fp32:
+            results["bare_fp32_uncached"] = probe.bare_fp32[1:]
+        amp = run.amp_dtype
+        dtype = str(amp).replace("torch.", "") if amp else "float32"
         dev = str(run.device)
     n = batch * steps
     bound_times = results["bare_uncached"] + results.get("bare_cached", [])
@@ -224,9 +341,19 @@ def bench_case(case: BenchCase, batch: int, steps: int, repeats: int, device: st
     if cached:
         cached_ratio = (statistics.median(results["rtlab_cached"]) / statistics.median(results["bare_cached"])
                         ) / step_ratio
+    # the bare loop at this precision against the bare fp32 loop, alternated segment by segment in the same run
+    bound_speedup = None
+    if results.get("bare_fp32_uncached"):
+        bound_speedup = (statistics.median(results["bare_fp32_uncached"])
+                         / statistics.median(results["bare_uncached"]))
+    gflop = flops / 1e9
+    achieved = gflop / statistics.median(results["rtlab_uncached"]) * steps
+    peak = statistics.median(peaks)  # sampled between the segments the step was timed in
     return BenchResult(case.backbone, case.input, case.out_dim, batch, dev, dtype, round(bound, 1), round(step, 1),
                        round(cached_rate, 1) if cached_rate else None, round(step_ratio, 3),
-                       round(cached_ratio, 3) if cached_ratio else None, results)
+                       round(cached_ratio, 3) if cached_ratio else None, precision, round(gflop, 3),
+                       round(achieved, 2), round(peak, 1), round(achieved / peak, 4), optimizer,
+                       round(bound_speedup, 3) if bound_speedup else None, results)
 
 
 # ------------------------------------------------------------------------------------------------------ probes
@@ -341,7 +468,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, help="steps per timed segment")
     parser.add_argument("--repeats", type=int, help="timed segments per method (medians are reported)")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--precision", default="auto", help="auto | fp32 | bf16 | fp16")
+    parser.add_argument("--precision", nargs="+", default=["fp32", "auto"],
+                        help="train.precision values to measure every case at (auto | fp32 | bf16 | fp16; default: "
+                        "fp32 auto, where auto is bf16 on GPUs and bf16-capable CPUs; one that resolves to an "
+                        "already measured dtype is skipped)")
     parser.add_argument("--no-cache", action="store_true", help="skip the teacher-caching measurement")
     parser.add_argument("--no-probes", action="store_true", help="skip the k-NN / linear-probe comparison")
     parser.add_argument("--knn", type=int, nargs=3, metavar=("N_TRAIN", "N_TEST", "DIM"),
@@ -386,19 +516,55 @@ def run_bench(args: argparse.Namespace) -> int:
 
         case = _cases(args)[0]
         report["data_path"] = bench_data_path(case.backbone, case.channels, case.size, case.out_dim, case.stem,
-                                              batch, steps, repeats, args.device, args.precision)
+                                              batch, steps, repeats, args.device, args.precision[0])
         print_data_path(report["data_path"])
         return _write(report, args.out)
-    print(f"{'backbone':<14}{'input':<10}{'out_dim':>8}{'batch':>6}  {'bound img/s':>12}{'rtlab img/s':>12}"
-          f"{'cached img/s':>13}{'rtlab/bound':>12}{'cached/rtlab':>13}", flush=True)
+    from framework.device import resolve_device, resolve_dtype
+
+    device = resolve_device(args.device)
+    precisions: list[tuple[str, Any]] = []
+    for p in args.precision:
+        dtype = resolve_dtype(p, device)
+        if all(dtype != d for _, d in precisions):
+            precisions.append((p, dtype))
+    report["peak_gflops"] = {str(d).replace("torch.", ""): round(matmul_peak(device, d), 1)
+                             for d in (torch.float32, torch.bfloat16)}
+    print(f"matmul peak on {device} at the start: " + ", ".join(f"{k} {v:.1f} GFLOP/s" for k, v in
+                                                             report["peak_gflops"].items())
+          + " (each case's own is sampled between its segments)", flush=True)
+    print(f"{'backbone':<14}{'input':<10}{'out_dim':>8}{'batch':>6}{'dtype':>10}  {'bound img/s':>12}"
+          f"{'rtlab img/s':>12}{'cached img/s':>13}{'rtlab/bound':>12}{'cached/rtlab':>13}{'GFLOP/step':>11}"
+          f"{'GFLOP/s':>9}{'of peak':>8}", flush=True)
+    report["precision_speedup"] = []
     for case in _cases(args):
-        r = bench_case(case, batch, steps, repeats, args.device, args.precision, cached=not args.no_cache)
-        report["results"].append({k: v for k, v in asdict(r).items()})
-        cached = f"{r.cached_img_s:>13.1f}" if r.cached_img_s else f"{'-':>13}"
-        ratio = f"{r.cached_over_step:>13.3f}" if r.cached_over_step else f"{'-':>13}"
-        print(f"{r.backbone:<14}{r.input:<10}{r.out_dim:>8}{r.batch:>6}  {r.bound_img_s:>12.1f}"
-              f"{r.step_img_s:>12.1f}{cached}{r.step_over_bound:>12.3f}{ratio}   ({r.device}, {r.dtype})",
-              flush=True)
+        by_precision: dict[str, BenchResult] = {}
+        for precision, _ in precisions:
+            r = bench_case(case, batch, steps, repeats, args.device, precision, cached=not args.no_cache)
+            by_precision[precision] = r
+            report["results"].append({k: v for k, v in asdict(r).items()})
+            cached = f"{r.cached_img_s:>13.1f}" if r.cached_img_s else f"{'-':>13}"
+            ratio = f"{r.cached_over_step:>13.3f}" if r.cached_over_step else f"{'-':>13}"
+            print(f"{r.backbone:<14}{r.input:<10}{r.out_dim:>8}{r.batch:>6}{r.dtype:>10}  {r.bound_img_s:>12.1f}"
+                  f"{r.step_img_s:>12.1f}{cached}{r.step_over_bound:>12.3f}{ratio}{r.gflop_per_step:>11.2f}"
+                  f"{r.gflops:>9.1f}{100 * r.fraction_of_peak:>7.1f}%   ({r.device}, precision={precision})",
+                  flush=True)
+            o = r.optimizer
+            if o.get("fused_ms") is not None:
+                print(f"    AdamW update of {o['params']:,} parameters: foreach {o['foreach_ms']} ms, fused "
+                      f"{o['fused_ms']} ms ({o['speedup']}x), largest difference {o['max_diff_ulp']} ulp", flush=True)
+        if "fp32" in by_precision and len(by_precision) > 1:
+            base = by_precision["fp32"]
+            for precision, r in by_precision.items():
+                if precision == "fp32":
+                    continue
+                speedup = round(base.step_img_s and r.step_img_s / base.step_img_s, 3)
+                report["precision_speedup"].append({"backbone": r.backbone, "input": r.input, "out_dim": r.out_dim,
+                                                    "precision": precision, "dtype": r.dtype,
+                                                    "fp32_img_s": base.step_img_s, "img_s": r.step_img_s,
+                                                    "step_speedup": speedup,
+                                                    "bound_speedup": r.bound_speedup_over_fp32})
+                print(f"    {precision} ({r.dtype}) step {speedup}x the fp32 step (rtlab runs one after the "
+                      f"other); bare loops alternated in one run: {r.bound_speedup_over_fp32}x", flush=True)
     if not args.no_probes:
         n_train, n_test, dim = args.knn or preset["knn"]
         report["knn"] = bench_knn(n_train, n_test, dim, 20, args.device, repeats=repeats, threads=args.threads)

@@ -66,7 +66,8 @@ def load_hf(path: str, config_name: Optional[str] = None, revision: Optional[str
         raise RtlabError(f"data.path {path} does not exist; give an existing folder or file, or a hub id")
     if _offline():
         raise RtlabError(f"cannot load '{path}' from the Hugging Face Hub while offline (HF_HUB_OFFLINE/"
-                         f"HF_DATASETS_OFFLINE is set); {OFFLINE_HINT}")
+                         f"HF_DATASETS_OFFLINE is set); give a local copy with data.path=DIR (a folder of parquet/"
+                         f"arrow files or a save_to_disk folder), or {OFFLINE_HINT}")
     try:
         return _as_dict(datasets.load_dataset(path, name=config_name, revision=revision))
     except (ConnectionError, OSError) as exc:

@@ -55,11 +55,9 @@ def _compact(mask: torch.Tensor) -> torch.Tensor:
 
 def bf16_screening_pays(device: torch.device) -> bool:
     """bf16 screening is worth it on CPUs with bf16 matrix instructions (on GPUs the fp32 product is fast)."""
-    if device.type != "cpu":
-        return False
-    cpu = torch.cpu
-    return bool(getattr(cpu, "_is_amx_tile_supported", lambda: False)()
-                or getattr(cpu, "_is_avx512_bf16_supported", lambda: False)())
+    from framework.device import cpu_has_bf16_units
+
+    return device.type == "cpu" and cpu_has_bf16_units()
 
 
 def _split(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
