@@ -141,8 +141,8 @@ class FolderClaim:
         hydra_cfg = copy.deepcopy(HydraConfig.instance().cfg)
         with read_write(hydra_cfg.hydra), open_dict(hydra_cfg.hydra):
             hydra_cfg.hydra.output_subdir = self.subdir
-            hydra_cfg.hydra.overrides.hydra = [o for o in hydra_cfg.hydra.overrides.hydra
-                                               if not _is_key(o, SUBDIR_KEY) and not _is_delay(o)]
+            given = OmegaConf.to_container(hydra_cfg.hydra.overrides.hydra, resolve=False)  # ${…} stay as written
+            hydra_cfg.hydra.overrides.hydra = [o for o in given if not _is_key(o, SUBDIR_KEY) and not _is_delay(o)]
         if self.task_cfg is not None:
             atomic_write_text(folder / "config.yaml", OmegaConf.to_yaml(self.task_cfg), sync_dir=False)
         atomic_write_text(folder / "hydra.yaml", OmegaConf.to_yaml(hydra_cfg), sync_dir=False)

@@ -81,7 +81,7 @@ def test_imp_masks_sparsity_resume_and_plot(tmp_path):
         run_analysis("imp", overrides, str(out), pm)
     assert (out / "random" / "round_01" / "summary.json").exists()
     assert not (out / "random" / "round_02" / "summary.json").exists()
-    assert json.loads((out / "analysis.json").read_text())["status"] == "running"
+    assert json.loads((out / "analysis.json").read_text())["status"] == "interrupted"  # resumed by the same command
     assert watcher.checks > 0 and watcher.moved > 0
 
     recorder = RunRecorder()

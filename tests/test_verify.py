@@ -27,7 +27,7 @@ def test_verify_names_the_impossible_expectation_and_exits_1(cli, tmp_path):
 
 
 def test_verify_refuses_a_preset_without_expectations(cli, tmp_path):
-    res = cli("verify", *FAST, "--out", str(tmp_path / "v"))
+    res = cli("verify", *FAST, "expect=[]", "--out", str(tmp_path / "v"))  # the default preset's own, cleared
     assert res.returncode == 2 and "carries no expected results; add an `expect:` list" in res.stderr
     res = cli("verify", *FAST, "expect=[{metrik:knn/student,value:1}]", "--out", str(tmp_path / "v"))
     assert res.returncode == 2 and "metrik" in res.stderr  # struct mode: typos in expectations are caught
