@@ -102,10 +102,9 @@ class Run(RunBuild, TrainingState, RunEvaluation, RunResults):
     def train_and_evaluate(self) -> dict[str, Any]:
         cfg = self.cfg
         self.hook.rtlab_run_start(run=self)
-        known = BUILTIN_TARGETS
-        unknown = [t for t in cfg.eval.targets if t not in known]
+        unknown = [t for t in cfg.eval.targets if t not in BUILTIN_TARGETS]
         if unknown:
-            raise RtlabError(f"unknown eval target(s) {', '.join(unknown)}; known: {', '.join(known)}")
+            raise RtlabError(f"unknown eval target(s) {', '.join(unknown)}; known: {', '.join(BUILTIN_TARGETS)}")
         if cfg.eval.before and not self.history:
             self.evaluate(0)
         while self.epoch < self.epochs and not (self.out_of_steps and self.position == 0):
