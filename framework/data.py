@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -20,11 +21,12 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from framework import datacache
+from framework import datacache, streaming
 from framework.bad_images import image_rows
 from framework.datacache import DiskImages, cache_dir  # noqa: F401  (cache_dir: public since the first cache)
+from framework.decoding import (_array_batch, channel_stats, check_size, finish_channels, image_tensor,  # noqa: F401
+                                resize_center_crop)
 from framework.errors import RtlabError
 from framework.options import DataOptions
 from framework.registry import Registry
@@ -45,6 +47,7 @@ class ImageSplit:
     storage: str = "device"
     reader: BatchReader | None = field(default=None, repr=False)
     skipped: list[str] = field(default_factory=list)  # unreadable files left out (data.skip_bad_images)
+    buffer: int | None = None  # data.shuffle_buffer: each epoch's order (None: a full permutation)
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
@@ -55,6 +58,12 @@ class ImageSplit:
     def place(self, mode: str, device: torch.device) -> "ImageSplit":
         images, reader = place_images(self.images, mode, device)
         return ImageSplit(images, self.labels.to(device), mode, reader, self.skipped)
+
+    def order(self, gen: torch.Generator) -> torch.Tensor:
+        """An epoch's order of the rows, drawn from ``gen`` (a shuffle buffer's with ``data.shuffle_buffer``)."""
+        if self.buffer is None:
+            return torch.randperm(len(self), generator=gen)
+        return streaming.buffered_order(len(self), self.buffer, gen)
 
     def batch(self, index: torch.Tensor) -> torch.Tensor:
         """uint8 images ``index`` (train-split positions) on the training device."""
@@ -126,55 +135,6 @@ class Normalize:
 
 
 # ----------------------------------------------------------------------------------------------------- decoding
-def resize_center_crop(img: torch.Tensor, size: int) -> torch.Tensor:
-    """uint8 (..., C, H, W): shorter side to ``size`` (antialiased bilinear), then a centred size x size crop."""
-    h, w = img.shape[-2:]
-    if (h, w) == (size, size):
-        return img
-    squeeze = img.ndim == 3
-    x = img.unsqueeze(0) if squeeze else img
-    scale = size / min(h, w)
-    nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
-    x = F.interpolate(x.float(), size=(nh, nw), mode="bilinear", antialias=True, align_corners=False)
-    top, left = (nh - size) // 2, (nw - size) // 2
-    x = x[..., top:top + size, left:left + size].round_().clamp_(0, 255).to(torch.uint8)
-    return x[0] if squeeze else x
-
-
-def _to_channels(x: torch.Tensor, channels: int) -> torch.Tensor:
-    """uint8 (N, C, H, W) to ``channels`` (gray ↔ RGB with ITU-R 601 luma, alpha dropped)."""
-    c = x.shape[1]
-    if c == channels:
-        return x
-    if c == 4:
-        x, c = x[:, :3], 3
-    if c == 1 and channels == 3:
-        return x.expand(-1, 3, -1, -1).contiguous()
-    if c == 3 and channels == 1:
-        w = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
-        return (x.float() * w).sum(1, keepdim=True).round_().clamp_(0, 255).to(torch.uint8)
-    if c == channels:
-        return x
-    raise RtlabError(f"cannot convert {c}-channel images to {channels} channels; set data.channels to 1 or 3")
-
-
-def _array_batch(arr: np.ndarray) -> torch.Tensor:
-    """A batch of array images (N,H,W) | (N,H,W,C) | (N,C,H,W), uint8 or float in [0,1], as uint8 NCHW."""
-    arr = np.asarray(arr)
-    if arr.dtype != np.uint8:
-        arr = arr.astype(np.float32)
-        if arr.size and arr.max() <= 1.0:
-            arr = arr * 255.0
-        arr = np.clip(np.rint(arr), 0, 255).astype(np.uint8)
-    if arr.ndim == 3:
-        arr = arr[:, None]
-    elif arr.ndim == 4 and arr.shape[-1] in (1, 3, 4) and arr.shape[1] not in (1, 3, 4):
-        arr = arr.transpose(0, 3, 1, 2)
-    if arr.ndim != 4:
-        raise RtlabError(f"image arrays of shape {arr.shape[1:]} are not images; set data.image_column")
-    return torch.from_numpy(np.ascontiguousarray(arr))
-
-
 def decode_chunks(ds: Any, column: str, opts: DataOptions, what: str, chunk: int = 2048, start: int = 0
                   ) -> Iterator[tuple[torch.Tensor, bool]]:
     """``(uint8 (n, C, H, W) chunk, all its images gray)`` for rows ``start``, ``start + chunk``, … of
@@ -200,17 +160,9 @@ def decode_chunks(ds: Any, column: str, opts: DataOptions, what: str, chunk: int
             imgs = []
             all_gray = True
             for im in batch:
-                gray = im.mode in ("L", "1", "I", "I;16", "F", "LA")
+                t, gray = image_tensor(im, opts.image_size)
                 all_gray &= gray
-                arr = np.asarray(im.convert("RGB"))
-                t = torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
-                if opts.image_size:
-                    t = resize_center_crop(t, opts.image_size)
-                elif size is None:
-                    size = tuple(t.shape[-2:])  # type: ignore[assignment]
-                elif tuple(t.shape[-2:]) != size:
-                    raise RtlabError(f"{what} has images of different sizes ({size[0]}x{size[1]} and "
-                                     f"{t.shape[-2]}x{t.shape[-1]}); set data.image_size=N to resize them")
+                size = check_size(t, size, what)
                 imgs.append(t)
             yield (torch.stack(imgs) if imgs else None), all_gray, rows, skipped
         else:
@@ -218,19 +170,6 @@ def decode_chunks(ds: Any, column: str, opts: DataOptions, what: str, chunk: int
             if opts.image_size:
                 t = resize_center_crop(t, opts.image_size)
             yield t, False, rows, skipped
-
-
-def finish_channels(images: torch.Tensor, is_image: bool, all_gray: bool, opts: DataOptions) -> torch.Tensor:
-    """The whole-split channel step: all-gray image files keep one channel, alpha goes, then ``data.channels``."""
-    if is_image and all_gray:
-        images = images[:, :1].contiguous()
-    if images.shape[1] == 4:
-        images = images[:, :3].contiguous()
-    if opts.channels:
-        if opts.channels not in (1, 3):
-            raise RtlabError(f"data.channels must be 1 or 3, got {opts.channels}")
-        images = _to_channels(images, opts.channels)
-    return images
 
 
 def decode_images(ds: Any, column: str, opts: DataOptions, what: str, chunk: int = 2048) -> torch.Tensor:
@@ -245,23 +184,6 @@ def decode_images(ds: Any, column: str, opts: DataOptions, what: str, chunk: int
 
 
 # --------------------------------------------------------------------------------------------------------- load
-def channel_stats(images: Any, chunk: int = 4096) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel mean and std of uint8 images (a tensor or :class:`DiskImages`), in [0, 1] units; chunks of at
-    most 64 MB of float64."""
-    c = images.shape[1]
-    chunk = max(1, min(chunk, (1 << 23) // max(1, int(np.prod(images.shape[1:])))))
-    s = torch.zeros(c, dtype=torch.float64)
-    s2 = torch.zeros(c, dtype=torch.float64)
-    for i in range(0, len(images), chunk):
-        x = images[i:i + chunk].to(torch.float64) / 255.0
-        s += x.sum((0, 2, 3))
-        s2 += x.pow(2).sum((0, 2, 3))
-    count = images.shape[0] * images.shape[2] * images.shape[3]
-    mean = s / count
-    std = (s2 / count - mean.pow(2)).clamp_min(1e-12).sqrt()
-    return tuple(float(v) for v in mean), tuple(max(float(v), 1e-3) for v in std)
-
-
 def build_entry(sel: Selection, opts: DataOptions, name: str, folder: Path) -> dict[str, Any]:
     """Decode both splits into the cache entry ``folder`` (resumably, see :mod:`framework.datacache`)."""
     import datasets
@@ -316,7 +238,7 @@ def open_entry(folder: Path, meta: dict[str, Any], opts: DataOptions, source: An
 def _decode_options(opts: DataOptions, source: Any) -> dict[str, Any]:
     """Every option that changes the decoded tensors (not where they live, nor the normalisation)."""
     d = dataclasses.asdict(opts) if dataclasses.is_dataclass(opts) else dict(opts)
-    for k in ("storage", "cache", "mean", "std"):
+    for k in ("storage", "cache", "mean", "std", "shuffle_buffer", "workers"):
         d.pop(k, None)
     return {"source": f"{type(source).__module__}.{type(source).__qualname__}", **d}
 
@@ -330,6 +252,8 @@ def load_image_data(registry: Registry, options: Any, device: torch.device | str
     opts: DataOptions = registry.options("dataset", options)
     source = registry.build("dataset", opts)
     name = getattr(opts, "name", "data")
+    if getattr(opts, "storage", "auto") == "stream":
+        return load_stream_data(source, opts, name, torch.device(device or "cpu"))
     cheap = getattr(source, "cache_key", None)
     key = cheap() if opts.cache and callable(cheap) else None
     sel = None
@@ -356,4 +280,83 @@ def load_image_data(registry: Registry, options: Any, device: torch.device | str
             data = open_entry(tmp / "entry", meta, opts, source)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-    return data.place(getattr(opts, "storage", "auto"), torch.device(device or "cpu"))
+    data = data.place(getattr(opts, "storage", "auto"), torch.device(device or "cpu"))
+    data.train.buffer = getattr(opts, "shuffle_buffer", None)
+    return data
+
+
+class _Loaded:
+    """A source whose splits are already loaded (the label columns of a stream, for :func:`select_splits`)."""
+
+    def __init__(self, splits: dict[str, Any]) -> None:
+        self.splits = splits
+
+    def load(self) -> dict[str, Any]:
+        return self.splits
+
+
+def load_stream_data(source: Any, opts: DataOptions, name: str, device: torch.device) -> ImageData:
+    """The selected dataset read from its parquet shards while training (``data.storage=stream``,
+    :mod:`framework.streaming`): splits and subsets chosen on the label columns, nothing decoded up front."""
+    import datasets
+
+    files_of = getattr(source, "stream_files", None)
+    if not callable(files_of):
+        raise RtlabError(f"dataset '{name}' cannot stream: data.storage=stream reads parquet files (data=hf "
+                         "data.path=a hub id or local parquet files); use data.storage=disk")
+    if opts.skip_bad_images:
+        raise RtlabError("data.skip_bad_images needs the decoded cache (a stream cannot leave images out); use "
+                         "data.storage=disk with it")
+    files = files_of()
+    rows = streaming.ParquetRows([f for split in files.values() for f in split])
+    features = datasets.Features.from_arrow_schema(rows.schema())
+    image, label = detect_columns(features, opts, f"dataset '{name}'")
+    if not isinstance(features[image], datasets.Image):
+        raise RtlabError(f"data.storage=stream decodes Image columns; column '{image}' of dataset '{name}' is "
+                         f"{type(features[image]).__name__}: use data.storage=disk")
+    values = rows.column(label) if label else None
+    splits, lo, counts = {}, 0, iter(rows.file_rows)
+    for split, paths in files.items():
+        hi = lo + sum(next(counts) for _ in paths)
+        cols = {"__row__": np.arange(lo, hi), image: np.zeros(hi - lo, dtype=np.int8)}
+        feats = {"__row__": datasets.Value("int64"), image: datasets.Value("int8")}
+        if label:
+            cols[label], feats[label] = values[lo:hi], features[label]
+        splits[split], lo = datasets.Dataset.from_dict(cols, features=datasets.Features(feats)), hi
+    chosen = dataclasses.replace(opts, image_column=image, label_column=label)
+    sel = select_splits(_Loaded(splits), chosen, name)
+    finish = lambda x, gray: finish_channels(x, True, gray, opts)  # noqa: E731
+    out: dict[str, ImageSplit] = {}
+    shape: tuple[int, ...] | None = None
+    for split, ds in (("train", sel.train), ("test", sel.test)):
+        what = f"dataset '{name}' ({sel.train_name if split == 'train' else 'test'} split)"
+        ids = np.asarray(ds.with_format("numpy")["__row__"], dtype=np.int64)
+        labels = _labels_of(ds, sel.label)
+        if sel.label_map:
+            labels = np.array([sel.label_map[v] for v in labels.tolist()], dtype=np.int64)
+        if shape is None:  # channels and size from the first train images, as the decode would find them
+            probe = streaming.StreamImages(rows, image, ids, (0, 3, 0, 0), finish, opts.image_size, False, what)
+            sample, gray = probe.decode(np.arange(min(len(ids), 256)))
+            shape = tuple(finish(sample[:1], gray).shape[1:])
+        images = streaming.StreamImages(rows, image, ids, (len(ids), *shape), finish, opts.image_size,
+                                        shape[0] == 1 and gray, what)
+        out[split] = ImageSplit(images, torch.as_tensor(labels.astype(np.int64)).to(device), "stream")
+    train = out["train"]
+    if opts.mean is not None and opts.std is not None:
+        mean, std = tuple(opts.mean), tuple(opts.std)
+    elif getattr(source, "mean", None) is not None and len(source.mean) == shape[0]:
+        mean, std = tuple(source.mean), tuple(source.std)
+    else:
+        cheap = getattr(source, "cache_key", None)
+        key = cheap() if callable(cheap) else None
+        mean, std = streaming.stream_stats(train.images, key and datacache.entry_key(
+            key, _decode_options(opts, source)))
+    buffer = opts.shuffle_buffer or streaming.default_buffer(int(np.prod(shape)))
+    workers = opts.workers if opts.workers is not None else (min(8, os.cpu_count() or 1) if device.type == "cuda"
+                                                             else 1)
+    train.buffer, train.reader = buffer, streaming.StreamReader(train.images, device, buffer, workers)
+    log.info("dataset '%s': data.storage=stream: %d train / %d test images from %d parquet files, shuffle buffer "
+             "%d rows (%d-row shards), %d decoding workers", name, len(train), len(out["test"]),
+             len(rows.files), buffer, streaming.shard_rows(buffer), workers)
+    classes = sel.classes or ([str(i) for i in range(int(train.labels.max()) + 1)] if sel.label else [])
+    return ImageData(name, train, out["test"], list(classes), mean, std, extra={"storage": "stream"})

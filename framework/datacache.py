@@ -88,15 +88,70 @@ def entry_key(source_key: str, options: dict[str, Any]) -> str:
 
 
 # ------------------------------------------------------------------------------------------------------- reading
-class DiskImages:
-    """uint8 images (N, C, H, W) in a raw file, read by row with ``pread``; indexable like a tensor.
+class RowArray:
+    """Rows of uint8 images (N, C, H, W) read on demand; indexable like a tensor.
 
     ``images[i]``, ``images[a:b]`` and ``images[index_tensor]`` return CPU uint8 tensors holding just those rows;
-    ``tensor_split`` gives row-range views (what :func:`framework.distributed.shard` takes)."""
+    ``tensor_split`` gives row-range views (what :func:`framework.distributed.shard` takes). Subclasses set
+    ``full`` (the whole array's shape), ``start``/``stop`` (this view's rows) and define ``read`` and ``view``."""
 
     dtype = torch.uint8
     device = torch.device("cpu")
     ndim = 4
+    full: tuple[int, ...]
+    start: int
+    stop: int
+
+    def view(self, start: int, stop: int) -> "RowArray":
+        raise NotImplementedError
+
+    def read(self, index: Any, out: torch.Tensor | None = None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _positions(self, index: Any) -> np.ndarray:
+        """``index`` (relative to this view, negative from the end) as absolute row numbers."""
+        idx = np.asarray(index.cpu() if isinstance(index, torch.Tensor) else index, dtype=np.int64).reshape(-1)
+        n = len(self)
+        if idx.size and (idx.min() < -n or idx.max() >= n):
+            raise IndexError(f"index out of range for {n} images")
+        return np.where(idx < 0, idx + n, idx) + self.start
+
+    @property
+    def shape(self) -> torch.Size:
+        return torch.Size((self.stop - self.start, *self.full[1:]))
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def size(self, dim: int | None = None):
+        return self.shape if dim is None else self.shape[dim]
+
+    def tensor_split(self, sections: int) -> list["RowArray"]:
+        q, r = divmod(len(self), sections)
+        out, lo = [], self.start
+        for i in range(sections):
+            hi = lo + q + (1 if i < r else 0)
+            out.append(self.view(lo, hi))
+            lo = hi
+        return out
+
+    def __getitem__(self, key: Any) -> torch.Tensor:
+        if isinstance(key, int):
+            return self.read([key])[0]
+        if isinstance(key, slice):
+            return self.read(np.arange(*key.indices(len(self))))
+        if isinstance(key, tuple):
+            head, *rest = key
+            return self[head][(slice(None), *rest)]
+        return self.read(key)
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> torch.Tensor:
+        """Every row as one tensor on ``device`` (what ``storage=device``/``host`` load)."""
+        return self.read(np.arange(len(self))).to(device)
+
+
+class DiskImages(RowArray):
+    """uint8 images (N, C, H, W) in a raw file, read by row with ``pread``."""
 
     def __init__(self, path: str | os.PathLike, shape: Sequence[int], start: int = 0, stop: int | None = None,
                  fd: int | None = None) -> None:
@@ -112,33 +167,13 @@ class DiskImages:
             raise RtlabError(f"{self.path} holds {size} bytes, not the {expected} of {self.full} uint8 images; "
                              "delete its folder to decode again")
 
-    @property
-    def shape(self) -> torch.Size:
-        return torch.Size((self.stop - self.start, *self.full[1:]))
-
-    def __len__(self) -> int:
-        return self.stop - self.start
-
-    def size(self, dim: int | None = None):
-        return self.shape if dim is None else self.shape[dim]
-
-    def tensor_split(self, sections: int) -> list["DiskImages"]:
-        q, r = divmod(len(self), sections)
-        out, lo = [], self.start
-        for i in range(sections):
-            hi = lo + q + (1 if i < r else 0)
-            out.append(DiskImages(self.path, self.full, lo, hi, self.fd))
-            lo = hi
-        return out
+    def view(self, start: int, stop: int) -> "DiskImages":
+        return DiskImages(self.path, self.full, start, stop, self.fd)
 
     def read(self, index: torch.Tensor | np.ndarray | Sequence[int], out: torch.Tensor | None = None
              ) -> torch.Tensor:
         """Rows ``index`` (relative to this view) into ``out`` (a uint8 CPU tensor, e.g. pinned) or a new tensor."""
-        idx = np.asarray(index.cpu() if isinstance(index, torch.Tensor) else index, dtype=np.int64).reshape(-1)
-        n = len(self)
-        if idx.size and (idx.min() < -n or idx.max() >= n):
-            raise IndexError(f"index out of range for {n} images")
-        idx = np.where(idx < 0, idx + n, idx) + self.start
+        idx = self._positions(index)
         x = torch.empty((idx.size, *self.full[1:]), dtype=torch.uint8) if out is None else out[:idx.size]
         if not idx.size:
             return x
@@ -156,20 +191,6 @@ class DiskImages:
                     raise RtlabError(f"{self.path} is truncated; delete its folder to decode again")
                 view, offset = view[got:], offset + got
         return x
-
-    def __getitem__(self, key: Any) -> torch.Tensor:
-        if isinstance(key, int):
-            return self.read([key])[0]
-        if isinstance(key, slice):
-            return self.read(np.arange(*key.indices(len(self))))
-        if isinstance(key, tuple):
-            head, *rest = key
-            return self[head][(slice(None), *rest)]
-        return self.read(key)
-
-    def to(self, device: torch.device | str, non_blocking: bool = False) -> torch.Tensor:
-        """Every row as one tensor on ``device`` (what ``storage=device``/``host`` load)."""
-        return self.read(np.arange(len(self))).to(device)
 
 
 def read_labels(path: Path, n: int) -> torch.Tensor:

@@ -43,8 +43,14 @@ class DataOptions:
     cache: bool = True  # keep the decoded uint8 images on disk, keyed on a file listing / hub revision
     skip_bad_images: bool = False  # leave out image files that cannot be decoded (listed in summary.json)
     # where the decoded images live while training: auto (by size against RTLAB_MAX_DEVICE_BYTES /
-    # RTLAB_MAX_HOST_BYTES) | device | host (host memory, batches copied ahead) | disk (read from the cache file)
+    # RTLAB_MAX_HOST_BYTES) | device | host (host memory, batches copied ahead) | disk (read from the cache file) |
+    # stream (parquet shards decoded by workers while training, nothing decoded up front)
     storage: str = "auto"
+    # rows of the shuffle buffer that orders each epoch (a stream's order; docs/performance.md#streaming): None
+    # = a full permutation (stream: 512 MiB of decoded rows, 1,024-16,384); the same value gives every storage the
+    # same order
+    shuffle_buffer: Optional[int] = None
+    workers: Optional[int] = None  # stream: decoding processes; None: min(8, CPUs) on CUDA, 1 on a CPU; 0: in-process
 
 
 @dataclass

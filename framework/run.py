@@ -144,7 +144,7 @@ class Run(RunBuild, TrainingState, RunEvaluation, RunResults):
         stream at the epoch's start; a resumed run continues its saved one)."""
         n, bs = len(self.data.train), self.cfg.train.batch_size
         if self.perm is None:
-            self.perm = torch.randperm(n, generator=self.order_gen).to(self.device)
+            self.perm = self.data.train.order(self.order_gen).to(self.device)
         stop = (n // bs) * bs if self.cfg.train.drop_last else n
         yield from self.data.train.ahead(self.perm[i:i + bs] for i in range(self.position * bs, stop, bs))
 

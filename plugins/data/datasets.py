@@ -130,6 +130,16 @@ class HFSource:
             return None
         return f"hub:{self.opts.path}:{self.opts.config_name}@{sha}" if sha else None
 
+    def stream_files(self) -> dict[str, list[str]]:
+        """Split → parquet files, for ``data.storage=stream`` (local files, or a hub dataset's when online)."""
+        from framework.streaming import stream_files_of
+
+        local = Path(self.opts.path).expanduser()
+        if not local.exists() and (_offline() or self.opts.path.startswith(("/", "./", "../", "~"))):
+            raise RtlabError(f"data.storage=stream: '{self.opts.path}' is not a local file or folder and the Hub is "
+                             f"offline; give local parquet files with data.path=DIR")
+        return stream_files_of(self.opts.path, self.opts.config_name, self.opts.revision)
+
     def load(self) -> Mapping[str, Any]:
         splits = load_hf(self.opts.path, self.opts.config_name, self.opts.revision)
         if self.opts.classes is not None and splits:
