@@ -252,10 +252,14 @@ def load_image_data(registry: Registry, options: Any, device: torch.device | str
     opts: DataOptions = registry.options("dataset", options)
     source = registry.build("dataset", opts)
     name = getattr(opts, "name", "data")
-    if getattr(opts, "storage", "auto") == "stream":
-        return load_stream_data(source, opts, name, torch.device(device or "cpu"))
+    storage = getattr(opts, "storage", "auto")
     cheap = getattr(source, "cache_key", None)
     key = cheap() if opts.cache and callable(cheap) else None
+    if storage == "auto" and not (key and datacache.load_entry(
+            cache_dir() / "data" / datacache.entry_key(key, _decode_options(opts, source)))):
+        storage = streaming.stream_if_too_big(source, opts, name)  # not cached yet: would its decode fit the disk?
+    if storage == "stream":
+        return load_stream_data(source, opts, name, torch.device(device or "cpu"))
     sel = None
     if opts.cache and key is None:
         sel = select_splits(source, opts, name)
@@ -280,7 +284,7 @@ def load_image_data(registry: Registry, options: Any, device: torch.device | str
             data = open_entry(tmp / "entry", meta, opts, source)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-    data = data.place(getattr(opts, "storage", "auto"), torch.device(device or "cpu"))
+    data = data.place(storage, torch.device(device or "cpu"))
     data.train.buffer = getattr(opts, "shuffle_buffer", None)
     return data
 

@@ -43,7 +43,7 @@ def available_ram() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
-def _env_bytes(name: str) -> int | None:
+def env_bytes(name: str) -> int | None:
     value = os.environ.get(name, "").strip()
     if not value:
         return None
@@ -58,9 +58,9 @@ def _env_bytes(name: str) -> int | None:
 
 def budgets(device: torch.device) -> tuple[int, int]:
     """(device budget, host budget) in bytes for the images of a run (see the module doc)."""
-    host = _env_bytes("RTLAB_MAX_HOST_BYTES")
+    host = env_bytes("RTLAB_MAX_HOST_BYTES")
     host = available_ram() // 2 if host is None else host
-    dev = _env_bytes("RTLAB_MAX_DEVICE_BYTES")
+    dev = env_bytes("RTLAB_MAX_DEVICE_BYTES")
     if dev is None:
         if device.type == "cuda":
             dev = torch.cuda.mem_get_info(device)[0] // 2

@@ -326,3 +326,44 @@ def stream_files_of(path: str, config_name: str | None = None, revision: str | N
         raise RtlabError(f"data.storage=stream reads parquet files; {path} has {', '.join(bad) or 'none'}: use "
                          "data.storage=disk (decoded once into the cache, read from disk)")
     return files
+
+
+def stream_if_too_big(source: Any, opts: Any, name: str) -> str:
+    """``stream`` when the source can stream and its decoded images would exceed the disk budget
+    (``$RTLAB_MAX_DISK_BYTES``, default half the free space of the cache folder), else ``auto``; logs why."""
+    import shutil
+
+    import datasets
+
+    from framework.datacache import cache_dir
+    from framework.selection import detect_columns
+    from framework.storage import env_bytes
+
+    files_of = getattr(source, "stream_files", None)
+    if not callable(files_of):
+        return "auto"
+    try:
+        rows = ParquetRows([f for split in files_of().values() for f in split])
+        image, _ = detect_columns(datasets.Features.from_arrow_schema(rows.schema()), opts, f"dataset '{name}'")
+    except RtlabError:  # not parquet, or no image column: the decode path says what is wrong
+        return "auto"
+    n = len(rows) if opts.train_size is None else min(len(rows), opts.train_size + (opts.test_size or len(rows)))
+    if opts.image_size:
+        row = (opts.channels or 3) * opts.image_size ** 2
+    else:
+        from framework.decoding import image_tensor
+
+        t, _ = image_tensor(decode_value(rows.values(np.array([0]), image)[0], f"dataset '{name}'", 0), None)
+        row = (opts.channels or 3) * t.shape[1] * t.shape[2]
+    budget = env_bytes("RTLAB_MAX_DISK_BYTES")
+    if budget is None:
+        folder = cache_dir()
+        while not folder.exists():
+            folder = folder.parent
+        budget = shutil.disk_usage(folder).free // 2
+    if n * row <= budget:
+        return "auto"
+    gib = 1 << 30
+    log.info("dataset '%s': data.storage=auto chose stream (about %.2f GiB decoded would exceed the disk budget of "
+             "%.2f GiB; cap: RTLAB_MAX_DISK_BYTES)", name, n * row / gib, budget / gib)
+    return "stream"

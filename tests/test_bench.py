@@ -54,6 +54,6 @@ def test_bench_data_path_times_every_storage_mode(cli, tmp_path):
     assert res.returncode == 0, res.stderr[-2000:]
     r = json.loads(out.read_text())["data_path"]
     assert r["backbone"] == "test_resnet" and r["batch"] == 8 and r["device"] == "cpu"
-    assert set(r["steps_per_s"]) == {"device", "host", "disk"} and all(v > 0 for v in r["steps_per_s"].values())
+    assert set(r["steps_per_s"]) == {"device", "host", "disk", "stream"} and all(v > 0 for v in r["steps_per_s"].values())
     assert r["over_device"]["device"] == 1.0 and len(r["segments_s"]["disk"]) == 1
     assert "vs device" in res.stdout

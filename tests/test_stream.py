@@ -151,3 +151,19 @@ def test_stream_refuses_what_it_cannot_read(pm, tmp_path, imagefolder):
     with pytest.raises(RtlabError, match="is not a local file or folder and the Hub is offline; give local "
                                          "parquet files"):
         load("data=hf", "data.path=someone/imagenet", "data.storage=stream")
+
+
+def test_auto_streams_what_would_not_fit_the_disk_and_says_why(pm, parquet, monkeypatch, caplog):
+    import logging
+
+    cfg = compose(["data=hf", f"data.path={parquet}", "data.train_size=null", "data.test_size=null"], pm.registry)
+    monkeypatch.setenv("RTLAB_MAX_DISK_BYTES", "10K")  # 195 images of 3x12x12 are 84 KB decoded
+    with caplog.at_level(logging.INFO):
+        data = load_image_data(pm.registry, cfg.data)
+    assert data.extra["storage"] == "stream" and isinstance(data.train.images, streaming.StreamImages)
+    assert "data.storage=auto chose stream" in caplog.text and "RTLAB_MAX_DISK_BYTES" in caplog.text
+    monkeypatch.setenv("RTLAB_MAX_DISK_BYTES", "1M")
+    decoded = load_image_data(pm.registry, cfg.data)
+    assert decoded.extra["storage"] == "device" and torch.equal(decoded.train.images, data.train.images[:])
+    monkeypatch.setenv("RTLAB_MAX_DISK_BYTES", "10K")  # once decoded, the cache entry is used whatever the budget
+    assert load_image_data(pm.registry, cfg.data).extra["storage"] == "device"

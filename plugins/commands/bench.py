@@ -479,7 +479,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, help="CPU threads for torch and scikit-learn alike (default: all "
                         "cores; 1 measures reliably on a machine shared with other jobs)")
     parser.add_argument("--data", action="store_true", help="measure the data path instead: steps/s with "
-                        "data.storage=device, host and disk, interleaved (first case, or --backbone)")
+                        "data.storage=device, host, disk and stream, interleaved (first case, or --backbone)")
     parser.add_argument("--out", type=Path, help="write the results as JSON to this file")
 
 

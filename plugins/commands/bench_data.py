@@ -1,10 +1,11 @@
-"""``rtlab bench --data``: training steps/s with the images kept on the device, in host memory or on disk.
+"""``rtlab bench --data``: training steps/s with the images on the device, in host memory, on disk or streamed.
 
-One run per ``data.storage`` mode, all on the same synthetic images (decoded once into a throw-away cache, so
-``disk`` reads the very file a real run would), the same networks and the same batch. The modes take turns
-segment by segment (a segment is one epoch of the real loop: ``Run.batches`` with its prefetching and
-``Run.train_step``), so a change of machine load hits every mode alike; medians are reported, with each mode's
-steps/s relative to ``device``.
+One run per ``data.storage`` mode, all on the same images: random JPEGs written once into a throw-away parquet
+folder (HF ``Image`` column), which ``device``/``host``/``disk`` decode into a throw-away cache (``disk`` reads the
+very file a real run would) and ``stream`` decodes batch by batch from the parquet shards (``data.workers``
+processes), with the same networks and the same batch. The modes take turns segment by segment (a segment is one
+epoch of the real loop: ``Run.batches`` with its prefetching and ``Run.train_step``), so a change of machine load
+hits every mode alike; medians are reported, with each mode's steps/s relative to ``device``.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 
 import torch
 
-MODES = ("device", "host", "disk")
+MODES = ("device", "host", "disk", "stream")
 
 
 def _sync(device: torch.device) -> None:
@@ -37,6 +38,33 @@ def _segment(run) -> float:
     return time.perf_counter() - t0
 
 
+def write_jpeg_parquet(folder: str, n: int, channels: int, size: int, row_group: int = 256) -> None:
+    """``folder/train.parquet`` with ``n`` random ``channels`` x ``size`` x ``size`` JPEGs and ``test.parquet``
+    with 8, as the Hub's parquet exports store images (``{"bytes", "path"}`` structs, HF metadata)."""
+    import io
+
+    import datasets
+    import numpy as np
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(num_classes=10)})
+    os.makedirs(folder, exist_ok=True)
+    for split, rows in (("train", n), ("test", 8)):
+        images = []
+        for _ in range(rows):
+            arr = rng.integers(0, 256, (size, size, channels), dtype=np.uint8)
+            buf = io.BytesIO()
+            Image.fromarray(arr[..., 0] if channels == 1 else arr).save(buf, format="JPEG", quality=90)
+            images.append({"bytes": buf.getvalue(), "path": None})
+        ds = datasets.Dataset.from_dict({"image": images, "label": (np.arange(rows) % 10).tolist()},
+                                        features=features)
+        path = os.path.join(folder, f"{split}.parquet")
+        ds.to_parquet(path)
+        pq.write_table(pq.read_table(path), path, row_group_size=row_group)
+
+
 def bench_data_path(backbone: str, channels: int, size: int, out_dim: int, stem: str, batch: int, steps: int,
                     repeats: int, device: str, precision: str) -> dict[str, Any]:
     """Steps/s of each storage mode (medians of ``repeats`` interleaved segments of ``steps`` steps)."""
@@ -45,8 +73,8 @@ def bench_data_path(backbone: str, channels: int, size: int, out_dim: int, stem:
     from framework.run import Run
 
     overrides = [
-        f"backbone={backbone}", f"backbone.stem={stem}", f"head.out_dim={out_dim}", "data=random_images",
-        f"data.num_train={batch * steps}", "data.num_test=8", f"data.channels_in={channels}", f"data.size={size}",
+        f"backbone={backbone}", f"backbone.stem={stem}", f"head.out_dim={out_dim}", "data=hf",
+        "data.train_size=null", "data.test_size=null", f"data.channels={channels}",
         f"train.batch_size={batch}", "train.epochs=1", f"train.device={device}", f"train.precision={precision}",
         f"train.log_every={10 ** 9}", "eval.before=false", "eval.every=0", "evaluator=[]", "checkpoint.final=false",
         "tensorboard.enabled=false", "progress.enabled=false", "train.drop_last=true", "student=copy",
@@ -56,6 +84,8 @@ def bench_data_path(backbone: str, channels: int, size: int, out_dim: int, stem:
     old_cache = os.environ.get("RTLAB_CACHE_DIR")
     times: dict[str, list[float]] = {m: [] for m in MODES}
     with tempfile.TemporaryDirectory() as tmp:
+        write_jpeg_parquet(os.path.join(tmp, "parquet"), batch * steps, channels, size)
+        overrides.append(f"data.path={os.path.join(tmp, 'parquet')}")
         os.environ["RTLAB_CACHE_DIR"] = os.path.join(tmp, "cache")
         try:
             runs = {m: Run(compose(overrides + [f"data.storage={m}"], pm.registry), os.path.join(tmp, m), pm)
