@@ -11,6 +11,7 @@ Batches are normalised on the device. No PIL in the training loop.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 import shutil
@@ -180,7 +181,8 @@ def decode_images(ds: Any, column: str, opts: DataOptions, what: str, chunk: int
     if not chunks:
         raise RtlabError(f"{what}: no image could be decoded; check the files")
     parts, grays = zip(*chunks)
-    return finish_channels(torch.cat(parts), isinstance(ds.features[column], datasets.Image), all(grays), opts)
+    return finish_channels(torch.cat(parts), isinstance(ds.features[column], datasets.Image), all(grays),
+                           opts.channels)
 
 
 # --------------------------------------------------------------------------------------------------------- load
@@ -200,7 +202,8 @@ def build_entry(sel: Selection, opts: DataOptions, name: str, folder: Path) -> d
         shapes[split], skipped[split] = datacache.write_split(
             partial, split, len(ds), lambda start, ds=ds, what=what: decode_chunks(
                 ds, sel.image, opts, what, datacache.DECODE_CHUNK, start=start),
-            lambda x, gray, is_image=is_image: finish_channels(x, is_image, gray, opts), labels[split], what)
+            lambda x, gray, is_image=is_image: finish_channels(x, is_image, gray, opts.channels), labels[split],
+            what)
     if shapes["test"][1:] != shapes["train"][1:]:
         raise RtlabError(f"dataset '{name}': test images are {shapes['test'][1:]}, train images "
                          f"{shapes['train'][1:]}; set data.image_size and data.channels")
@@ -329,7 +332,7 @@ def load_stream_data(source: Any, opts: DataOptions, name: str, device: torch.de
         splits[split], lo = datasets.Dataset.from_dict(cols, features=datasets.Features(feats)), hi
     chosen = dataclasses.replace(opts, image_column=image, label_column=label)
     sel = select_splits(_Loaded(splits), chosen, name)
-    finish = lambda x, gray: finish_channels(x, True, gray, opts)  # noqa: E731
+    finish = functools.partial(finish_channels, is_image=True, channels=opts.channels)  # picklable: workers may be spawned
     out: dict[str, ImageSplit] = {}
     shape: tuple[int, ...] | None = None
     for split, ds in (("train", sel.train), ("test", sel.test)):
@@ -341,7 +344,7 @@ def load_stream_data(source: Any, opts: DataOptions, name: str, device: torch.de
         if shape is None:  # channels and size from the first train images, as the decode would find them
             probe = streaming.StreamImages(rows, image, ids, (0, 3, 0, 0), finish, opts.image_size, False, what)
             sample, gray = probe.decode(np.arange(min(len(ids), 256)))
-            shape = tuple(finish(sample[:1], gray).shape[1:])
+            shape = tuple(finish(sample[:1], all_gray=gray).shape[1:])
         images = streaming.StreamImages(rows, image, ids, (len(ids), *shape), finish, opts.image_size,
                                         shape[0] == 1 and gray, what)
         out[split] = ImageSplit(images, torch.as_tensor(labels.astype(np.int64)).to(device), "stream")

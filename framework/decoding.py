@@ -13,7 +13,6 @@ import torch
 import torch.nn.functional as F
 
 from framework.errors import RtlabError
-from framework.options import DataOptions
 
 
 def resize_center_crop(img: torch.Tensor, size: int) -> torch.Tensor:
@@ -83,16 +82,16 @@ def check_size(t: torch.Tensor, size: tuple[int, int] | None, what: str) -> tupl
     return tuple(t.shape[-2:])  # type: ignore[return-value]
 
 
-def finish_channels(images: torch.Tensor, is_image: bool, all_gray: bool, opts: DataOptions) -> torch.Tensor:
+def finish_channels(images: torch.Tensor, is_image: bool, all_gray: bool, channels: int | None) -> torch.Tensor:
     """The whole-split channel step: all-gray image files keep one channel, alpha goes, then ``data.channels``."""
     if is_image and all_gray:
         images = images[:, :1].contiguous()
     if images.shape[1] == 4:
         images = images[:, :3].contiguous()
-    if opts.channels:
-        if opts.channels not in (1, 3):
-            raise RtlabError(f"data.channels must be 1 or 3, got {opts.channels}")
-        images = _to_channels(images, opts.channels)
+    if channels:
+        if channels not in (1, 3):
+            raise RtlabError(f"data.channels must be 1 or 3, got {channels}")
+        images = _to_channels(images, channels)
     return images
 
 

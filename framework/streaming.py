@@ -165,7 +165,7 @@ class StreamImages(RowArray):
     """The rows ``ids`` of ``source`` decoded on demand: uint8 (N, C, H, W), indexable like a tensor."""
 
     def __init__(self, source: ParquetRows, column: str, ids: np.ndarray, shape: Sequence[int],
-                 finish: Callable[[torch.Tensor, bool], torch.Tensor], image_size: int | None, gray: bool, what: str,
+                 finish: Callable[..., torch.Tensor], image_size: int | None, gray: bool, what: str,
                  start: int = 0, stop: int | None = None) -> None:
         self.source, self.column, self.ids = source, column, np.asarray(ids, dtype=np.int64)
         self.full = tuple(int(s) for s in shape)
@@ -197,7 +197,7 @@ class StreamImages(RowArray):
             if self.gray and not all_gray:
                 raise RtlabError(f"{self.what}: the first images were gray, so the split streams as 1 channel, but "
                                  f"some of rows {rows.min()}–{rows.max()} are in colour; set data.channels=3")
-            x.copy_(self.finish(images, self.gray))
+            x.copy_(self.finish(images, all_gray=self.gray))
         return x
 
 

@@ -115,6 +115,10 @@ def test_stream_selects_the_rows_the_decode_selects(pm, tmp_path):
     assert stream.mean == disk.mean and stream.std == disk.std
     index = torch.tensor([7, 3, 59, 0])
     assert torch.equal(stream.train.batch(index), disk.train.images[index])
+    import pickle  # worker processes may be spawned (forkserver is Python 3.14's default): the split pickles
+
+    again = pickle.loads(pickle.dumps(stream.train.images))
+    assert torch.equal(again[index], disk.train.images[index])
 
 
 def test_a_resumed_stream_continues_exactly(tmp_path, parquet):
