@@ -104,6 +104,39 @@ def write_class_images(root: Path, classes: int = 3, per_class: int = 12, size: 
             im.save(folder / f"{i}{suffix}")
 
 
+def write_parquet(path: Path, n: int, classes: int = 3, size: int = 12, mode: str = "RGB", seed: int = 0,
+                  row_group: int = 40, bad_row: int | None = None) -> None:
+    """An HF-style parquet file (an ``Image`` column of PNG bytes, a ``ClassLabel``) in row groups of
+    ``row_group``; the class is visible in the pixels."""
+    import datasets
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    images, labels = [], []
+    for i in range(n):
+        c = i % classes
+        base = np.zeros((size, size, 3), np.float32)
+        base[..., c % 3] = 160
+        base[:, c::classes + 1] += 80
+        im = Image.fromarray(np.clip(base + rng.normal(0, 25, base.shape), 0, 255).astype(np.uint8))
+        images.append(im if mode == "RGB" else im.convert(mode))
+        labels.append(c)
+    features = datasets.Features({"image": datasets.Image(),
+                                  "label": datasets.ClassLabel(names=[f"c{i}" for i in range(classes)])})
+    ds = datasets.Dataset.from_dict({"image": images, "label": labels}, features=features)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.to_parquet(str(path))
+    table = pq.read_table(path)
+    if bad_row is not None:
+        import pyarrow as pa
+
+        col = table.column("image").to_pylist()
+        col[bad_row] = {"bytes": b"not an image", "path": None}
+        table = table.set_column(0, "image", pa.array(col, type=table.schema.field("image").type))
+    pq.write_table(table, path, row_group_size=row_group)  # keeps the schema's HF metadata
+
+
 @pytest.fixture
 def imagefolder(tmp_path):
     """A train/test imagefolder dataset with 3 learnable classes of 16x16 RGB images."""
