@@ -224,6 +224,7 @@ class StreamReader:
         self.images, self.device, self.workers = images, device, workers
         self.size = shard_rows(buffer)
         self.ready: dict[tuple[int, int], torch.Tensor] = {}
+        self.peak_held = 0  # the most decoded rows waiting for their batch so far (bounded by the buffer)
 
     @staticmethod
     def _key(index: torch.Tensor) -> tuple[int, int]:
@@ -246,22 +247,16 @@ class StreamReader:
             _Shards(self.images, tasks), batch_size=None, shuffle=False, num_workers=self.workers,
             pin_memory=self.device.type == "cuda", prefetch_factor=4 if self.workers else None)
         shards = iter(loader)
-        held: dict[int, tuple[torch.Tensor, int]] = {}  # row -> (decoded block, row in it)
-        left: dict[int, int] = {}  # id(block) -> rows of it not yet delivered
+        # row -> its decoded image, copied out of its shard's block: a block would stay alive until its last row's
+        # batch, and the last rows of a shard linger in a shuffle buffer for several buffers' worth of rows
+        held: dict[int, torch.Tensor] = {}
         try:
             for batch, index, want in zip(batches, local, rows):
                 while any(r not in held for r in want.tolist()):
                     got, block = next(shards)
-                    left[id(block)] = len(got)
-                    held.update((r, (block, i)) for i, r in enumerate(got.tolist()))
-                parts = []
-                for r in want.tolist():
-                    block, i = held.pop(r)
-                    parts.append(block[i])
-                    left[id(block)] -= 1
-                    if not left[id(block)]:
-                        del left[id(block)]
-                images = torch.stack(parts)
+                    held.update((r, block[i].clone()) for i, r in enumerate(got.tolist()))
+                    self.peak_held = max(self.peak_held, len(held))
+                images = torch.stack([held.pop(r) for r in want.tolist()])
                 self.ready = {self._key(index): images.to(self.device, non_blocking=True)}
                 yield batch
         finally:

@@ -46,6 +46,19 @@ def test_buffered_order_is_a_seeded_permutation_within_the_buffer_bound():
         streaming.buffered_order(n, 0, torch.Generator())
 
 
+def test_the_reader_holds_at_most_a_buffer_of_decoded_rows(pm, tmp_path):
+    write_parquet(tmp_path / "pq" / "train.parquet", 600, row_group=50)
+    cfg = compose(["data=hf", f"data.path={tmp_path / 'pq'}", "data.train_size=null", "data.test_fraction=0.1",
+                   "data.storage=stream", "data.shuffle_buffer=64", "data.workers=0"], pm.registry)
+    train = load_image_data(pm.registry, cfg.data).train
+    order = train.order(torch.Generator().manual_seed(0))
+    batches = [order[i:i + 20] for i in range(0, len(order), 20)]
+    for index in train.ahead(batches):
+        assert torch.equal(train.batch(index), train.images[index])
+    # the buffer, one shard (16 rows) and one batch: not the 540 rows of the split
+    assert 64 < train.reader.peak_held <= 64 + 16 + 20
+
+
 def test_stream_trains_exactly_like_disk_and_device_with_the_same_shuffle_buffer(tmp_path, parquet):
     runs = {}
     for name, extra in (("device", ["data.storage=device"]), ("disk", ["data.storage=disk"]),
