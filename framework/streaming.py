@@ -340,8 +340,8 @@ def stream_if_too_big(source: Any, opts: Any, name: str) -> str:
     try:
         rows = ParquetRows([f for split in files_of().values() for f in split])
         image, _ = detect_columns(datasets.Features.from_arrow_schema(rows.schema()), opts, f"dataset '{name}'")
-    except RtlabError:  # not parquet, or no image column: the decode path says what is wrong
-        return "auto"
+    except Exception:  # not parquet, no image column, a hub id that cannot be reached: the decode path says
+        return "auto"  # what is wrong, in its own words
     n = len(rows) if opts.train_size is None else min(len(rows), opts.train_size + (opts.test_size or len(rows)))
     if opts.image_size:
         row = (opts.channels or 3) * opts.image_size ** 2
