@@ -95,31 +95,35 @@ def _one_thread() -> Iterator[None]:
 
 
 class _Bounds:
-    """Rigorous bounds on the exact scores of a chunk of queries from their bf16 scores a (increasing in a):
-    |exact − a| ≤ E(q) + rel·|a|, E(q) from the operands' rounding residuals (Cauchy–Schwarz) and the fp32
-    accumulation, rel from rounding the product to bf16."""
+    """Rigorous bounds on the exact scores of a chunk of queries from their bf16 scores a, which are the scores
+    less a per-query offset c (a bf16 number, subtracted inside the product's fp32 accumulation): |exact − c − a|
+    ≤ E(q) + rel·|a|, E(q) from the operands' rounding residuals (Cauchy–Schwarz) and the fp32 accumulation, rel
+    from rounding the product to bf16 — which the offset keeps fine where it matters: c is near the k-th best
+    score, so the scores near it are small. The bounds are increasing in a and are exact scores (c added back)."""
 
     rel = _U / (1 - _U)
 
-    def __init__(self, scorer: _Scorer, q_hi: torch.Tensor, q_lo: torch.Tensor) -> None:
-        q_hi_norm, q_lo_norm = q_hi.float().norm(dim=1), q_lo.norm(dim=1)
+    def __init__(self, scorer: _Scorer, q_hi: torch.Tensor, q_lo: torch.Tensor, offset: torch.Tensor) -> None:
+        q_hi_norm, q_lo_norm = q_hi.float().norm(dim=1, keepdim=True), q_lo.norm(dim=1, keepdim=True)
         s = scorer
-        err = (q_hi_norm * s.x_lo_norm + q_lo_norm * s.x_hi_norm + q_lo_norm * s.x_lo_norm + s.sq_err
-               + s.acc * (q_hi_norm * s.x_hi_norm + s.sq_max)) * 1.01
-        self.err = err[:, None]
+        self.err = (q_hi_norm * s.x_lo_norm + q_lo_norm * s.x_hi_norm + q_lo_norm * s.x_lo_norm + s.sq_err
+                    + s.acc * (q_hi_norm * s.x_hi_norm + s.sq_max + offset.abs())) * 1.01
+        self.offset = offset  # (c, 1)
 
     def upper(self, a: torch.Tensor) -> torch.Tensor:
         a = a.float()
-        return a + self.rel * a.abs() + self.err
+        return a + self.rel * a.abs() + self.err + self.offset
 
     def lower(self, a: torch.Tensor) -> torch.Tensor:
         a = a.float()
-        return a - self.rel * a.abs() - self.err
+        return a - self.rel * a.abs() - self.err + self.offset
 
     def reaching(self, floor: torch.Tensor) -> torch.Tensor:
         """A bf16 threshold per row: every bf16 score a with upper(a) ≥ floor is ≥ it (upper is increasing in a;
-        the threshold is lowered by 2⁻⁷ so rounding it to bf16 cannot raise it past the exact one)."""
-        t = floor - self.err
+        the threshold is lowered by the fp32 rounding of computing it and by 2⁻⁷ so that rounding it to bf16
+        cannot raise it past the exact one)."""
+        t = floor - self.offset - self.err
+        t = t - (floor.abs() + self.offset.abs() + self.err) * 2.0 ** -20
         t = torch.where(t >= 0, t / (1 + self.rel), t / (1 - self.rel))
         return (t - t.abs() * 2.0 ** -7 - 1e-30).to(torch.bfloat16)
 
@@ -179,12 +183,18 @@ class _Vote:
         """Bounds (c,) on the votes of a query's ``member`` rows among its k nearest: those certainly in count
         fully; of the band (possibly in, not certainly), k − |inside| rows are in — as many members at least
         as the other band rows cannot fill, at most that many of them."""
-        w_lo, w_up = self._weights_bounds(lo, up)
+        def count(m):
+            return m.view(torch.uint8).sum(1, dtype=torch.int32)
+
         band = possible & ~inside
-        rest = k - inside.sum(1)
-        zero, inf = torch.zeros((), device=lo.device), torch.tensor(float("inf"), device=lo.device)
         mine, in_band = inside & member, band & member
-        forced = (rest - (band & ~member).sum(1)).clamp(min=0)
+        rest = k - count(inside)
+        forced = (rest - count(band & ~member)).clamp(min=0)
+        if self.kind == "majority":  # every weight 1
+            n = count(mine)
+            return n + forced, n + torch.minimum(count(in_band), rest)
+        w_lo, w_up = self._weights_bounds(lo, up)
+        zero, inf = torch.zeros((), device=lo.device), torch.tensor(float("inf"), device=lo.device)
         least = torch.where(in_band, w_lo, inf).amin(1)
         low = torch.where(mine, w_lo, zero).sum(1) + torch.where(forced > 0, forced * least, zero)
         band_up = torch.where(in_band, w_up, zero)
@@ -261,11 +271,12 @@ class _Scorer:
     def _prepare_screen(self) -> None:
         n, d = self.train.shape
         x_hi, x_lo = _split(self.train)
-        # columns: x (bf16) | −‖x‖² as hi + lo (l2 only) | a padding flag; the row count is padded to whole blocks
-        # and the width to a multiple of 32 (what the bf16 matrix units tile; 514 columns run ~25 % slower)
+        # columns: x (bf16) | −‖x‖² as hi + lo (l2 only) | a padding flag | ones (against the queries' offsets); the
+        # row count is padded to whole blocks and the width to a multiple of 32 (what the bf16 matrix units tile;
+        # 514 columns run ~25 % slower)
         self.norm_cols = 2 if self.sq is not None else 0
         self.flag_col = d + self.norm_cols
-        width = -(-(self.flag_col + 1) // 32) * 32
+        width = -(-(self.flag_col + 2) // 32) * 32
         rows = -(-n // BLOCK) * BLOCK
         xa = torch.zeros(rows, width, dtype=torch.bfloat16, device=self.train.device)
         xa[:n, :d] = x_hi
@@ -276,6 +287,8 @@ class _Scorer:
             xa[:n, d + 1] = sq_lo.to(torch.bfloat16)
             self.sq_err = (sq_lo - xa[:n, d + 1].float()).abs().max()
         xa[n:, self.flag_col] = 3e38  # padding rows score about −3e38: never candidates
+        xa[:, self.flag_col + 1] = 1
+        self.typical: dict[int, torch.Tensor] = {}  # k → the typical k-th best score (see _offset)
         self.xa = xa
         self.n = n
         self.x_hi_norm = x_hi.float().norm(dim=1).max()
@@ -286,25 +299,39 @@ class _Scorer:
 
     def screened_topk(self, q: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(scores, train indices) of the k best train rows of every query, as the fp32 scores would rank them."""
-        s, q_hi, q_lo = self._bf16_scores(q)
+        s, b = self._bf16_scores(q, k)
         with _one_thread():
-            return self._select(q, _Bounds(self, q_hi, q_lo), s, k)
+            return self._select(q, b, s, k)
 
     def screened_votes(self, q: torch.Tensor, ks: Sequence[int], labels: torch.Tensor, vote: _Vote
                        ) -> dict[int, torch.Tensor]:
         """The predicted label of every query for every k in ``ks``, as the fp32 scores would vote."""
-        s, q_hi, q_lo = self._bf16_scores(q)
+        s, b = self._bf16_scores(q, max(ks))
         with _one_thread():
-            return self._votes(q, _Bounds(self, q_hi, q_lo), s, ks, labels, vote)
+            return self._votes(q, b, s, ks, labels, vote)
 
-    def _bf16_scores(self, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The bf16 scores of ``q`` against every (padded) train row, and the split queries they came from."""
+    def _bf16_scores(self, q: torch.Tensor, k: int) -> tuple[torch.Tensor, _Bounds]:
+        """The bf16 scores of ``q`` against every (padded) train row, less an offset near each query's k-th best
+        score, and their bounds."""
         scale = 2.0 if self.sq is not None else 1.0
         q_hi, q_lo = _split(scale * q)
         qa = torch.zeros(len(q), self.xa.shape[1], dtype=torch.bfloat16, device=q.device)
         qa[:, :q.shape[1]] = q_hi
         qa[:, q.shape[1]:self.flag_col + 1] = -1  # −‖x‖² (hi, lo) and the padding flag
-        return qa @ self.xa.T, q_hi, q_lo  # (c, n padded), bf16
+        qa[:, self.flag_col + 1] = -self._offset(q, k).to(torch.bfloat16)  # against a column of ones
+        offset = -qa[:, self.flag_col + 1:self.flag_col + 2].float()
+        return qa @ self.xa.T, _Bounds(self, q_hi, q_lo, offset)  # (c, n padded), bf16
+
+    def _offset(self, q: torch.Tensor, k: int) -> torch.Tensor:
+        """Per query, a score near its k-th best: the median k-th best similarity (cosine) or ‖q‖² less the median
+        k-th nearest squared distance (l2) of the first queries seen, from their fp32 scores."""
+        if k not in self.typical:
+            sample = q[:32]
+            kth = self.exact(sample).topk(k, dim=1).values[:, -1]
+            self.typical[k] = (kth if self.sq is None else sample.pow(2).sum(1) - kth).median()
+        if self.sq is None:
+            return self.typical[k].expand(len(q))
+        return q.pow(2).sum(1) - self.typical[k]
 
     def _candidates(self, s: torch.Tensor, k: int, b: _Bounds) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Every row of the bf16 scores ``s`` whose upper bound can reach the k-th best lower bound, and more:
@@ -316,7 +343,11 @@ class _Scorer:
         n_blocks = s.shape[1] // BLOCK
         blocks = s.view(c, BLOCK, n_blocks)
         block_max = blocks.amax(1)  # (c, n_blocks)
-        tau = block_max.topk(k, dim=1).values[:, -1:]  # ≥ k rows score ≥ tau (each of k blocks has one)
+        pairs = block_max
+        if k >= 64 and n_blocks >= 8 * k:  # the max of two blocks: half the topk, for a τ barely lower
+            half = n_blocks // 2
+            pairs = torch.maximum(block_max[:, :half], block_max[:, half:2 * half])
+        tau = pairs.topk(k, dim=1, sorted=False).values.amin(1, keepdim=True)  # ≥ k rows score ≥ tau
         floor = b.lower(tau)  # ≤ the k-th best lower bound
         reach = b.reaching(floor)
         block_idx = _compact(block_max >= reach)  # the blocks that can hold a row of the top k (-1: padding)
@@ -366,6 +397,7 @@ class _Scorer:
         cand_labels = labels[idx.clamp(max=self.n - 1)]  # padding rows are never candidates
         top, pos = vals.topk(kmax + 1, dim=1)  # the kmax + 1 best rows, best first
         top_lo, top_up, top_labels = b.lower(top), b.upper(top), cand_labels.gather(1, pos)
+        floor_max = top_lo[:, kmax - 1:kmax]
         won, decided = torch.empty(len(q), len(ks), dtype=torch.long, device=q.device), None
         for i, k in enumerate(ks):
             # certainly among the k nearest: a lower bound above the (k+1)-th best upper bound (and above lower(τ),
@@ -373,11 +405,10 @@ class _Scorer:
             # reaching the k-th best lower bound
             ceiling, floor_k = torch.maximum(top_up[:, k:k + 1], floor), top_lo[:, k - 1:k]
             if bool((top_up[:, -1:] >= floor_k).any()):  # candidates beyond the best kmax + 1 rows
-                rows = lo, up, cand_labels
+                lo_k, up_k, labels_k = lo, up, cand_labels
             else:  # all of them among the best rows, a prefix: vote on that
                 width = int((top_up >= floor_k).sum(1).max())
-                rows = top_lo[:, :width], top_up[:, :width], top_labels[:, :width]
-            lo_k, up_k, labels_k = rows
+                lo_k, up_k, labels_k = top_lo[:, :width], top_up[:, :width], top_labels[:, :width]
             won[:, i], ok = vote.certain(lo_k > ceiling, up_k >= floor_k, lo_k, up_k, labels_k, k)
             decided = ok if decided is None else decided & ok
         preds = {k: won[:, i] for i, k in enumerate(ks)}  # (views of one tensor; the exact votes go in below)
@@ -385,7 +416,7 @@ class _Scorer:
         self.undecided += len(undecided)
         if not len(undecided):
             return preds
-        cand = up[undecided] >= top_lo[undecided, kmax - 1:kmax]
+        cand = up[undecided] >= floor_max[undecided]
         if int(cand.sum(1).max()) * DENSE_RESCORE > self.n:  # many candidates: the fp32 product is cheaper
             found = self.exact_votes(q[undecided], ks, labels, vote)
         else:  # the exact scores of kmax's candidates; every other row is beaten by kmax of them
