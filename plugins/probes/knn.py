@@ -353,8 +353,10 @@ class _Scorer:
         block_idx = _compact(block_max >= reach)  # the blocks that can hold a row of the top k (-1: padding)
         at = block_idx.clamp(min=0)  # one gather per row of the blocks: an expanded index would be copied whole
         kept = torch.stack([blocks[:, j].gather(1, at) for j in range(BLOCK)], 1)  # (c, BLOCK, kept blocks)
-        # and of their rows those that can (typically a 16th); padding rows score about −3e38: never among them
-        pos = _compact(((kept >= reach[:, :, None]) & (block_idx >= 0)[:, None, :]).flatten(1))
+        # and of their rows those that can (typically a 16th); padding rows score about −3e38: never among them,
+        # nor the rows of the padding blocks (an unreachable threshold)
+        at_least = torch.where(block_idx >= 0, reach, torch.finfo(torch.bfloat16).max)[:, None, :]
+        pos = _compact((kept >= at_least).flatten(1))
         ok = pos >= 0
         pos = pos.clamp(min=0)
         vals = kept.flatten(1).gather(1, pos).float().masked_fill_(~ok, -3e38)
