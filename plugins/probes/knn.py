@@ -36,7 +36,6 @@ computes every score in the input precision.
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
 
@@ -44,6 +43,7 @@ import torch
 import torch.nn.functional as F
 
 from framework import hookimpl
+from framework.device import one_cpu_thread
 from framework.errors import RtlabError
 
 SCREENS = ("auto", "bf16", "off")
@@ -79,19 +79,6 @@ def _split(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """x = hi + lo with hi in bfloat16 and lo the (fp32) rounding residual."""
     hi = x.to(torch.bfloat16)
     return hi, x - hi.float()
-
-
-@contextmanager
-def _one_thread() -> Iterator[None]:
-    """The selection after the bf16 product is two dozen small or memory-bound operations: on one thread they cost
-    about as much as on two when the cores are free, and several times less when another process holds a core
-    (every parallel operation ends in a barrier that waits for the descheduled thread)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 class _Bounds:
@@ -300,14 +287,14 @@ class _Scorer:
     def screened_topk(self, q: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(scores, train indices) of the k best train rows of every query, as the fp32 scores would rank them."""
         s, b = self._bf16_scores(q, k)
-        with _one_thread():
+        with one_cpu_thread():  # the selection: two dozen small or memory-bound operations
             return self._select(q, b, s, k)
 
     def screened_votes(self, q: torch.Tensor, ks: Sequence[int], labels: torch.Tensor, vote: _Vote
                        ) -> dict[int, torch.Tensor]:
         """The predicted label of every query for every k in ``ks``, as the fp32 scores would vote."""
         s, b = self._bf16_scores(q, max(ks))
-        with _one_thread():
+        with one_cpu_thread():  # the selection: two dozen small or memory-bound operations
             return self._votes(q, b, s, ks, labels, vote)
 
     def _bf16_scores(self, q: torch.Tensor, k: int) -> tuple[torch.Tensor, _Bounds]:
