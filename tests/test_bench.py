@@ -38,6 +38,7 @@ def test_bench_writes_the_documented_keys(cli, tmp_path):
     assert knn["rtlab_s"] > 0 and knn["sklearn_s"] > 0 and knn["agreement"] > 0.99
     assert knn["agreement_fp32"] == 1.0 and knn["rtlab_fp32_s"] > 0  # the bf16 screen changes no prediction
     assert knn["k_list"] == [10, 20, 200] and knn["rtlab_list_s"] > 0 and knn["list_over_max_k"] > 0
+    assert 0 <= knn["list_rescored"] <= 1  # the share of test rows whose votes went to the fp32 re-scoring
     assert report["versions"]["torch"] and "linear" in report
     assert "rtlab/bound" in res.stdout and "GFLOP/s" in res.stdout and "matmul peak" in res.stdout
 

@@ -130,6 +130,36 @@ def test_knn_list_of_k_is_one_search_with_the_single_k_answers():
             KNNProbe(KNNOptions(k=bad))
 
 
+@pytest.mark.parametrize("kind", ["clusters", "noise"])
+@pytest.mark.parametrize("vote, metric, temperature", [("majority", "l2", 0.07), ("weighted", "cosine", 0.07),
+                                                       ("weighted", "l2", 0.07), ("majority", "cosine", 0.07),
+                                                       ("weighted", "cosine", 0.01)])  # exp(1/0.01) overflows
+@pytest.mark.parametrize("dense", [False, True])
+@pytest.mark.parametrize("n, ks", [(5000, [1, 10, 200]), (9000, [1, 10, 64])])  # 64 of 563 blocks: τ from pairs
+def test_knn_list_from_one_screened_search_votes_as_separate_fp32_runs(kind, vote, metric, temperature, dense, n,
+                                                                      ks, monkeypatch):
+    """A k list from one bf16-screened search predicts, for every k, what an all-fp32 run with that k alone
+    predicts — for the queries whose votes the bounds decide and for those re-scored in fp32 (by gathering
+    their candidates, or by one fp32 product: both forced here)."""
+    import plugins.probes.knn as knn
+
+    monkeypatch.setattr(knn, "DENSE_RESCORE", 10 ** 9 if dense else 1)
+    g = torch.Generator().manual_seed(1)
+    y, yt = torch.randint(0, 6, (n,), generator=g), torch.randint(0, 6, (300,), generator=g)
+    x, xt = torch.randn(n, 32, generator=g), torch.randn(300, 32, generator=g)
+    if kind == "clusters":  # most votes clear, some contested
+        centers = torch.randn(6, 32, generator=g)
+        x, xt = centers[y] + 1.5 * x, centers[yt] + 1.5 * xt
+    stats = {}
+    many = knn.knn_predict_ks(x, y, xt, ks, metric, vote, temperature, chunk=128, screen="bf16", stats=stats)
+    assert stats["screened"] == 300
+    if kind == "clusters" and temperature > 0.05:
+        assert 0 < stats["rescored"] < 60  # the bounds decide most votes, not all
+    for k in ks:
+        alone = knn.knn_predict(x, y, xt, k, metric, vote, temperature, screen="off")
+        assert torch.equal(many[k], alone), (k, int((many[k] != alone).sum()))
+
+
 def _planted(seed=0):
     """Two classes. Train: coordinate 1 carries the label. Test: coordinate 1 carries it with the sign flipped
     (a test-only signal), so the head that learnt the train signal scores ~0 on test while an untrained one ~50 %."""

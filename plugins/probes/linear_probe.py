@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from framework import hookimpl
+from framework.device import one_cpu_thread
 from framework.errors import RtlabError
 from framework.metrics import MetricKind
 
@@ -51,12 +52,8 @@ def _few_threads(device: torch.device):
     if device.type != "cpu":
         yield
         return
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_cpu_thread():
         yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _train_linear_probe(train, train_labels, test, test_labels, num_classes, epochs, batch_size, lr, weight_decay,
