@@ -186,6 +186,36 @@ def decode_images(ds: Any, column: str, opts: DataOptions, what: str, chunk: int
 
 
 # --------------------------------------------------------------------------------------------------------- load
+def split_labels(ds: Any, sel: Selection) -> torch.Tensor:
+    """A selected split's labels as class indices (int64; -1 where unlabelled)."""
+    values = _labels_of(ds, sel.label)
+    if sel.label_map:
+        values = np.array([sel.label_map[v] for v in values.tolist()], dtype=np.int64)
+    return torch.as_tensor(values.astype(np.int64))
+
+
+def classes_of(sel: Selection, train_labels: torch.Tensor) -> list[str]:
+    """Class names: the selection's, else the label values up to the largest (none without labels)."""
+    if sel.classes or sel.label is None:
+        return list(sel.classes)
+    return [str(i) for i in range(int(train_labels.max()) + 1)]
+
+
+def normalisation(opts: DataOptions, source: Any, channels: int,
+                  computed: Any) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std): ``data.mean``/``data.std``, else the source's when they fit the channels, else ``computed()``
+    (the train split's statistics)."""
+    if opts.mean is not None and opts.std is not None:
+        mean, std = opts.mean, opts.std
+    else:
+        mean, std = getattr(source, "mean", None), getattr(source, "std", None)
+        if mean is None or std is None or len(mean) != channels:
+            mean, std = computed()
+    if len(mean) != channels or len(std) != channels:
+        raise RtlabError(f"data.mean/data.std have {len(mean)} values for {channels}-channel images")
+    return tuple(mean), tuple(std)
+
+
 def build_entry(sel: Selection, opts: DataOptions, name: str, folder: Path) -> dict[str, Any]:
     """Decode both splits into the cache entry ``folder`` (resumably, see :mod:`framework.datacache`)."""
     import datasets
@@ -194,10 +224,7 @@ def build_entry(sel: Selection, opts: DataOptions, name: str, folder: Path) -> d
     shapes, labels, skipped = {}, {}, {}
     for split, ds, what in (("train", sel.train, f"dataset '{name}' ({sel.train_name} split)"),
                             ("test", sel.test, f"dataset '{name}' (test split)")):
-        values = _labels_of(ds, sel.label)
-        if sel.label_map:
-            values = np.array([sel.label_map[v] for v in values.tolist()], dtype=np.int64)
-        labels[split] = torch.as_tensor(values.astype(np.int64))
+        labels[split] = split_labels(ds, sel)
         is_image = isinstance(ds.features[sel.image], datasets.Image)
         shapes[split], skipped[split] = datacache.write_split(
             partial, split, len(ds), lambda start, ds=ds, what=what: decode_chunks(
@@ -209,10 +236,7 @@ def build_entry(sel: Selection, opts: DataOptions, name: str, folder: Path) -> d
                          f"{shapes['train'][1:]}; set data.image_size and data.channels")
     train = DiskImages(partial / "train.images", shapes["train"])
     mean, std = channel_stats(train)
-    classes = sel.classes
-    if not classes and sel.label is not None:
-        classes = [str(i) for i in range(int(labels["train"].max()) + 1)]
-    meta = {"name": name, "classes": classes, "mean": mean, "std": std,
+    meta = {"name": name, "classes": classes_of(sel, labels["train"]), "mean": mean, "std": std,
             "fingerprint": getattr(sel.train, "_fingerprint", "") or "",
             "splits": {s: {"shape": list(shapes[s]), "skipped": skipped[s]} for s in shapes}}
     datacache.commit_entry(partial, folder, meta)
@@ -226,16 +250,9 @@ def open_entry(folder: Path, meta: dict[str, Any], opts: DataOptions, source: An
                             skipped=list(m.get("skipped", [])))
               for s, m in meta["splits"].items()}
     channels = int(meta["splits"]["train"]["shape"][1])
-    if opts.mean is not None and opts.std is not None:
-        mean, std = tuple(opts.mean), tuple(opts.std)
-    else:
-        mean, std = getattr(source, "mean", None), getattr(source, "std", None)
-        if mean is None or std is None or len(mean) != channels:
-            mean, std = meta["mean"], meta["std"]
-    if len(mean) != channels or len(std) != channels:
-        raise RtlabError(f"data.mean/data.std have {len(mean)} values for {channels}-channel images")
-    return ImageData(meta["name"], splits["train"], splits["test"], list(meta["classes"]), tuple(mean),
-                     tuple(std), meta.get("fingerprint", ""))
+    mean, std = normalisation(opts, source, channels, lambda: (meta["mean"], meta["std"]))
+    return ImageData(meta["name"], splits["train"], splits["test"], list(meta["classes"]), mean, std,
+                     meta.get("fingerprint", ""))
 
 
 def _decode_options(opts: DataOptions, source: Any) -> dict[str, Any]:
@@ -258,20 +275,21 @@ def load_image_data(registry: Registry, options: Any, device: torch.device | str
     storage = getattr(opts, "storage", "auto")
     cheap = getattr(source, "cache_key", None)
     key = cheap() if opts.cache and callable(cheap) else None
-    if storage == "auto" and not (key and datacache.load_entry(
-            cache_dir() / "data" / datacache.entry_key(key, _decode_options(opts, source)))):
+    folder = cache_dir() / "data" / datacache.entry_key(key, _decode_options(opts, source)) if key else None
+    meta = datacache.load_entry(folder) if folder else None
+    if storage == "auto" and meta is None:
         storage = streaming.stream_if_too_big(source, opts, name)  # not cached yet: would its decode fit the disk?
     if storage == "stream":
-        return load_stream_data(source, opts, name, torch.device(device or "cpu"))
+        return load_stream_data(source, opts, name, torch.device(device or "cpu"), key)
     sel = None
     if opts.cache and key is None:
         sel = select_splits(source, opts, name)
         prints = [getattr(ds, "_fingerprint", "") or "" for ds in (sel.train, sel.test)]
         key = "fingerprint:" + ":".join(prints) if all(prints) else None
+        folder = cache_dir() / "data" / datacache.entry_key(key, _decode_options(opts, source)) if key else None
+        meta = datacache.load_entry(folder) if folder else None
     data = None
-    if key is not None:
-        folder = cache_dir() / "data" / datacache.entry_key(key, _decode_options(opts, source))
-        meta = datacache.load_entry(folder)
+    if folder is not None:
         try:
             if meta is None:
                 with datacache.entry_lock(folder):  # concurrent runs and ranks decode once
@@ -302,9 +320,11 @@ class _Loaded:
         return self.splits
 
 
-def load_stream_data(source: Any, opts: DataOptions, name: str, device: torch.device) -> ImageData:
+def load_stream_data(source: Any, opts: DataOptions, name: str, device: torch.device,
+                     key: str | None = None) -> ImageData:
     """The selected dataset read from its parquet shards while training (``data.storage=stream``,
-    :mod:`framework.streaming`): splits and subsets chosen on the label columns, nothing decoded up front."""
+    :mod:`framework.streaming`): splits and subsets chosen on the label columns, nothing decoded up front.
+    ``key`` (the source's cheap identity) keys the channel statistics it computes."""
     import datasets
 
     files_of = getattr(source, "stream_files", None)
@@ -338,26 +358,16 @@ def load_stream_data(source: Any, opts: DataOptions, name: str, device: torch.de
     for split, ds in (("train", sel.train), ("test", sel.test)):
         what = f"dataset '{name}' ({sel.train_name if split == 'train' else 'test'} split)"
         ids = np.asarray(ds.with_format("numpy")["__row__"], dtype=np.int64)
-        labels = _labels_of(ds, sel.label)
-        if sel.label_map:
-            labels = np.array([sel.label_map[v] for v in labels.tolist()], dtype=np.int64)
         if shape is None:  # channels and size from the first train images, as the decode would find them
             probe = streaming.StreamImages(rows, image, ids, (0, 3, 0, 0), finish, opts.image_size, False, what)
             sample, gray = probe.decode(np.arange(min(len(ids), 256)))
             shape = tuple(finish(sample[:1], all_gray=gray).shape[1:])
         images = streaming.StreamImages(rows, image, ids, (len(ids), *shape), finish, opts.image_size,
                                         shape[0] == 1 and gray, what)
-        out[split] = ImageSplit(images, torch.as_tensor(labels.astype(np.int64)).to(device), "stream")
+        out[split] = ImageSplit(images, split_labels(ds, sel).to(device), "stream")
     train = out["train"]
-    if opts.mean is not None and opts.std is not None:
-        mean, std = tuple(opts.mean), tuple(opts.std)
-    elif getattr(source, "mean", None) is not None and len(source.mean) == shape[0]:
-        mean, std = tuple(source.mean), tuple(source.std)
-    else:
-        cheap = getattr(source, "cache_key", None)
-        key = cheap() if callable(cheap) else None
-        mean, std = streaming.stream_stats(train.images, key and datacache.entry_key(
-            key, _decode_options(opts, source)))
+    mean, std = normalisation(opts, source, shape[0], lambda: streaming.stream_stats(
+        train.images, key and datacache.entry_key(key, _decode_options(opts, source))))
     buffer = opts.shuffle_buffer or streaming.default_buffer(int(np.prod(shape)))
     workers = opts.workers if opts.workers is not None else (min(8, os.cpu_count() or 1) if device.type == "cuda"
                                                              else 1)
@@ -365,5 +375,5 @@ def load_stream_data(source: Any, opts: DataOptions, name: str, device: torch.de
     log.info("dataset '%s': data.storage=stream: %d train / %d test images from %d parquet files, shuffle buffer "
              "%d rows (%d-row shards), %d decoding workers", name, len(train), len(out["test"]),
              len(rows.files), buffer, streaming.shard_rows(buffer), workers)
-    classes = sel.classes or ([str(i) for i in range(int(train.labels.max()) + 1)] if sel.label else [])
-    return ImageData(name, train, out["test"], list(classes), mean, std, extra={"storage": "stream"})
+    return ImageData(name, train, out["test"], classes_of(sel, train.labels.cpu()), mean, std,
+                     extra={"storage": "stream"})

@@ -231,10 +231,13 @@ class StreamReader:
         return index.data_ptr(), index.numel()
 
     def _tasks(self, wanted: np.ndarray) -> list[np.ndarray]:
-        shards = wanted // self.size
-        _, first = np.unique(shards, return_index=True)
-        order = shards[np.sort(first)]
-        return [np.unique(wanted[shards == s]) for s in order.tolist()]
+        """The rows of ``wanted`` grouped by shard (sorted within one), shards in the order first needed."""
+        rows = np.sort(wanted)
+        shards = rows // self.size
+        cuts = np.flatnonzero(np.diff(shards)) + 1
+        groups = np.split(rows, cuts)
+        _, first = np.unique(wanted // self.size, return_index=True)  # shard ids ascending, as the groups are
+        return [groups[i] for i in np.argsort(first, kind="stable")]
 
     def ahead(self, order: Iterable[torch.Tensor]) -> Iterator[torch.Tensor]:
         batches = list(order)
