@@ -37,10 +37,10 @@ from typing import Any, Callable, Dict, List, Protocol, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
-from framework import hookimpl
-from framework.checkpoint import atomic_write_text
-from framework.errors import RtlabError
-from framework.provenance import check_recorded_plugins
+from framework.api import hookimpl
+from framework.api import atomic_write_text
+from framework.api import RtlabError
+from framework.api import check_recorded_plugins
 
 log = logging.getLogger("rtlab")
 
@@ -91,13 +91,13 @@ class AnalysisContext:
 
     @property
     def options(self) -> Any:
-        from framework.registry import to_options
+        from framework.api import to_options
 
         return to_options(self.cfg[KIND])
 
     def compose(self, extra: Sequence[str] = ()) -> DictConfig:
         """The analysis's configuration with ``extra`` overrides applied after the user's."""
-        from framework.config import check_config, compose
+        from framework.api import check_config, compose
 
         cfg = compose([*self.overrides, *extra], self.registry)
         check_config(cfg, self.registry)
@@ -110,7 +110,7 @@ class AnalysisContext:
         A run whose ``summary.json`` exists is finished and is not trained again; a folder without one is what an
         interrupted run left behind and is started over.
         """
-        from framework.run import run_training
+        from framework.api import run_training
 
         out = self.out_dir / folder
         summary_file = out / "summary.json"
@@ -126,7 +126,7 @@ class AnalysisContext:
     def evaluation_run(self, folder: str = "eval"):
         """A run built from the analysis's configuration and never trained: data on its device, networks of the
         analysed architecture, evaluators. Analyses load the weights they study into it."""
-        from framework.run import Run
+        from framework.api import Run
 
         run = Run(self.cfg, self.out_dir / folder, self.pm)
         self.open_runs.append(run)
@@ -134,7 +134,7 @@ class AnalysisContext:
 
     def pretrained(self, name: str) -> Path:
         """The folder of pretrain run ``name`` (``analysis.pretrain.NAME``), trained first when missing."""
-        from framework.config import check_config, compose
+        from framework.api import check_config, compose
 
         runs = self.cfg[KIND].get("pretrain") or {}
         if name not in runs:
@@ -159,7 +159,7 @@ def config_hash(cfg: DictConfig) -> str:
 
 def compose_analysis(name: str, overrides: Sequence[str], registry) -> tuple[DictConfig, list[str]]:
     """The configuration of ``rtlab analyze NAME OVERRIDES`` and the full override list that composes it."""
-    from framework.config import check_config, compose
+    from framework.api import check_config, compose
 
     registry.get(KIND, name)
     overrides = list(overrides)
@@ -239,8 +239,8 @@ def run_analysis(name: str, overrides: Sequence[str], out: str | None = None, pm
     ends with one line naming the analysis and its plugin (a bad input found at the very start, with nothing
     computed yet, leaves no folder behind).
     """
-    from framework.config import register_configs
-    from framework.plugin_manager import get_plugin_manager
+    from framework.api import register_configs
+    from framework.api import get_plugin_manager
 
     pm = pm or get_plugin_manager()
     register_configs(pm.registry)
@@ -292,7 +292,7 @@ def _record_failure(folder: Path, name: str, pm, exc: BaseException, fresh: bool
 
 def _as_one_line(name: str, pm, exc: BaseException, folder: Path) -> BaseException:
     """What the command prints: bad input as it is, anything else as a failure of the analysis's plugin."""
-    from framework.errors import PluginError
+    from framework.api import PluginError
 
     if isinstance(exc, (RtlabError, PluginError)) or not isinstance(exc, Exception):
         return exc
@@ -305,8 +305,8 @@ def _as_one_line(name: str, pm, exc: BaseException, folder: Path) -> BaseExcepti
 
 # ------------------------------------------------------------------------------------------------------- command
 def configure(parser: argparse.ArgumentParser) -> None:
-    from framework.plugin_manager import get_plugin_manager
-    from framework.registry import describe_options, option_help
+    from framework.api import get_plugin_manager
+    from framework.api import describe_options, option_help
 
     registry = get_plugin_manager().registry
     sub = parser.add_subparsers(dest="analysis", metavar="ANALYSIS")
@@ -323,7 +323,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def command(args: argparse.Namespace) -> int:
     if not args.analysis:
-        from framework.plugin_manager import get_plugin_manager
+        from framework.api import get_plugin_manager
 
         names = get_plugin_manager().registry.names(KIND)
         raise RtlabError(f"name an analysis: rtlab analyze {{{','.join(names)}}} [OVERRIDES]")

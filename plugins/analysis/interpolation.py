@@ -13,9 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from framework.errors import RtlabError
-from framework.evaluation import bn_control, extract
-from framework.models import has_batchnorm
+from framework.api import RtlabError
+from framework.api import bn_control, extract
+from framework.api import has_batchnorm
 
 BN_MODES = ("reestimate", "interpolate")
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from framework.errors import RtlabError
+from framework.api import RtlabError
 
 SELECTIONS = ("weights", "all")
 MASK_SUFFIX = "_mask"

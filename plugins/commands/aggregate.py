@@ -20,10 +20,10 @@ import statistics
 from pathlib import Path
 from typing import Any, Iterable
 
-from framework import hookimpl
-from framework.errors import RtlabError
-from framework.intervals import CONTROLS, control_key, format_gain, gain
-from framework.metrics import MetricKind, kind_of, merged
+from framework.api import hookimpl
+from framework.api import RtlabError
+from framework.api import control_key, CONTROLS, format_gain, gain
+from framework.api import kind_of, merged, MetricKind
 
 
 def find_runs(folders: Iterable[str]) -> list[Path]:

@@ -34,9 +34,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from framework import __version__, hookimpl
-from framework.errors import RtlabError
-from framework.options import DataOptions
+from framework.api import __version__, hookimpl
+from framework.api import RtlabError
+from framework.api import DataOptions
 
 
 # ----------------------------------------------------------------------------------------- synthetic data source
@@ -290,9 +290,9 @@ def bench_optimizer(params: list[torch.nn.Parameter], repeats: int = 5) -> dict[
 def bench_case(case: BenchCase, batch: int, steps: int, repeats: int, device: str, precision: str,
                cached: bool = True) -> BenchResult:
     """Step throughput of rtlab vs the bare loop (and with teacher caching) for one case."""
-    from framework.config import compose
-    from framework.plugin_manager import create_plugin_manager
-    from framework.run import Run
+    from framework.api import compose
+    from framework.api import create_plugin_manager
+    from framework.api import Run
 
     overrides = [
         f"backbone={case.backbone}", f"backbone.stem={case.stem}", f"head.out_dim={case.out_dim}",
@@ -522,7 +522,7 @@ def run_bench(args: argparse.Namespace) -> int:
                                               batch, steps, repeats, args.device, args.precision[0])
         print_data_path(report["data_path"])
         return _write(report, args.out)
-    from framework.device import resolve_device, resolve_dtype
+    from framework.api import resolve_device, resolve_dtype
 
     device = resolve_device(args.device)
     precisions: list[tuple[str, Any]] = []
@@ -587,7 +587,7 @@ def run_bench(args: argparse.Namespace) -> int:
 
 def _write(report: dict[str, Any], out: Optional[Path]) -> int:
     if out:
-        from framework.checkpoint import atomic_write_text
+        from framework.api import atomic_write_text
 
         atomic_write_text(out, json.dumps(report, indent=2))
         print(f"wrote {out}", file=sys.stderr)

@@ -44,10 +44,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from framework import hookimpl
-from framework.checkpoint import atomic_write_text
-from framework.errors import RtlabError
-from framework.intervals import CONTROLS, format_gain, gain
+from framework.api import hookimpl
+from framework.api import atomic_write_text
+from framework.api import RtlabError
+from framework.api import CONTROLS, format_gain, gain
 
 log = logging.getLogger("rtlab")
 
@@ -137,7 +137,7 @@ def train_cells(method: str, backbone: str, seeds: list[int], overrides: list[st
                 ) -> int:
     """One Hydra multirun over ``seeds`` for a (method, backbone) pair; returns the exit code of ``rtlab train``
     (a failing cell stops the seeds after it; they are trained by the next invocation)."""
-    from framework.cli import train_command
+    from framework.api import train_command
 
     launcher = [] if settings.launcher == "basic" else [f"hydra/launcher={settings.launcher}",
                                                         f"hydra.launcher.n_jobs={settings.jobs}"]
@@ -150,8 +150,8 @@ def train_cells(method: str, backbone: str, seeds: list[int], overrides: list[st
 def run_comparison(overrides: list[str], out: str | None = None, pm: Any = None) -> dict:
     """``rtlab compare OVERRIDES``: train the missing cells, then write the table and plot; returns the record.
     ``pm`` resolves names here; the cells are trained by ``rtlab train`` with the process-wide plugin manager."""
-    from framework.config import check_config, compose, register_configs
-    from framework.plugin_manager import get_plugin_manager
+    from framework.api import check_config, compose, register_configs
+    from framework.api import get_plugin_manager
 
     pm = pm or get_plugin_manager()
     register_configs(pm.registry)

@@ -18,10 +18,10 @@ import os
 from pathlib import Path
 from typing import Any
 
-from framework import hookimpl
-from framework.checkpoint import atomic_write_text
-from framework.errors import RtlabError
-from framework.metrics import from_summary, kind_of, merged
+from framework.api import hookimpl
+from framework.api import atomic_write_text
+from framework.api import RtlabError
+from framework.api import from_summary, kind_of, merged
 from plugins.tracking.plotting import pyplot, save
 
 TARGET_STYLE = {"teacher": ("tab:orange", "-"), "teacher_bn": ("tab:red", ":"), "student": ("tab:blue", "-"),
@@ -243,8 +243,8 @@ def compare_runs(folders: list[Path], out: Path, target: str = "student") -> str
 
 def check_target(runs: list[Path], target: str) -> None:
     """Refuse, before anything is written, a ``--target`` that none of ``runs`` evaluated and no run could."""
-    from framework.errors import unknown_name
-    from framework.evaluation import BUILTIN_TARGETS
+    from framework.api import unknown_name
+    from framework.api import BUILTIN_TARGETS
 
     if not runs:
         return
@@ -262,7 +262,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def command(args: argparse.Namespace) -> int:
-    from framework.plugin_manager import get_plugin_manager
+    from framework.api import get_plugin_manager
     from plugins.analysis import render_folder
 
     folders = expand(args.paths)

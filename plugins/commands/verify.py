@@ -23,8 +23,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from framework import hookimpl
-from framework.errors import RtlabError
+from framework.api import hookimpl
+from framework.api import RtlabError
 
 
 class VerifyFailed(RtlabError):
@@ -104,9 +104,9 @@ def check(expectations: list[Any], cfg: Any, runs: list[tuple[dict, dict]]) -> t
 
 
 def verify(overrides: list[str], seeds: int | None = None, out: str | None = None) -> int:
-    from framework.cli import train_command
-    from framework.config import check_config, compose, register_configs
-    from framework.plugin_manager import get_plugin_manager
+    from framework.api import train_command
+    from framework.api import check_config, compose, register_configs
+    from framework.api import get_plugin_manager
 
     pm = get_plugin_manager()
     register_configs(pm.registry)

@@ -18,10 +18,10 @@ from typing import Any, Mapping, Optional
 
 import numpy as np
 
-from framework import hookimpl
-from framework.datacache import listing_key
-from framework.errors import RtlabError
-from framework.options import DataOptions
+from framework.api import hookimpl
+from framework.api import listing_key
+from framework.api import RtlabError
+from framework.api import DataOptions
 
 OFFLINE_HINT = ("use local data instead: data=imagefolder data.path=DIR, data=hf data.path=/path/to/parquet_or_"
                 "saved_dataset, or a built-in (data=fashion_mnist, data=digits)")
@@ -132,7 +132,7 @@ class HFSource:
 
     def stream_files(self) -> dict[str, list[str]]:
         """Split → parquet files, for ``data.storage=stream`` (local files, or a hub dataset's when online)."""
-        from framework.streaming import stream_files_of
+        from framework.api import stream_files_of
 
         local = Path(self.opts.path).expanduser()
         if not local.exists() and (_offline() or self.opts.path.startswith(("/", "./", "../", "~"))):

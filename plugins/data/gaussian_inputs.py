@@ -15,9 +15,9 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from framework import hookimpl
-from framework.errors import RtlabError
-from framework.options import DataOptions
+from framework.api import hookimpl
+from framework.api import RtlabError
+from framework.api import DataOptions
 
 CLIP = 4.0  # the noise is clipped at ±CLIP σ so that it fits uint8 pixels
 

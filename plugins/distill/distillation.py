@@ -26,9 +26,9 @@ from typing import Optional
 
 import torch
 
-from framework import distributed, hookimpl
-from framework.errors import RtlabError
-from framework.models import forward_views
+from framework.api import distributed, hookimpl
+from framework.api import RtlabError
+from framework.api import forward_views
 
 PAIRINGS = ("same", "opposite", "all")
 

@@ -23,8 +23,8 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from framework import hookimpl
-from framework.errors import RtlabError
+from framework.api import hookimpl
+from framework.api import RtlabError
 
 
 @dataclass

@@ -27,10 +27,10 @@ from typing import Optional
 
 import torch
 
-from framework import hookimpl
-from framework.errors import RtlabError
-from framework.checkpoint import load_checkpoint
-from framework.models import clone, load_network_state
+from framework.api import hookimpl
+from framework.api import RtlabError
+from framework.api import load_checkpoint
+from framework.api import clone, load_network_state
 
 log = logging.getLogger("rtlab")
 

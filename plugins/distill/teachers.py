@@ -18,9 +18,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from framework import hookimpl
-from framework.errors import RtlabError
-from framework.models import freeze, load_network_checkpoint, load_network_state
+from framework.api import hookimpl
+from framework.api import RtlabError
+from framework.api import freeze, load_network_checkpoint, load_network_state
 
 WHICH = ("student", "teacher")
 
@@ -54,7 +54,7 @@ class CheckpointTeacherOptions:
 def _pretrained_backbone_state(run) -> dict:
     import timm
 
-    from framework.registry import to_options
+    from framework.api import to_options
 
     opts = to_options(run.cfg.backbone)
     try:

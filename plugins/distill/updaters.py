@@ -25,8 +25,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from framework import hookimpl
-from framework.errors import RtlabError
+from framework.api import hookimpl
+from framework.api import RtlabError
 
 BN_MODES = ("eval", "from_data", "from_student")
 

@@ -19,7 +19,7 @@ AdamW, lr 5e-4 · batch/256, 10 warm-up epochs, cosine; see the ``paper_dino_cif
 
 from __future__ import annotations
 
-from framework import hookimpl
+from framework.api import hookimpl
 from plugins.methods import add_method
 
 

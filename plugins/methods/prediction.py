@@ -19,7 +19,7 @@ from typing import List
 import torch
 from torch import nn
 
-from framework.errors import RtlabError
+from framework.api import RtlabError
 from plugins.networks.heads import MLP, MLPHeadOptions
 
 
@@ -59,7 +59,7 @@ class PredictionObjective(nn.Module):
         self.predictor: nn.Module | None = None
 
     def setup(self, run):
-        from framework.seeding import stream_seed
+        from framework.api import stream_seed
 
         width = output_dim(run.student.head, run.student.embed_dim)
         with torch.random.fork_rng(devices=[]):

@@ -11,7 +11,7 @@ augmentation (``augment=identity``).
 
 from __future__ import annotations
 
-from framework import hookimpl
+from framework.api import hookimpl
 from plugins.methods import add_method
 
 

@@ -25,8 +25,8 @@ from typing import List
 import torch
 import torch.nn.functional as F
 
-from framework import distributed, hookimpl
-from framework.errors import RtlabError
+from framework.api import distributed, hookimpl
+from framework.api import RtlabError
 from plugins.data.augmentations import MultiCrop, TwoViewOptions
 from plugins.networks.heads import MLPHeadOptions, mlp_head
 from plugins.methods import add_method

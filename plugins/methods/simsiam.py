@@ -21,7 +21,7 @@ from typing import List, Tuple
 
 import torch.nn.functional as F
 
-from framework import hookimpl
+from framework.api import hookimpl
 from plugins.data.augmentations import MultiCrop, TwoViewOptions
 from plugins.networks.heads import MLPHeadOptions, mlp_head
 from plugins.methods import add_method

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from framework import distributed, hookimpl
+from framework.api import distributed, hookimpl
 from plugins.networks.heads import mlp_head
 from plugins.methods import add_method
 from plugins.methods.joint_embedding import JointEmbedding, WideProjectorOptions

@@ -20,7 +20,7 @@ import torch
 from timm.models import register_model
 from torch import nn
 
-from framework import hookimpl
+from framework.api import hookimpl
 
 VGG_CFGS = {
     "vgg11": (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"),

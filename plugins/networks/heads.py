@@ -34,8 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from framework import hookimpl
-from framework.errors import RtlabError
+from framework.api import hookimpl
+from framework.api import RtlabError
 
 
 @dataclass

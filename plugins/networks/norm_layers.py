@@ -14,7 +14,7 @@ from typing import Any
 
 from torch import nn
 
-from framework.errors import unknown_name
+from framework.api import unknown_name
 
 
 class GroupNorm8(nn.GroupNorm):

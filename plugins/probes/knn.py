@@ -42,9 +42,9 @@ from typing import Any, Iterator, Sequence
 import torch
 import torch.nn.functional as F
 
-from framework import hookimpl
-from framework.device import one_cpu_thread
-from framework.errors import RtlabError
+from framework.api import hookimpl
+from framework.api import one_cpu_thread
+from framework.api import RtlabError
 
 SCREENS = ("auto", "bf16", "off")
 AUTO_MIN_TRAIN = 20_000  # screen=auto screens from this many train rows
@@ -70,7 +70,7 @@ def _compact(mask: torch.Tensor) -> torch.Tensor:
 
 def bf16_screening_pays(device: torch.device) -> bool:
     """bf16 screening is worth it on CPUs with bf16 matrix instructions (on GPUs the fp32 product is fast)."""
-    from framework.device import cpu_has_bf16_units
+    from framework.api import cpu_has_bf16_units
 
     return device.type == "cpu" and cpu_has_bf16_units()
 

@@ -21,9 +21,9 @@ import math
 import torch
 import torch.nn.functional as F
 
-from framework import hookimpl
-from framework.metrics import MetricKind
-from framework.registry import NoOptions
+from framework.api import hookimpl
+from framework.api import MetricKind
+from framework.api import NoOptions
 
 RANKME_ROWS = 25_600
 UNIFORMITY_ROWS = 4_096

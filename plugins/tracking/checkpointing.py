@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List
 
-from framework import hookimpl
-from framework.errors import RtlabError
+from framework.api import hookimpl
+from framework.api import RtlabError
 
 
 @dataclass
@@ -49,7 +49,7 @@ def rtlab_summarize(run, summary):
 # ------------------------------------------------------------------------------------------ rtlab checkpoint
 def describe(path: str) -> str:
     """One line about a checkpoint after it loaded completely (hash checked where there is one)."""
-    from framework.checkpoint import load_weights
+    from framework.api import load_weights
 
     tensors, meta = load_weights(path)
     params = sum(t.numel() for t in tensors.values())
@@ -73,7 +73,7 @@ def _configure(parser) -> None:
 
 
 def _run(args) -> int:
-    from framework.checkpoint import load_weights, save_checkpoint
+    from framework.api import load_weights, save_checkpoint
 
     if args.to_safetensors and len(args.paths) != 1:
         raise RtlabError("--to-safetensors converts one file at a time; give a single PATH")

@@ -11,7 +11,7 @@ import json
 import os
 import time
 
-from framework import hookimpl
+from framework.api import hookimpl
 from plugins.tracking.per_run import PerRun
 
 

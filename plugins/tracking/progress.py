@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 
-from framework import hookimpl
+from framework.api import hookimpl
 
 
 @dataclass

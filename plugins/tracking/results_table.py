@@ -3,8 +3,8 @@
 
 from __future__ import annotations
 
-from framework import hookimpl
-from framework.metrics import ACCURACY, MetricKind, from_summary, kind_of
+from framework.api import hookimpl
+from framework.api import ACCURACY, from_summary, kind_of, MetricKind
 
 ROW_NAMES = {"teacher": "teacher", "teacher_bn": "teacher (BN control)", "student": "student",
              "input": "input pixels"}

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from framework import hookimpl
+from framework.api import hookimpl
 from plugins.tracking.per_run import PerRun
 
 

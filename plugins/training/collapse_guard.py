@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from framework import hookimpl
+from framework.api import hookimpl
 
 log = logging.getLogger("rtlab")
 

@@ -23,8 +23,8 @@ from typing import List, Optional, Tuple
 
 import torch
 
-from framework import hookimpl
-from framework.errors import RtlabError
+from framework.api import hookimpl
+from framework.api import RtlabError
 
 SCHEDULES = ("constant", "cosine", "multistep")
 

@@ -20,9 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from framework import hookimpl
-from framework.checkpoint import load_checkpoint, prefixed, strip_prefix
-from framework.errors import RtlabError
+from framework.api import hookimpl
+from framework.api import load_checkpoint, prefixed, strip_prefix
+from framework.api import RtlabError
 
 CLASSIFIER_PREFIX = "classifier."
 
