@@ -10,11 +10,11 @@ import types
 import torch
 
 from conftest import ROOT, TINY
-from framework.config import compose
-from framework.evaluation import Features
-from framework.plugin_manager import create_plugin_manager
-from framework.run import Run, run_training
-from framework.runview import PUBLIC
+from framework._config.compose import compose
+from framework._contract.features import Features
+from framework._contract.plugin_manager import create_plugin_manager
+from framework._run.loop import Run, run_training
+from framework._contract.runview import PUBLIC
 
 GUIDE = (ROOT / "docs" / "plugins.md").read_text()
 
@@ -50,7 +50,7 @@ def test_the_drift_analysis_example_studies_a_finished_run(tmp_path):
 def test_the_effective_rank_example_is_a_number_metric():
     code = _block("class EffectiveRank:")
     module = _module("erank_example", code)
-    from framework.metrics import MetricKind
+    from framework._base.metrics import MetricKind
 
     assert module.EffectiveRank.metric_kinds["erank"] == MetricKind.number(higher_is_better=True)
     feats = torch.randn(64, 8)

@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from framework.errors import RtlabError
-from framework.models import forward_views
+from framework._base.errors import RtlabError
+from framework._nets.models import forward_views
 from plugins.distill.distillation import Centering, view_pairs
 from plugins.distill.losses import CrossEntropy, MeanSquaredError, MSEOptions, PredictionEntropy, TemperatureOptions
 from plugins.training.optimizers import cosine_value
@@ -121,8 +121,8 @@ def test_clipping_bounds_the_update(tmp_path):
 def test_centre_is_saved_and_restored_with_the_training_state(tmp_path):
     """The centre is the objective's state: written to checkpoints/last and restored by the state protocol itself
     (on every rank), not by a hook."""
-    from framework.checkpoint import load_checkpoint
-    from framework.state import restore
+    from framework._nets.checkpoint import load_checkpoint
+    from framework._run.state import restore
 
     run = compose_run(tmp_path / "a", "objective.center_momentum=0.9", "evaluator=[]")
     run.train_step(next(run.batches()))

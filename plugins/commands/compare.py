@@ -23,7 +23,7 @@ Results: ``compare.md`` and ``compare.csv`` (per method and backbone: k-NN and l
 mean ± sample std over seeds; the student's k-NN accuracy at its random init and the gain over it, paired per seed;
 wall time; training images/s; columns ``<number>_mean`` and ``<number>_sd``), the student's k-NN and linear
 accuracy as gains over its controls (random-init teacher, BN control, input pixels), paired per seed with a seeded
-bootstrap 95 % interval (``*``: the interval excludes 0; :mod:`framework.intervals`),
+bootstrap 95 % interval (``*``: the interval excludes 0; :func:`framework.api.gain`),
 ``plots/compare.png`` and ``compare.json`` (every cell). A failed cell is reported (the last line of its
 ``error.txt``; the seeds after it in its multirun are not trained) and the command exits with code 1 after writing
 everything else.

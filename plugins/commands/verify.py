@@ -1,7 +1,7 @@
 """``rtlab verify experiment=NAME [--seeds N]``: train a preset and check the results it expects (a regression test
 of numbers).
 
-A preset lists its expected results in a top-level ``expect:`` list (:class:`framework.expectations.Expectation`:
+A preset lists its expected results in a top-level ``expect:`` list (the expectation entries:
 ``metric``, ``value``, ``tolerance``, optional ``minus`` — another key of the same run, so the expectation is a
 paired gain —, ``where`` — the config values of the runs it is about, for a sweep —, and ``budget`` — the config
 values it was measured at). ``verify`` trains the preset as ``rtlab train -m`` would (its own sweep, or

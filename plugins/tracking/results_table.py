@@ -19,7 +19,7 @@ def row_name(target: str) -> str:
 
 def format_table(metrics: dict[str, float], kinds: dict[str, MetricKind] | None = None) -> str:
     """``target | metric …`` rows from flat ``metric/target`` keys (accuracies in %, numbers as they are: see
-    :mod:`framework.metrics`), the training data's rows first, then each probe dataset's (``metric/target@dataset``).
+    :class:`framework.api.MetricKind`), the training data's rows first, then each probe dataset's (``metric/target@dataset``).
     """
     kinds = kinds or {}
     cols: list[str] = []

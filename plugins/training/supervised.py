@@ -98,7 +98,7 @@ class Supervised:
         self.net = ClassifierNet(run.student.encoder, self.classifier)
         return list(self.classifier.parameters())
 
-    # The classifier trains with the student: it is training state, restored on every rank by framework/state.py.
+    # The classifier trains with the student: it is training state, restored on every rank by framework/_run/state.py.
     def state_dict(self):
         return {"classifier": self.classifier.state_dict()}
 
