@@ -195,13 +195,13 @@ def test_slurm_variables_and_node_lists():
 def test_a_batch_too_small_for_every_process_is_refused():
     from types import SimpleNamespace
 
-    from framework._run.build import RunBuild
+    from framework._run.build import _check_shards
     from framework._base.errors import RtlabError
 
     def check(n, batch_size, drop_last, world_size=2):
         run = SimpleNamespace(data=SimpleNamespace(train=range(n)), world_size=world_size,
                               cfg=SimpleNamespace(train=SimpleNamespace(batch_size=batch_size, drop_last=drop_last)))
-        RunBuild._check_shards(run)
+        _check_shards(run)
 
     check(117, 32, False)  # last batch 21: shards of 11 and 10
     check(65, 64, True)  # the last image is dropped

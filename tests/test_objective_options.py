@@ -101,7 +101,7 @@ def test_last_layer_freeze_clipping_and_weight_decay_schedule(tmp_path):
     plain = [g for g in run.optimizer.param_groups if not g["decayed"]]
     assert all(p.ndim > 1 for p in decayed[0]["params"]) and all(p.ndim <= 1 for p in plain[0]["params"])
     assert plain[0]["weight_decay"] == 0.0
-    run.step = run.steps_per_epoch  # epoch 2: the last layer trains
+    run.clock.step = run.steps_per_epoch  # epoch 2: the last layer trains
     run.train_step(next(run.batches()))
     assert not torch.equal(run.student.head.last.weight, last0)
     assert decayed[0]["weight_decay"] == pytest.approx(cosine_value(0.04, 0.4, run.steps_per_epoch,

@@ -65,7 +65,7 @@ class ResultKey:
     @property
     def point(self) -> str:
         """What was probed, without the metric: ``student.L-2@cifar100`` (a row of the results table)."""
-        return self.target + layer_suffix(self.layer) + (f"@{self.dataset}" if self.dataset is not None else "")
+        return format_point(self.target, self.layer, self.dataset)
 
     @property
     def stage(self) -> str:
@@ -77,6 +77,11 @@ class ResultKey:
 
     def __str__(self) -> str:
         return f"{self.metric}/{self.point}"
+
+
+def format_point(target: str, layer: Layer = EMBEDDING, dataset: Optional[str] = None) -> str:
+    """``student.L-2@cifar100``: what was probed, the key without its metric."""
+    return target + layer_suffix(layer) + (f"@{dataset}" if dataset is not None else "")
 
 
 def format_key(metric: str, target: str, layer: Layer = EMBEDDING, dataset: Optional[str] = None) -> str:

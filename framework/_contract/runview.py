@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from framework._nets.models import Network
     import pluggy
 
+    from framework._base.clock import Clock
     from framework._nets.placement import Placement
     from framework._base.registry import Registry
 
@@ -55,6 +56,7 @@ class RunView(Protocol):
     aug_gen: "torch.Generator"  # the augmentation stream (on ``device``)
 
     # --- where it is ------------------------------------------------------------------------------------------
+    clock: "Clock"  # step, epoch, position and the plan in one value (``clock.fractional_epoch``, …); read-only
     step: int  # optimiser steps done
     epoch: int  # epochs completed
     epochs: int  # epochs to train (train.epochs, or from train.sample_budget)
@@ -89,7 +91,10 @@ class RunView(Protocol):
     def record_error(self, where: str, exc: BaseException) -> None:
         """Record a failed optional part in ``summary["errors"]`` and the log; the run goes on."""
 
+    def start_at(self, epoch: int) -> None:
+        """Before training: continue as if ``epoch`` epochs were trained (schedules included; IMP's rewinding)."""
+
 
 # The members above, checked against framework.api.Run by tests/test_runview.py and listed in docs/plugins.md.
 PUBLIC = tuple(n for n in RunView.__annotations__) + ("autocast", "prepare", "new_network", "place",
-                                                       "save_checkpoint", "record_error")
+                                                       "save_checkpoint", "record_error", "start_at")

@@ -25,22 +25,23 @@ number of channels unless its entry sets ``image_size``/``channels``, and normal
 from __future__ import annotations
 
 import logging
-import traceback
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import torch
 from torch import nn
 
-from framework._base.keys import layer_suffix
+from framework._base.keys import format_key, format_point, parse_key
 from framework._contract.features import Features, bn_control, check_layers, eval_mode, extract, layer_embedder
+from framework._config.compose import dataset_node
+from framework._data.data import load_image_data
 from framework._nets import distributed
-from framework._base.errors import PluginError, RtlabError
+from framework._base.errors import RtlabError
 from framework._nets.models import clone, has_batchnorm, parameter_distance
 
 if TYPE_CHECKING:
-    from framework._data.data import ImageData, Normalize
+    from framework._data.data import ImageData
     from framework._base.registry import Registry
-    from framework._contract.runview import RunView as Run
+    from framework._run.internals import RunInternals as Run
 
 log = logging.getLogger("rtlab")
 
@@ -48,12 +49,12 @@ BUILTIN_TARGETS = ("teacher", "teacher_bn", "student", "input")
 
 
 def initial_student(run: "Run") -> nn.Module:
-    """The student with its initial weights (``run._init_student``) and fresh BatchNorm statistics (those of a
+    """The student with its initial weights (``run.init_student``) and fresh BatchNorm statistics (those of a
     just-built network)."""
     net = clone(run.student)
     with torch.no_grad():
         params = dict(net.named_parameters())
-        for name, value in run._init_student.items():
+        for name, value in run.init_student.items():
             params[name].copy_(value)
     for m in net.modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
@@ -118,9 +119,6 @@ def features(run: "Run", target: str, data: "ImageData | None" = None, cache: di
 def load_probe_datasets(registry: "Registry", specs: Sequence[Any], train_data: "ImageData",
                         device: torch.device) -> dict[str, "ImageData"]:
     """The ``eval.datasets`` entries as decoded datasets on ``device``, by metric key (see the module doc)."""
-    from framework._config.compose import dataset_node
-    from framework._data.data import load_image_data
-
     out: dict[str, ImageData] = {}
     h, w = train_data.size
     for spec in specs:
@@ -142,74 +140,58 @@ def load_probe_datasets(registry: "Registry", specs: Sequence[Any], train_data: 
     return out
 
 
-# ------------------------------------------------------------------------------------------------- the run's part
-class RunEvaluation:
-    """Evaluation points and failure-tolerant calls (a part of :class:`framework.api.Run`)."""
+# ------------------------------------------------------------------------------------------ evaluation points
+def probe_sets(run: "Run") -> dict[str, "ImageData"]:
+    """The datasets the evaluators probe, by dataset key: ``None`` is the training data (skipped when it has
+    no labels or ``eval.train_data`` is false), then every ``eval.datasets`` entry."""
+    sets: dict = {None: run.data} if run.data.train.labelled and run.cfg.eval.train_data else {}
+    return {**sets, **run.probe_data}
 
-    def probe_sets(self) -> dict[str, ImageData]:
-        """The datasets the evaluators probe, by metric suffix: ``""`` is the training data (skipped when it has no
-        labels or ``eval.train_data`` is false), then every ``eval.datasets`` entry."""
-        sets = {"": self.data} if self.data.train.labelled and self.cfg.eval.train_data else {}
-        return {**sets, **self.probe_data}
 
-    def evaluate(self, epoch: int) -> dict[str, float]:
-        """Run every evaluator on every target of every probe dataset; frozen targets are evaluated only the first
-        time. The results also hold the parameter distances ``teacher_student_distance`` and
-        ``student_distance_from_init`` (no ``/``: they are not accuracies). A failing evaluator is recorded in the
-        summary and training goes on."""
-        for exc in self.call_each("rtlab_evaluate_start", run=self, epoch=epoch):
-            self.record_error("rtlab_evaluate_start", exc)
-        results: dict[str, float] = {
-            "teacher_student_distance": parameter_distance(self.student, self.teacher),
-            "student_distance_from_init": parameter_distance(self.student, self._init_student),
-        }
-        cache: dict[Any, Any] = {}
-        layers = check_layers(self.cfg.eval.layers)
-        points = [(t, layer) for t in self.cfg.eval.targets for layer in layers if t != "input" or layer == -1]
-        for key, data in self.probe_sets().items() if self.evaluators else ():
-            for target, layer in points:
-                name = target + layer_suffix(layer) + (f"@{key}" if key else "")
-                frozen = target == "input" or (target in ("teacher", "teacher_bn") and self.teacher_frozen)
-                if frozen and any(k.endswith(f"/{name}") for k in self.metrics):
+def evaluate(run: "Run", epoch: int) -> dict[str, float]:
+    """Run every evaluator on every target of every probe dataset; frozen targets are evaluated only the first
+    time. The results also hold the parameter distances ``teacher_student_distance`` and
+    ``student_distance_from_init`` (no ``/``: they are not accuracies). A failing evaluator is recorded in the
+    summary and training goes on."""
+    for exc in run.call_each("rtlab_evaluate_start", run=run, epoch=epoch):
+        run.record_error("rtlab_evaluate_start", exc)
+    results: dict[str, float] = {
+        "teacher_student_distance": parameter_distance(run.student, run.teacher),
+        "student_distance_from_init": parameter_distance(run.student, run.init_student),
+    }
+    cache: dict[Any, Any] = {}
+    measured = {key.point for key in map(parse_key, run.metrics) if key is not None}
+    layers = check_layers(run.cfg.eval.layers)
+    points = [(t, layer) for t in run.cfg.eval.targets for layer in layers if t != "input" or layer == -1]
+    for dataset, data in probe_sets(run).items() if run.evaluators else ():
+        for target, layer in points:
+            point = format_point(target, layer, dataset)
+            frozen = target == "input" or (target in ("teacher", "teacher_bn") and run.teacher_frozen)
+            if frozen and point in measured:  # a frozen target is measured once
+                continue
+            try:  # every rank embeds its share; all get every row
+                feats = features(run, target, data, cache, layer)
+            except Exception as exc:  # an optional part: recorded, training goes on
+                run.record_error(f"feature extraction for eval target '{point}' at epoch {epoch}", exc)
+                continue
+            for name, evaluator in (run.evaluators.items() if run.is_main else ()):
+                try:
+                    values = evaluator.evaluate(feats, run)
+                except Exception as exc:
+                    plugin = run.registry.get("evaluator", name).plugin
+                    run.record_error(f"evaluator '{name}' (plugin {plugin}) on {point} at epoch {epoch}", exc)
                     continue
-                try:  # every rank embeds its share; all get every row
-                    feats = features(self, target, data, cache, layer)
-                except Exception as exc:  # an optional part: recorded, training goes on
-                    self.record_error(f"feature extraction for eval target '{name}' at epoch {epoch}", exc)
-                    continue
-                for ename, evaluator in (self.evaluators.items() if self.is_main else ()):
-                    try:
-                        values = evaluator.evaluate(feats, self)
-                    except Exception as exc:
-                        plugin = self.registry.get("evaluator", ename).plugin
-                        self.record_error(f"evaluator '{ename}' (plugin {plugin}) on {name} at epoch {epoch}", exc)
-                        continue
-                    for metric, value in values.items():
-                        results[f"{metric}/{name}"] = float(value)
-                del feats
-        del cache
-        results = distributed.broadcast(results)
-        self.metrics.update(results)
-        self.history.append({"epoch": epoch, "step": self.step, **results})
-        for exc in self.call_each("rtlab_evaluate_end", run=self, epoch=epoch, results=results):
-            self.record_error("rtlab_evaluate_end", exc)
-        return results
+                for metric, value in values.items():
+                    results[format_key(metric, target, layer, dataset)] = float(value)
+            del feats
+    del cache
+    results = distributed.broadcast(results)
+    run.results.add_evaluation(epoch, run.clock.step, results)
+    for exc in run.call_each("rtlab_evaluate_end", run=run, epoch=epoch, results=results):
+        run.record_error("rtlab_evaluate_end", exc)
+    return results
 
-    def call_each(self, hook_name: str, **kwargs: Any) -> list[Exception]:
-        """Every implementation of an after-training hook, failures collected (rank 0 only)."""
-        return self.pm.call_each(hook_name, **kwargs) if self.is_main else []
 
-    def record_error(self, where: str, exc: BaseException) -> None:
-        """Note a failed optional part (evaluator, analysis, a plugin after training) in the summary and the log."""
-        if isinstance(exc, (PluginError, RtlabError)) and where.startswith("rtlab_"):
-            message = str(exc)
-        else:
-            detail = " ".join(str(exc).split())[:300]
-            message = f"{where} failed: {type(exc).__name__}" + (f": {detail}" if detail else "")
-        log.error("%s", message)
-        log.debug("%s", "".join(traceback.format_exception(exc)))
-        self.summary.setdefault("errors", []).append({"step": self.step, "error": message})
-
-    def _eval_due(self, epoch: int) -> bool:
-        every = self.cfg.eval.every
-        return epoch == self.epochs or (every > 0 and epoch % every == 0)
+def eval_due(run: "Run", epoch: int) -> bool:
+    every = run.cfg.eval.every
+    return epoch == run.clock.epochs or (every > 0 and epoch % every == 0)

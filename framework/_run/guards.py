@@ -9,12 +9,15 @@ good one is kept.
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 import torch
 from torch import nn
 
 from framework._base.errors import TrainingDiverged
+
+if TYPE_CHECKING:
+    from framework._run.internals import RunInternals
 
 DIVERGED_FIX = ("lower optimizer.lr, add a warm-up (optimizer.warmup_epochs=1) or check the data normalisation "
                 "(data.mean/data.std)")
@@ -91,3 +94,28 @@ def check_parameters(modules: Iterable[tuple[str, nn.Module]], step: int, last_g
             if not bool(torch.isfinite(t).all()):
                 raise TrainingDiverged(f"training diverged: {owner} parameter '{k}' is not finite after step {step}; "
                                        f"stopped, {last_good}. Fix: {DIVERGED_FIX}", step)
+
+class Guard:
+    """The run's finiteness checks: the training metrics since the last log (:class:`StepMetrics`) and the weights,
+    checked when metrics are logged and before any state or checkpoint is written — once per step."""
+
+    def __init__(self, device: torch.device | str = "cpu") -> None:
+        self.step_metrics = StepMetrics(device)
+        self.checked_step = -1  # the last step check() cleared
+
+    def check(self, run: "RunInternals") -> None:
+        """Stop with :class:`TrainingDiverged` when a logged loss or a weight is not finite."""
+        if self.checked_step == run.clock.step:  # a log and a state save after one step: checked once
+            return
+        last_good = run.state.last_good()
+        self.step_metrics.check(last_good)
+        self.check_networks(run, include_frozen=False)
+        self.checked_step = run.clock.step
+
+    @staticmethod
+    def check_networks(run: "RunInternals", include_frozen: bool) -> None:
+        """The student's (and, unless it is frozen and was checked at setup, the teacher's) weights are finite."""
+        nets = [("student", run.student)]
+        if include_frozen or not run.teacher_frozen:  # a frozen teacher cannot turn non-finite
+            nets.append(("teacher", run.teacher))
+        check_parameters(nets, run.clock.step, run.state.last_good())

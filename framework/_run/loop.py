@@ -3,10 +3,11 @@
 The loop knows nothing about any method: it samples a batch of indices, asks the augmentation component for
 views, asks the objective for the loss, steps the optimiser, asks the teacher updater to update and fires hooks.
 
-Reliability lives beside the loop, not in it: :mod:`framework._run.state` captures and restores the training state
-(``checkpoints/last``; ``rtlab train resume=RUN_DIR``), :mod:`framework._run.guards` stops a diverging run with the step
-it diverged at, :mod:`framework._base.runlock` keeps two live runs out of one folder. Evaluators and the hooks after
-training run one at a time, so a failing one is recorded in the summary without costing the training results.
+:class:`Run` is the object every hook and component receives (what plugins may use of it: ``RunView``). Its parts
+are collaborators in their own modules, handed what they need: ``build`` (setup), ``clock`` (where the run is),
+``folder`` (lock and claim), ``state`` (``checkpoints/last``, resume), ``evaluation``, ``results`` (summary,
+checkpoints), ``guards``, ``preemption`` and ``parallel`` (DDP). Evaluators and the hooks after training run one at
+a time, so a failing one is recorded in the summary without costing the training results.
 """
 
 from __future__ import annotations
@@ -19,19 +20,18 @@ from typing import Any, Callable, Iterator
 import torch
 from omegaconf import DictConfig
 
-from framework._nets import distributed
-from framework._run.build import RunBuild
-from framework._data.data import ImageData
-from framework._nets.device import resolve_device
-from framework._nets.placement import Placement
-from framework._base.errors import RtlabError
-from framework._run.evaluation import BUILTIN_TARGETS, RunEvaluation
-from framework._run.guards import StepMetrics
-from framework._nets.models import Network
 from framework._contract.plugin_manager import PluginManager, get_plugin_manager
+from framework._nets import distributed
+from framework._nets.device import resolve_device
+from framework._nets.models import Network
+from framework._nets.placement import Placement
+from framework._run import build, evaluation
+from framework._base.clock import Clock
+from framework._run.folder import RunFolder
+from framework._run.guards import Guard
+from framework._run.parallel import loss_forward, views_of
 from framework._run.preemption import Preemption
-from framework._run.results import RunResults
-from framework._base.runlock import RunLock
+from framework._run.results import Results
 from framework._run.state import TrainingState
 
 log = logging.getLogger("rtlab")
@@ -44,54 +44,90 @@ class _Muted:
         return lambda **kwargs: []
 
 
-class Run(RunBuild, TrainingState, RunEvaluation, RunResults):
-    """One training run. Plugins receive it in every life-cycle hook.
-
-    ``resume=True`` continues from ``out_dir/checkpoints/last`` when it exists (see :mod:`framework._run.state`).
-    """
+class Run:
+    """One training run. ``resume=True`` continues from ``out_dir/checkpoints/last`` when it exists."""
 
     def __init__(self, cfg: DictConfig, out_dir: str | Path, pm: PluginManager | None = None,
                  resume: bool = False, claim: Callable[[], None] | None = None) -> None:
-        self.cfg = cfg
-        self.out_dir = Path(out_dir)
+        self.cfg, self.out_dir, self.resume = cfg, Path(out_dir), resume
         self.pm = pm or get_plugin_manager()
         self.registry = self.pm.registry
         self.rank, self.world_size = distributed.rank(), distributed.world_size()
         self.is_main = self.rank == 0  # only rank 0 writes files and fires life-cycle hooks
         self.hook = self.pm.hook if self.is_main else _Muted()
-        # device, parameter dtype (float64 for train.precision=fp64), autocast dtype, memory format; the data's
-        # normalisation joins once the data is loaded
+        # device, dtypes, memory format; the data's normalisation joins once the data is loaded
         self.placement = Placement.of(distributed.local_device(resolve_device(cfg.train.device)),
                                       cfg.train.precision, cfg.train.channels_last)
-        self.resume = resume
-        self.resumed_step: int | None = None  # the step a resumed run continued from
-        self.step = 0
-        self.epoch = 0  # completed epochs
-        self.position = 0  # batches of the current epoch already trained
-        self.perm: torch.Tensor | None = None  # the current epoch's data order (None between epochs)
-        self.history: list[dict[str, Any]] = []
-        self.metrics: dict[str, float] = {}
-        self.summary: dict[str, Any] = {}
-        self.metric_kinds: dict[str, Any] = {}  # by metric name, from the evaluators (framework._base.metrics)
-        # True while training a step whose metrics will be logged: components may skip optional diagnostics
-        # (e.g. the KL of a 65,536-way softmax) on the other steps
-        self.logging_step = True
-        self.data: ImageData
-        self.teacher: Network
-        self.student: Network
-        self.step_metrics = StepMetrics(self.device)
-        self.finite_step = -1  # the last step check_finite cleared
-        self.lock: RunLock | None = None
-        self.claimed = False  # whether the run owns its folder yet (see RunBuild.claim)
-        self._on_claim = claim
-        self.state_step: int | None = None  # step of the last training state written
-        self._start_time = time.time()
-        self.train_time = 0.0
-        self.images_seen = 0
-        self._loss_forward: Callable | None = None  # built on the first step (framework._run.parallel)
+        self.clock = Clock()  # planned once the data is known (build.plan)
+        self.folder = RunFolder(self.out_dir, self.is_main, claim)
+        self.state = TrainingState(self.out_dir)
+        self.results = Results()
+        self.guard = Guard(self.placement.device)
         self.preemption = Preemption()  # SIGTERM/SIGUSR1/SIGUSR2/Ctrl-C: stop after the step, state saved
+        self.resumed_step: int | None = None
+        self.perm: torch.Tensor | None = None  # the open epoch's data order (None between epochs)
+        self.logging_step = True  # this step's metrics will be logged: components may run optional diagnostics
+        self._loss_forward: Callable | None = None  # built on the first step (framework._run.parallel)
 
-    # ------------------------------------------------------------------------------------------------- the loop
+    # --------------------------------------------------------------------------------------- RunView members
+    step = property(lambda self: self.clock.step, doc="optimiser steps done")
+    epoch = property(lambda self: self.clock.epoch, doc="epochs completed")
+    epochs = property(lambda self: self.clock.epochs, doc="epochs to train")
+    steps_per_epoch = property(lambda self: self.clock.steps_per_epoch)
+    total_steps = property(lambda self: self.clock.total_steps, doc="steps the run will train")
+    device = property(lambda self: self.placement.device)
+    dtype = property(lambda self: self.placement.dtype)
+    amp_dtype = property(lambda self: self.placement.amp_dtype)
+    metrics = property(lambda self: self.results.metrics, doc="the latest evaluation's flat results")
+    history = property(lambda self: self.results.history, doc="every evaluation's results")
+    summary = property(lambda self: self.results.summary, doc="what summary.json will hold")
+    metric_kinds = property(lambda self: self.results.metric_kinds)
+    teacher_frozen = property(lambda self: bool(getattr(self.updater, "frozen", False)))
+
+    def autocast(self):
+        return self.placement.autocast()
+
+    def prepare(self, images: torch.Tensor, normalize: Any = None) -> torch.Tensor:
+        return self.placement.prepare(images, normalize)
+
+    def place(self, net: torch.nn.Module) -> torch.nn.Module:
+        return self.placement.place(net)
+
+    def new_network(self, seed: int) -> Network:
+        return build.new_network(self, seed)
+
+    def save_checkpoint(self, name: str) -> Path:
+        return self.results.save_checkpoint(self, name)
+
+    def record_error(self, where: str, exc: BaseException) -> None:
+        self.results.record_error(where, exc, self.clock.step)
+
+    def start_at(self, epoch: int) -> None:
+        """Continue as if ``epoch`` epochs had been trained (IMP rewinds the schedule this way)."""
+        self.clock.start_at(epoch)
+
+    # ----------------------------------------------------------------------------------------- collaborators
+    def setup(self) -> "Run":
+        build.setup(self)
+        return self
+
+    def claim(self) -> None:
+        self.folder.claim(self.cfg, self.pm.listing())
+
+    def call_each(self, hook_name: str, **kwargs: Any) -> list[Exception]:
+        """Every implementation of an after-training hook, failures collected (rank 0 only)."""
+        return self.pm.call_each(hook_name, **kwargs) if self.is_main else []
+
+    def evaluate(self, epoch: int) -> dict[str, float]:
+        return evaluation.evaluate(self, epoch)
+
+    def save_state(self) -> Path:
+        return self.state.save(self)
+
+    def release(self) -> None:
+        self.folder.release()
+
+    # ---------------------------------------------------------------------------------------------- the loop
     def fit(self) -> dict[str, Any]:
         """Train and evaluate (continuing a restored state); returns the summary, also in ``summary.json``. A signal
         stops the run after its current step with the state saved (:mod:`framework._run.preemption`)."""
@@ -101,60 +137,64 @@ class Run(RunBuild, TrainingState, RunEvaluation, RunResults):
         return summary
 
     def train_and_evaluate(self) -> dict[str, Any]:
-        cfg = self.cfg
+        clock = self.clock
         self.hook.rtlab_run_start(run=self)
-        unknown = [t for t in cfg.eval.targets if t not in BUILTIN_TARGETS]
-        if unknown:
-            raise RtlabError(f"unknown eval target(s) {', '.join(unknown)}; known: {', '.join(BUILTIN_TARGETS)}")
-        if cfg.eval.before and not self.history:
+        if self.cfg.eval.before and not self.history:
             self.evaluate(0)
-        while self.epoch < self.epochs and not (self.out_of_steps and self.position == 0):
-            epoch = self.epoch + 1
-            t0 = time.time()
-            for index in self.batches():
-                if self.out_of_steps:
-                    break
-                self.logging_step = self._logs_after(self.step + 1, self.position + 1)
-                self.step_metrics.add(self.step + 1, self.train_step(index))
-                self.position += 1
-                if self.logging_step:
-                    self.log_step(epoch)
-                if self._state_due(epoch_end=False):
-                    self.save_state()
-                if self.preemption.requested():
-                    self.preemption.stop(self)  # checkpoints/last at this step, then exit code 4 (or a requeue)
-            self.train_time += time.time() - t0
-            # train.max_steps ended the epoch early: its state is saved before the epoch end, so that resuming
-            # with a larger train.max_steps continues the epoch exactly where it stopped
-            partial = self.position < self.steps_per_epoch
-            if partial and self.cfg.train.state_every and self.state_step != self.step:
+        while clock.running:
+            self.train_epoch()
+        if not self.results.evaluated_at(clock.step):
+            self.evaluate(clock.epoch)
+        return self.results.finish(self)
+
+    def train_epoch(self) -> int:
+        """Train the open epoch's remaining batches, then end it (updater, ``rtlab_epoch_end``, the evaluation and
+        the training state when due); returns its number."""
+        cfg, clock = self.cfg, self.clock
+        t0 = time.time()
+        for index in self.batches():
+            if clock.out_of_steps:
+                break
+            self.logging_step = clock.ends_log_window(cfg.train.log_every)
+            self.guard.step_metrics.add(clock.step + 1, self.train_step(index))
+            if self.logging_step:
+                self.log_step()
+            if self.state.due(self, epoch_end=False):
                 self.save_state()
-            self.epoch, self.position, self.perm = epoch, 0, None
-            self.updater.epoch_end(self)
-            self.hook.rtlab_epoch_end(run=self, epoch=epoch)
-            if not self.out_of_steps and self._eval_due(epoch):
-                self.evaluate(epoch)
-            if not partial and self._state_due(epoch_end=True):
-                self.save_state()
-        if not self.history or self.history[-1]["step"] != self.step:
-            self.evaluate(self.epoch)
-        return self.finish()
+            if self.preemption.requested():
+                self.preemption.stop(self)  # checkpoints/last at this step, then exit code 4 (or a requeue)
+        self.results.train_time += time.time() - t0
+        # train.max_steps ended the epoch early: its state is saved before the epoch end, so that resuming with a
+        # larger train.max_steps continues the epoch exactly where it stopped
+        cut_short = clock.epoch_cut_short
+        if cut_short and cfg.train.state_every and self.state.saved_step != clock.step:
+            self.save_state()
+        epoch, self.perm = clock.end_epoch(), None
+        self.updater.epoch_end(self)
+        self.hook.rtlab_epoch_end(run=self, epoch=epoch)
+        if not clock.out_of_steps and evaluation.eval_due(self, epoch):
+            self.evaluate(epoch)
+        if not cut_short and self.state.due(self, epoch_end=True):
+            self.save_state()
+        return epoch
 
     def batches(self) -> Iterator[torch.Tensor]:
-        """The index batches of the current epoch not trained yet (a fresh permutation from the data-order
-        stream at the epoch's start; a resumed run continues its saved one)."""
+        """The index batches of the open epoch not trained yet (a fresh permutation from the data-order stream at
+        the epoch's start; a resumed run continues its saved one)."""
         n, bs = len(self.data.train), self.cfg.train.batch_size
         if self.perm is None:
             self.perm = self.data.train.order(self.order_gen).to(self.device)
         stop = (n // bs) * bs if self.cfg.train.drop_last else n
-        yield from self.data.train.ahead(self.perm[i:i + bs] for i in range(self.position * bs, stop, bs))
+        yield from self.data.train.ahead(self.perm[i:i + bs] for i in range(self.clock.position * bs, stop, bs))
 
     def train_step(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
         """One optimiser step on the global ``batch`` of train-split positions (this process's shard of it)."""
-        index, views = self.views_of(batch)
+        index, views = views_of(self, batch)
         self.optimizer_factory.schedule(self.optimizer, self)
+        if self._loss_forward is None:
+            self._loss_forward = loss_forward(self)  # through DistributedDataParallel with several processes
         with self.autocast():
-            loss, logs = self.forward_loss(views, index)
+            loss, logs = self._loss_forward(views, index)
         self.optimizer.zero_grad(set_to_none=True)
         share = len(index) / len(batch)
         # DDP averages gradients over processes: scaled by world_size x share, they sum to the global batch's
@@ -162,27 +202,22 @@ class Run(RunBuild, TrainingState, RunEvaluation, RunResults):
         step = getattr(self.optimizer_factory, "step", None)  # clipping, last-layer freeze (after the reduction)
         step_logs = (step(self.optimizer, self) if step is not None else self.optimizer.step()) or {}
         self.updater.update(self)
-        self.step += 1
-        self.images_seen += len(batch)
+        self.clock.tick()
+        self.results.images_seen += len(batch)
         logs = {"train/loss": loss.detach(), **{f"train/{k}": v.detach() for k, v in {**logs, **step_logs}.items()}}
         return logs if self.world_size == 1 else {k: v * share for k, v in logs.items()}  # summed at log time
 
-    def _logs_after(self, step: int, position: int) -> bool:
-        """Whether optimiser step ``step`` (the ``position``-th batch of its epoch) ends a logging window."""
-        t = self.cfg.train
-        return (step % t.log_every == 0 or position == self.steps_per_epoch
-                or (t.max_steps is not None and step >= t.max_steps))
-
-    def log_step(self, epoch: int) -> None:
+    def log_step(self) -> None:
         """Check and hand the metrics since the last log to the ``rtlab_step_end`` hook (one host sync)."""
-        if not len(self.step_metrics):
+        window = self.guard.step_metrics
+        if not len(window):
             return
-        self.check_finite()
-        distributed.all_reduce_(self.step_metrics.sums.values())  # shard-weighted values → global means
-        metrics = self.step_metrics.flush()
+        self.guard.check(self)
+        distributed.all_reduce_(window.sums.values())  # shard-weighted values → global means
+        metrics = window.flush()
         metrics["train/lr"] = float(self.optimizer.param_groups[0]["lr"])
-        metrics["step"] = self.step
-        metrics["epoch"] = (epoch - 1) + self.position / self.steps_per_epoch
+        metrics["step"] = self.clock.step
+        metrics["epoch"] = self.clock.fractional_epoch
         self.hook.rtlab_step_end(run=self, metrics=metrics)
 
 
@@ -207,7 +242,7 @@ def run_training(cfg: DictConfig, out_dir: str | Path, pm: PluginManager | None 
     except BaseException as exc:
         for err in run.call_each("rtlab_run_error", run=run, error=exc):  # never masks the original error
             log.error("while handling a run error: %s", err)
-        run.record_crash(exc)
+        run.folder.record_crash(exc, f"step {run.clock.step}, epoch {run.clock.epoch}")
         raise
     finally:
         run.release()

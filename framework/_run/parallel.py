@@ -26,7 +26,7 @@ from torch import nn
 from framework._nets import distributed
 
 if TYPE_CHECKING:
-    from framework._contract.runview import RunView as Run
+    from framework._run.internals import RunInternals as Run
 
 
 class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
@@ -118,3 +118,16 @@ def loss_forward(run: "Run") -> Callable[[list[torch.Tensor], torch.Tensor], Any
             return ddp(views, index)
 
     return forward
+
+
+def views_of(run: "Run", batch: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """(this process's shard of the global ``batch``, its views). Random views are drawn for the global batch,
+    so that every process's stream advances alike and each image gets the views one process would give it."""
+    if run.world_size == 1 or getattr(run.augment, "deterministic", False):
+        index = distributed.shard(batch)
+        images = run.data.train.batch(index).float().div_(255.0)  # prefetched by host/disk storage
+        return index, [run.prepare(v) for v in run.augment.views(images, run.aug_gen)]
+    views = run.augment.views(run.data.train.batch(batch).float().div_(255.0), run.aug_gen)
+    index = distributed.shard(batch)
+    start = sum(len(s) for s in batch.tensor_split(run.world_size)[:run.rank])
+    return index, [run.prepare(v[start:start + len(index)]) for v in views]

@@ -31,7 +31,7 @@ from framework._nets import distributed
 from framework._base.errors import RunInterrupted
 
 if TYPE_CHECKING:
-    from framework._contract.runview import RunView as Run
+    from framework._run.internals import RunInternals as Run
 
 log = logging.getLogger("rtlab")
 
@@ -102,7 +102,7 @@ class Preemption:
         name = signal.Signals(self.signal).name if self.signal else "signal"
         run.summary.setdefault("interrupted", []).append({"step": run.step, "signal": name})
         run.save_state()
-        message = (f"{name} stopped the run at step {run.step}; its training state is in {run.state_path}; continue "
+        message = (f"{name} stopped the run at step {run.step}; its training state is in {run.state.path}; continue "
                    f"it with 'rtlab train resume={run.out_dir}'")
         log.warning("%s", message)
         handler = self.chained()

@@ -21,7 +21,6 @@ a good one.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import random
@@ -33,16 +32,16 @@ import torch
 
 from framework._nets.checkpoint import checkpoint_paths, load_checkpoint, save_checkpoint
 from framework._base.errors import RtlabError
-from framework._run.guards import check_parameters
+from framework._nets.models import load_network_state
+from framework._base import paths
 from framework._base.files import NO_SPACE
 
 if TYPE_CHECKING:
-    from framework._contract.runview import RunView as Run
+    from framework._run.internals import RunInternals as Run
 
 log = logging.getLogger("rtlab")
 
 STATE_KIND = "train_state"
-STATE_NAME = "last"
 STATE_VERSION = 1
 
 
@@ -128,13 +127,20 @@ def is_stateful(obj: Any) -> bool:
     return callable(getattr(obj, "state_dict", None)) and callable(getattr(obj, "load_state_dict", None))
 
 
+def components(run: "Run") -> dict[str, Any]:
+    """The run's components by role (``evaluator.<name>`` for evaluators)."""
+    parts = {"teacher": run.teacher_init, "student": run.student_init, "updater": run.updater,
+             "objective": run.objective, "loss": run.loss_fn, "augment": run.augment, "optimizer": run.optimizer_factory}
+    return {**parts, **{f"evaluator.{name}": e for name, e in run.evaluators.items()}}
+
+
 def stateful_components(run: "Run") -> dict[str, Any]:
     """The run's components that carry state across steps, by a stable name (``evaluator.knn``, …)."""
     found: dict[str, Any] = {}
-    for name, obj in run.components().items():
+    for name, obj in components(run).items():
         if obj is not None and is_stateful(obj) and not isinstance(obj, torch.optim.Optimizer):
             found[name] = obj
-    found["run.step_metrics"] = run.step_metrics  # the partial window of training metrics not yet logged
+    found["run.step_metrics"] = run.guard.step_metrics  # the partial window of training metrics not yet logged
     return found
 
 
@@ -148,14 +154,11 @@ def capture(run: "Run") -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     components = {name: pack(obj.state_dict(), f"component.{name}", tensors)
                   for name, obj in stateful_components(run).items()}
     meta = {
-        **run.checkpoint_meta(),
+        **run.results.checkpoint_meta(run),
         "kind": STATE_KIND,
         "state_version": STATE_VERSION,
-        "position": run.position,
         "perm": pack(run.perm, "data.perm", tensors) if run.perm is not None else None,
-        "history": run.history,
-        "summary": json.loads(json.dumps(run.summary, default=str)),  # as summary.json would hold it
-        "counters": {"train_time": run.train_time, "images_seen": run.images_seen},
+        **run.results.state(),
         "optimizer": pack(run.optimizer.state_dict(), "optimizer", tensors),
         "generators": pack({"order": run.order_gen.get_state(), "augment": run.aug_gen.get_state()},
                            "rng.run", tensors),
@@ -167,11 +170,9 @@ def capture(run: "Run") -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
 
 def restore(run: "Run", tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any], source: str) -> None:
     """Put the state captured by :func:`capture` back into a freshly set-up ``run``."""
-    from framework._nets.models import load_network_state
-
     if meta.get("kind") != STATE_KIND:
         raise RtlabError(f"{source} is not a training state (kind '{meta.get('kind')}'); resume needs "
-                         f"checkpoints/{STATE_NAME}")
+                         f"checkpoints/{paths.STATE}")
     load_network_state(run.student, dict(tensors), "student.", source)
     load_network_state(run.teacher, dict(tensors), "teacher.", source)
     try:
@@ -191,82 +192,68 @@ def restore(run: "Run", tensors: Mapping[str, torch.Tensor], meta: Mapping[str, 
         raise RtlabError(f"{source} was trained on {len(perm)} images, this run has {len(run.data.train)}; "
                          "resume with the data settings the run was started with")
     run.perm = perm.to(run.device) if perm is not None else None
-    run.position = int(meta["position"])
-    run.step = int(meta["step"])
-    run.epoch = int(meta["epoch"])
-    run.history = list(meta["history"])
-    run.metrics = dict(meta["metrics"])
-    run.summary = dict(meta["summary"])
-    run.train_time = float(meta["counters"]["train_time"])
-    run.images_seen = int(meta["counters"]["images_seen"])
+    run.clock.load(meta)
+    run.results.load(meta)
     generators = unpack(meta["generators"], tensors)
     run.order_gen.set_state(generators["order"])
     run.aug_gen.set_state(generators["augment"])
     set_global_rng_state(unpack(meta["rng"], tensors))
 
 
-# ------------------------------------------------------------------------------------------------- the run's part
+# -------------------------------------------------------------------------------------------- the collaborator
 class TrainingState:
-    """Saving, checking and restoring the training state (a part of :class:`framework.api.Run`)."""
+    """``checkpoints/last`` of one run folder: written at step boundaries, restored by a resumed run."""
 
-    @property
-    def state_path(self) -> Path:
-        return self.out_dir / "checkpoints" / STATE_NAME
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = Path(run_dir)
+        self.path = paths.state(run_dir)
+        self.saved_step: int | None = None  # step of the last state written or restored
 
-    def restore(self) -> bool:
+    def last_good(self) -> str:
+        if self.saved_step is None:
+            return "no training state was saved yet"
+        return f"the last good state checkpoints/{paths.STATE} (step {self.saved_step}) is kept"
+
+    def restore(self, run: "Run") -> bool:
         """Continue from ``checkpoints/last`` if the folder has one (False: nothing saved yet, start at step 0)."""
-        if not checkpoint_paths(self.state_path)[1].exists():
-            if (self.out_dir / "summary.json").exists():  # starting over would replace finished results
-                raise RtlabError(f"the run in {self.out_dir} finished without a training state (train.state_every=0"
+        if not checkpoint_paths(self.path)[1].exists():
+            if paths.summary(self.run_dir).exists():  # starting over would replace finished results
+                raise RtlabError(f"the run in {self.run_dir} finished without a training state (train.state_every=0"
                                  "); it cannot be continued, start a new run")
-            log.warning("%s holds no training state yet; starting from step 0", self.out_dir)
+            log.warning("%s holds no training state yet; starting from step 0", self.run_dir)
             return False
-        tensors, meta = load_checkpoint(self.state_path)
-        restore(self, tensors, meta, f"{self.state_path}.json")
-        self.hook.rtlab_checkpoint_load(run=self, tensors=tensors, meta=meta)
-        self.resumed_step = self.state_step = self.step
-        log.info("resumed %s at step %d (epoch %d, batch %d)", self.out_dir, self.step, self.epoch + 1,
-                 self.position)
+        tensors, meta = load_checkpoint(self.path)
+        restore(run, tensors, meta, f"{self.path}.json")
+        run.hook.rtlab_checkpoint_load(run=run, tensors=tensors, meta=meta)
+        run.resumed_step = self.saved_step = run.clock.step
+        log.info("resumed %s at step %d (epoch %d, batch %d)", self.run_dir, run.clock.step, run.clock.epoch + 1,
+                 run.clock.position)
         return True
 
-    def _last_good(self) -> str:
-        if self.state_step is None:
-            return "no training state was saved yet"
-        return f"the last good state checkpoints/{STATE_NAME} (step {self.state_step}) is kept"
-
-    def check_finite(self) -> None:
-        """Stop with :class:`framework._base.errors.TrainingDiverged` when a logged loss or a weight is not finite."""
-        if self.finite_step == self.step:  # a log and a state save after one step: the weights are checked once
-            return
-        last_good = self._last_good()
-        self.step_metrics.check(last_good)
-        # a frozen teacher cannot turn non-finite: it is checked once, when the run is set up
-        nets = [("student", self.student)] + ([] if self.teacher_frozen else [("teacher", self.teacher)])
-        check_parameters(nets, self.step, last_good)
-        self.finite_step = self.step
-
-    def save_state(self) -> Path:
+    def save(self, run: "Run") -> Path:
         """Write ``checkpoints/last`` (the full training state) after checking that it is finite."""
-        self.check_finite()
-        if not self.is_main:
-            self.state_step = self.step
-            return self.state_path
-        tensors, meta = capture(self)
-        self.hook.rtlab_checkpoint_save(run=self, tensors=tensors, meta=meta)
+        run.guard.check(run)
+        if not run.is_main:
+            self.saved_step = run.clock.step
+            return self.path
+        tensors, meta = capture(run)
+        run.hook.rtlab_checkpoint_save(run=run, tensors=tensors, meta=meta)
         try:
-            path = save_checkpoint(self.state_path, tensors, meta)
+            path = save_checkpoint(self.path, tensors, meta)
         except OSError as exc:
             if exc.errno not in NO_SPACE:
                 raise
-            raise RtlabError(f"no space left on device while saving the training state {self.state_path} at step "
-                             f"{self.step}; {self._last_good()}: free some space, then continue with 'rtlab train "
-                             f"resume={self.out_dir}'") from None
-        self.state_step = self.step
+            raise RtlabError(f"no space left on device while saving the training state {self.path} at step "
+                             f"{run.clock.step}; {self.last_good()}: free some space, then continue with 'rtlab train "
+                             f"resume={self.run_dir}'") from None
+        self.saved_step = run.clock.step
         return path
 
-    def _state_due(self, epoch_end: bool) -> bool:
-        t = self.cfg.train
+    def due(self, run: "Run", epoch_end: bool) -> bool:
+        """Whether a state is due now: after ``train.state_every`` epochs (and the last one), every
+        ``train.state_steps`` steps."""
+        t, clock = run.cfg.train, run.clock
         if epoch_end:
-            return bool(t.state_every) and (self.epoch % t.state_every == 0 or self.epoch == self.epochs
-                                              or self.out_of_steps)
-        return bool(t.state_steps) and self.step % t.state_steps == 0
+            return bool(t.state_every) and (clock.epoch % t.state_every == 0 or clock.epoch == clock.epochs
+                                              or clock.out_of_steps)
+        return bool(t.state_steps) and clock.step % t.state_steps == 0

@@ -15,7 +15,6 @@ line that names the file and the fix.
 from __future__ import annotations
 
 import copy
-import errno
 import logging
 import os
 from pathlib import Path

@@ -136,8 +136,7 @@ class IMP:
             masks = {n: state[n + MASK_SUFFIX] for n in names if n + MASK_SUFFIX in state}
             attach_masks(net, global_magnitude_masks({n: state[n] for n in names}, masks, self.opts.fraction))
             if rewind_epoch:
-                run.step = rewind_epoch * run.steps_per_epoch
-                run.epoch = rewind_epoch
+                run.start_at(rewind_epoch)
         return prepare
 
     @staticmethod

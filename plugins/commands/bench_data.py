@@ -30,11 +30,8 @@ def _segment(run) -> float:
     """Seconds for one epoch of the real loop (every batch of the epoch's permutation, prefetched as in fit)."""
     _sync(run.device)
     t0 = time.perf_counter()
-    for index in run.batches():
-        run.step_metrics.add(run.step + 1, run.train_step(index))
-        run.position += 1
+    run.train_epoch()
     _sync(run.device)
-    run.epoch, run.position, run.perm = run.epoch + 1, 0, None
     return time.perf_counter() - t0
 
 
