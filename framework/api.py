@@ -43,6 +43,15 @@ from framework._base.errors import PluginError, RtlabError, unknown_name
 from framework._contract.features import Features, bn_control, embed, eval_mode, extract, layer_embedder
 from framework._run.evaluation import BUILTIN_TARGETS, features
 from framework._base.markers import hookimpl
+from framework._base.keys import (
+    ResultKey,
+    format_key,
+    format_point,
+    layer_suffix,
+    metric_of,
+    parse_key,
+    parse_point,
+)
 from framework._base.intervals import CONTROLS, bootstrap_interval, control_key, format_gain, gain
 from framework._base.metrics import ACCURACY, MetricKind, from_summary, kind_of, merged
 from framework._nets.models import (
@@ -89,5 +98,6 @@ __all__ = [
     "Placement", "resolve_device", "resolve_dtype", "cpu_has_bf16_units", "one_cpu_thread", "distributed",
     # evaluation and results
     "Features", "BUILTIN_TARGETS", "features", "embed", "extract", "bn_control", "eval_mode", "layer_embedder", "MetricKind", "ACCURACY", "kind_of",
-    "from_summary", "merged", "CONTROLS", "control_key", "gain", "format_gain", "bootstrap_interval",
+    "from_summary", "merged", "ResultKey", "format_key", "format_point", "parse_key", "parse_point",
+    "layer_suffix", "metric_of", "CONTROLS", "control_key", "gain", "format_gain", "bootstrap_interval",
 ]

@@ -6,6 +6,8 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
+from framework._base.keys import EMBEDDING, parse_key
+
 RESAMPLES = 10_000
 CONTROLS = ("teacher", "teacher_bn", "input")  # random init, BN control, input pixels
 
@@ -37,14 +39,10 @@ def gain(values: Sequence[float], seed: int = 0) -> dict:
 def control_key(key: str, control: str) -> str | None:
     """The control's key of a student key (``knn/student.L-2@cifar100`` → ``knn/teacher.L-2@cifar100``), None
     when ``key`` is not a student's or the control has no such key (pixels have no layers)."""
-    if "/" not in key:
+    parsed = parse_key(key)
+    if parsed is None or parsed.target != "student" or (control == "input" and parsed.layer != EMBEDDING):
         return None
-    metric, target = key.split("/", 1)
-    name, at, dataset = target.partition("@")
-    base, dot, layer = name.partition(".")
-    if base != "student" or (control == "input" and dot):
-        return None
-    return f"{metric}/{control}{dot}{layer}{at}{dataset}"
+    return str(parsed.with_(target=control))
 
 
 def format_gain(g: dict, accuracy: bool) -> str:

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Iterable, Mapping
 
 from framework._base.errors import RtlabError
+from framework._base.keys import metric_of
 
 
 @dataclass(frozen=True)
@@ -48,11 +49,6 @@ class MetricKind:
 ACCURACY = MetricKind()
 
 
-def metric_name(key: str) -> str:
-    """``knn`` from ``knn/student@cifar100``."""
-    return key.split("/", 1)[0]
-
-
 def declared_kinds(evaluators: Mapping[str, Any]) -> dict[str, MetricKind]:
     """The ``metric_kinds`` every evaluator declares, by metric name (one name cannot have two kinds)."""
     kinds: dict[str, MetricKind] = {}
@@ -80,7 +76,7 @@ def from_summary(summary: Mapping[str, Any] | None) -> dict[str, MetricKind]:
 
 def kind_of(key: str, kinds: Mapping[str, MetricKind]) -> MetricKind:
     """The kind of a flat result key (``knn/student``): declared, else an accuracy."""
-    return kinds.get(metric_name(key), ACCURACY)
+    return kinds.get(metric_of(key), ACCURACY)
 
 
 def merged(summaries: Iterable[Mapping[str, Any] | None]) -> dict[str, MetricKind]:

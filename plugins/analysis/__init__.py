@@ -37,10 +37,7 @@ from typing import Any, Callable, Dict, List, Protocol, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
-from framework.api import hookimpl
-from framework.api import atomic_write_text
-from framework.api import RtlabError
-from framework.api import check_recorded_plugins
+from framework.api import atomic_write_text, check_recorded_plugins, hookimpl, RtlabError
 
 log = logging.getLogger("rtlab")
 
@@ -239,8 +236,7 @@ def run_analysis(name: str, overrides: Sequence[str], out: str | None = None, pm
     ends with one line naming the analysis and its plugin (a bad input found at the very start, with nothing
     computed yet, leaves no folder behind).
     """
-    from framework.api import register_configs
-    from framework.api import get_plugin_manager
+    from framework.api import get_plugin_manager, register_configs
 
     pm = pm or get_plugin_manager()
     register_configs(pm.registry)
@@ -305,8 +301,7 @@ def _as_one_line(name: str, pm, exc: BaseException, folder: Path) -> BaseExcepti
 
 # ------------------------------------------------------------------------------------------------------- command
 def configure(parser: argparse.ArgumentParser) -> None:
-    from framework.api import get_plugin_manager
-    from framework.api import describe_options, option_help
+    from framework.api import describe_options, get_plugin_manager, option_help
 
     registry = get_plugin_manager().registry
     sub = parser.add_subparsers(dest="analysis", metavar="ANALYSIS")

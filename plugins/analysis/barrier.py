@@ -22,9 +22,7 @@ from typing import List
 
 import torch
 
-from framework.api import hookimpl
-from framework.api import atomic_write_text, load_checkpoint
-from framework.api import RtlabError
+from framework.api import atomic_write_text, hookimpl, load_checkpoint, RtlabError
 from plugins.analysis import AnalysisOptions, declare_kind
 from plugins.analysis.interpolation import barrier, check_bn_mode, classifier_metrics, combine, load_point
 from plugins.analysis.sources import parse_spec, start_overrides

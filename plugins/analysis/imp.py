@@ -22,9 +22,7 @@ from typing import List
 
 import torch
 
-from framework.api import hookimpl
-from framework.api import load_checkpoint
-from framework.api import RtlabError
+from framework.api import hookimpl, load_checkpoint, RtlabError
 from plugins.analysis import AnalysisOptions, declare_kind
 from plugins.analysis.pruning import MASK_SUFFIX, apply_masks, attach_masks, global_magnitude_masks, prunable_names
 from plugins.analysis.sources import NetworkSpec, parse_spec, start_overrides

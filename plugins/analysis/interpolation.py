@@ -13,9 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from framework.api import RtlabError
-from framework.api import bn_control, extract
-from framework.api import has_batchnorm
+from framework.api import bn_control, extract, has_batchnorm, RtlabError
 
 BN_MODES = ("reestimate", "interpolate")
 

@@ -20,10 +20,7 @@ import statistics
 from pathlib import Path
 from typing import Any, Iterable
 
-from framework.api import hookimpl
-from framework.api import RtlabError
-from framework.api import control_key, CONTROLS, format_gain, gain
-from framework.api import kind_of, merged, MetricKind
+from framework.api import control_key, CONTROLS, format_gain, gain, hookimpl, kind_of, merged, MetricKind, RtlabError
 
 
 def find_runs(folders: Iterable[str]) -> list[Path]:

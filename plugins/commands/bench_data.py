@@ -65,9 +65,7 @@ def write_jpeg_parquet(folder: str, n: int, channels: int, size: int, row_group:
 def bench_data_path(backbone: str, channels: int, size: int, out_dim: int, stem: str, batch: int, steps: int,
                     repeats: int, device: str, precision: str) -> dict[str, Any]:
     """Steps/s of each storage mode (medians of ``repeats`` interleaved segments of ``steps`` steps)."""
-    from framework.api import compose
-    from framework.api import create_plugin_manager
-    from framework.api import Run
+    from framework.api import compose, create_plugin_manager, Run
 
     overrides = [
         f"backbone={backbone}", f"backbone.stem={stem}", f"head.out_dim={out_dim}", "data=hf",

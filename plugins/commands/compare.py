@@ -44,10 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from framework.api import hookimpl
-from framework.api import atomic_write_text
-from framework.api import RtlabError
-from framework.api import CONTROLS, format_gain, gain
+from framework.api import atomic_write_text, CONTROLS, format_gain, gain, hookimpl, RtlabError
 
 log = logging.getLogger("rtlab")
 
@@ -150,8 +147,7 @@ def train_cells(method: str, backbone: str, seeds: list[int], overrides: list[st
 def run_comparison(overrides: list[str], out: str | None = None, pm: Any = None) -> dict:
     """``rtlab compare OVERRIDES``: train the missing cells, then write the table and plot; returns the record.
     ``pm`` resolves names here; the cells are trained by ``rtlab train`` with the process-wide plugin manager."""
-    from framework.api import check_config, compose, register_configs
-    from framework.api import get_plugin_manager
+    from framework.api import check_config, compose, get_plugin_manager, register_configs
 
     pm = pm or get_plugin_manager()
     register_configs(pm.registry)

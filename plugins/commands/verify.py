@@ -23,8 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from framework.api import hookimpl
-from framework.api import RtlabError
+from framework.api import hookimpl, RtlabError
 
 
 class VerifyFailed(RtlabError):
@@ -104,9 +103,7 @@ def check(expectations: list[Any], cfg: Any, runs: list[tuple[dict, dict]]) -> t
 
 
 def verify(overrides: list[str], seeds: int | None = None, out: str | None = None) -> int:
-    from framework.api import train_command
-    from framework.api import check_config, compose, register_configs
-    from framework.api import get_plugin_manager
+    from framework.api import check_config, compose, get_plugin_manager, register_configs, train_command
 
     pm = get_plugin_manager()
     register_configs(pm.registry)

@@ -26,9 +26,7 @@ from typing import Optional
 
 import torch
 
-from framework.api import distributed, hookimpl
-from framework.api import RtlabError
-from framework.api import forward_views
+from framework.api import distributed, forward_views, hookimpl, RtlabError
 
 PAIRINGS = ("same", "opposite", "all")
 

@@ -18,9 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from framework.api import hookimpl
-from framework.api import RtlabError
-from framework.api import freeze, load_network_checkpoint, load_network_state
+from framework.api import freeze, hookimpl, load_network_checkpoint, load_network_state, RtlabError
 
 WHICH = ("student", "teacher")
 

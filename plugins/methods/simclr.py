@@ -25,8 +25,7 @@ from typing import List
 import torch
 import torch.nn.functional as F
 
-from framework.api import distributed, hookimpl
-from framework.api import RtlabError
+from framework.api import distributed, hookimpl, RtlabError
 from plugins.data.augmentations import MultiCrop, TwoViewOptions
 from plugins.networks.heads import MLPHeadOptions, mlp_head
 from plugins.methods import add_method

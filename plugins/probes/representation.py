@@ -21,9 +21,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from framework.api import hookimpl
-from framework.api import MetricKind
-from framework.api import NoOptions
+from framework.api import hookimpl, MetricKind, NoOptions
 
 RANKME_ROWS = 25_600
 UNIFORMITY_ROWS = 4_096

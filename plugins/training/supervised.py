@@ -20,9 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from framework.api import hookimpl
-from framework.api import load_checkpoint, prefixed, strip_prefix
-from framework.api import RtlabError
+from framework.api import hookimpl, load_checkpoint, prefixed, RtlabError, strip_prefix
 
 CLASSIFIER_PREFIX = "classifier."
 
