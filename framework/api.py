@@ -10,17 +10,44 @@ change without notice. docs/api.md documents every name, grouped as below.
 from __future__ import annotations
 
 from framework import __version__
-from framework._nets import distributed
+from framework._base import paths
 from framework._base.commands import CommandSet
-from framework._base.files import atomic_write_bytes, atomic_write_json, atomic_write_text, cache_dir
-from framework._nets.checkpoint import (
-    load_checkpoint,
-    load_weights,
-    prefixed,
-    save_checkpoint,
-    strip_prefix,
+from framework._base.errors import PluginError, RtlabError, unknown_name
+from framework._base.files import (
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+    cache_dir,
 )
-from framework.cli.main import train_command
+from framework._base.intervals import (
+    CONTROLS,
+    bootstrap_interval,
+    control_key,
+    format_gain,
+    gain,
+)
+from framework._base.keys import (
+    ResultKey,
+    format_key,
+    format_point,
+    layer_suffix,
+    metric_of,
+    parse_key,
+    parse_point,
+)
+from framework._base.markers import hookimpl
+from framework._base.metrics import ACCURACY, MetricKind, from_summary, kind_of, merged
+from framework._base.options import BackboneOptions, DataOptions
+from framework._base.provenance import check_recorded_plugins
+from framework._base.registry import (
+    NoOptions,
+    Registry,
+    describe_options,
+    option_help,
+    to_options,
+)
+from framework._base.seeding import stream_seed
+from framework._config.compose import check_config, compose, register_configs
 from framework._contract.components import (
     Augment,
     DatasetSource,
@@ -34,26 +61,37 @@ from framework._contract.components import (
     TeacherInit,
     Updater,
 )
-from framework._config.compose import check_config, compose, register_configs
+from framework._contract.features import (
+    Features,
+    bn_control,
+    embed,
+    eval_mode,
+    extract,
+    layer_embedder,
+)
+from framework._contract.plugin_manager import (
+    PluginManager,
+    create_plugin_manager,
+    get_plugin_manager,
+)
+from framework._contract.runview import RunView
 from framework._data.data import ImageData, load_image_data
 from framework._data.datacache import listing_key
-from framework._nets.device import cpu_has_bf16_units, one_cpu_thread, resolve_device, resolve_dtype
-from framework._nets.placement import Placement
-from framework._base.errors import PluginError, RtlabError, unknown_name
-from framework._contract.features import Features, bn_control, embed, eval_mode, extract, layer_embedder
-from framework._run.evaluation import BUILTIN_TARGETS, features
-from framework._base.markers import hookimpl
-from framework._base.keys import (
-    ResultKey,
-    format_key,
-    format_point,
-    layer_suffix,
-    metric_of,
-    parse_key,
-    parse_point,
+from framework._data.streaming import stream_files_of
+from framework._nets import distributed
+from framework._nets.checkpoint import (
+    load_checkpoint,
+    load_weights,
+    prefixed,
+    save_checkpoint,
+    strip_prefix,
 )
-from framework._base.intervals import CONTROLS, bootstrap_interval, control_key, format_gain, gain
-from framework._base.metrics import ACCURACY, MetricKind, from_summary, kind_of, merged
+from framework._nets.device import (
+    cpu_has_bf16_units,
+    one_cpu_thread,
+    resolve_device,
+    resolve_dtype,
+)
 from framework._nets.models import (
     BackboneAdapter,
     Network,
@@ -65,14 +103,10 @@ from framework._nets.models import (
     load_network_state,
     network_from_checkpoint,
 )
-from framework._base.options import BackboneOptions, DataOptions
-from framework._contract.plugin_manager import PluginManager, create_plugin_manager, get_plugin_manager
-from framework._base.provenance import check_recorded_plugins
-from framework._base.registry import NoOptions, Registry, describe_options, option_help, to_options
+from framework._nets.placement import Placement
+from framework._run.evaluation import BUILTIN_TARGETS, features
 from framework._run.loop import Run, run_training
-from framework._contract.runview import RunView
-from framework._base.seeding import stream_seed
-from framework._data.streaming import stream_files_of
+from framework.cli.main import train_command
 
 __all__ = [
     "__version__",
@@ -91,7 +125,7 @@ __all__ = [
     # networks and checkpoints
     "Network", "clone", "freeze", "has_batchnorm", "forward_views", "load_network_state",
     "load_network_checkpoint", "network_from_checkpoint", "load_checkpoint", "save_checkpoint", "load_weights",
-    "prefixed", "strip_prefix", "atomic_write_text", "atomic_write_bytes", "atomic_write_json", "cache_dir",
+    "prefixed", "strip_prefix", "paths", "atomic_write_text", "atomic_write_bytes", "atomic_write_json", "cache_dir",
     # data
     "ImageData", "load_image_data", "listing_key", "stream_files_of",
     # devices and processes

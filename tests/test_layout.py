@@ -171,3 +171,21 @@ def test_builtin_plugins_keep_their_short_names(pm):
     names = {info.name for info in pm.plugin_infos() if info.builtin}
     assert {"knn", "linear_probe", "distillation", "backbones", "metrics_log", "compare", "dino", "analysis"} <= names
     assert names == {m.rsplit(".", 1)[-1] for m in DEFAULT_PLUGINS}
+
+
+def test_every_lazy_import_says_why():
+    """An import inside a function hides a dependency; it stays only where it keeps `rtlab --help` free of torch or
+    defers a heavy library (timm, datasets), and then says so: `# lazy: …` on its line, or a module-level
+    `# Lazy imports: …` note for a module whose functions all import lazily."""
+    unexplained = []
+    for path in sorted(FRAMEWORK.rglob("*.py")):
+        text = path.read_text()
+        lines = text.splitlines()
+        if any(line.startswith("# Lazy imports:") for line in lines):
+            continue
+        for fn in ast.walk(ast.parse(text)):
+            if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                for node in ast.walk(fn):
+                    if isinstance(node, (ast.Import, ast.ImportFrom)) and "# lazy:" not in lines[node.lineno - 1]:
+                        unexplained.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    assert unexplained == []

@@ -6,6 +6,8 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
+import numpy as np
+
 from framework._base.keys import EMBEDDING, parse_key
 
 RESAMPLES = 10_000
@@ -15,7 +17,6 @@ CONTROLS = ("teacher", "teacher_bn", "input")  # random init, BN control, input 
 def bootstrap_interval(values: Sequence[float], resamples: int = RESAMPLES, seed: int = 0, level: float = 0.95
                        ) -> tuple[float, float] | None:
     """Percentile bootstrap interval of the mean of ``values`` (None for fewer than 2 values)."""
-    import numpy as np
 
     v = np.asarray([float(x) for x in values if math.isfinite(float(x))])
     if len(v) < 2:

@@ -7,10 +7,11 @@ import json
 from pathlib import Path
 from typing import Any, Iterator
 
+from framework._base import paths
 from framework._base.errors import RtlabError
 from framework._base.registry import Registry
 
-LISTING = "plugins.json"
+LISTING = paths.PLUGINS
 
 
 def recorded_components(folder: Path) -> Iterator[tuple[str, str, str, str]]:

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import inspect
+import textwrap
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
+
+from omegaconf import DictConfig, OmegaConf
 
 from framework._base.errors import RtlabError, unknown_name
 from framework._base.options import BackboneOptions, DataOptions
@@ -240,7 +245,6 @@ def to_options(node: Any) -> Any:
     node or mapping becomes a plain dict."""
     if dataclasses.is_dataclass(node) and not isinstance(node, type):
         return node
-    from omegaconf import DictConfig, OmegaConf
 
     if isinstance(node, DictConfig):
         return OmegaConf.to_object(node)
@@ -278,9 +282,6 @@ def describe_options(options: type) -> list[tuple[str, str, Any]]:
 def option_help(options: type) -> dict[str, str]:
     """Each option's help: ``field(metadata={"help": …})``, else the comment on its line (or the comment lines just
     above it) in the dataclass's source, searched along the class hierarchy."""
-    import ast
-    import inspect
-    import textwrap
 
     found: dict[str, str] = {}
     for cls in reversed([c for c in options.__mro__ if dataclasses.is_dataclass(c)]):

@@ -12,6 +12,7 @@ starts over on a new one.
 from __future__ import annotations
 
 import errno
+import fcntl
 import json
 import os
 import socket
@@ -59,8 +60,6 @@ class RunLock:
         existed = self.path.exists()
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            import fcntl
-
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             if not self._still_linked(fd):  # a refused run removed the file between our open and flock
                 os.close(fd)

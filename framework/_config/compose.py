@@ -13,12 +13,26 @@ from dataclasses import field
 from pathlib import Path
 from typing import Any, List, Sequence
 
+from hydra import compose as hydra_compose
+from hydra import initialize_config_dir
+from hydra.core.config_store import ConfigNode, ConfigStore
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
 from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import (
+    ConfigAttributeError,
+    ConfigKeyError,
+    OmegaConfBaseException,
+)
 
-from framework._base.errors import RtlabError, unknown_name
+import configs
+from framework._base.errors import RtlabError, close_matches, unknown_name
 from framework._base.expectations import Expectation
 from framework._base.options import EvalConfig, TrainConfig
 from framework._base.registry import Registry, node_class
+from framework._base.seeding import stream_seed
+from framework._contract.plugin_manager import get_plugin_manager
+from framework._nets.models import adapter_for, known_backbones
 
 SCHEMA_NAME = "rtlab_schema"
 BACKBONE_GROUP = "backbone"
@@ -26,8 +40,6 @@ BACKBONE_GROUP = "backbone"
 
 def config_dir() -> Path:
     """The directory of rtlab's YAML configs (works for source checkouts and installed wheels)."""
-    import configs
-
     return Path(configs.__file__).resolve().parent
 
 
@@ -51,8 +63,6 @@ def build_schema(registry: Registry) -> type:
 
 
 def _stream_seed(stream: str, *, _root_: DictConfig) -> int:
-    from framework._base.seeding import stream_seed
-
     return stream_seed(int(_root_.train.seed), str(stream)) % 2 ** 31
 
 
@@ -85,16 +95,10 @@ class BackboneGroup(dict):
         return key[:-5] if isinstance(key, str) and key.endswith(".yaml") else None
 
     def __contains__(self, key: object) -> bool:
-        from framework._nets.models import known_backbones
-
         return dict.__contains__(self, key) or self._model(key) in known_backbones()
 
     def __getitem__(self, key: str):
         if not dict.__contains__(self, key):
-            from hydra.core.config_store import ConfigNode
-
-            from framework._nets.models import adapter_for, known_backbones
-
             name = self._model(key)
             if name not in known_backbones():
                 raise KeyError(key)
@@ -107,8 +111,6 @@ class BackboneGroup(dict):
         return self[key] if key in self else default
 
     def keys(self):  # type: ignore[override]
-        from framework._nets.models import known_backbones
-
         return [f"{n}.yaml" for n in sorted(known_backbones())]
 
     def __iter__(self):
@@ -124,7 +126,6 @@ class BackboneGroup(dict):
 def register_configs(registry: Registry) -> None:
     """Store the schema and every component's node in Hydra's ConfigStore; every timm model is a ``backbone``
     option through :class:`BackboneGroup`."""
-    from hydra.core.config_store import ConfigStore
 
     register_resolvers()
     if _active[0] is registry:
@@ -152,8 +153,6 @@ _HYDRA_FLAGS = re.compile(r"^(hydra/|hydra\.|\+hydra|~hydra)")
 
 def check_overrides(overrides: Sequence[str], registry: Registry) -> None:
     """Fail early, with close matches, on a component or backbone name no plugin provides."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.errors import HydraException
 
     try:
         parsed = OverridesParser.create().parse_overrides(list(overrides))
@@ -179,8 +178,6 @@ def check_overrides(overrides: Sequence[str], registry: Registry) -> None:
                     if name not in group_presets(key):
                         registry.preset(key, name)
                 elif key == BACKBONE_GROUP:
-                    from framework._nets.models import known_backbones
-
                     known = known_backbones()
                     if name not in known:
                         raise unknown_name("backbone", name, known, "(list them with: rtlab backbones PATTERN)")
@@ -206,7 +203,6 @@ def _one_line(text: str) -> str:
 
 def _explain(exc: BaseException, overrides: Sequence[str], registry: Registry, config_dirs: Sequence[str]) -> str:
     """One line for a composition error: the bad key with close matches, or the value and what it should be."""
-    from omegaconf.errors import ConfigAttributeError, ConfigKeyError
 
     cause = exc.__cause__ or exc.__context__
     full_key = getattr(cause, "full_key", None)
@@ -220,7 +216,6 @@ def _explain(exc: BaseException, overrides: Sequence[str], registry: Registry, c
             known = [str(k) for k in node.keys()] if isinstance(node, DictConfig) else []
         except Exception:
             pass
-        from framework._base.errors import close_matches
 
         close = close_matches(key, known)
         hint = f"; did you mean {', '.join(f'{parent}.{c}' if parent else c for c in close)}?" if close else ""
@@ -233,9 +228,6 @@ def _explain(exc: BaseException, overrides: Sequence[str], registry: Registry, c
 
 def _compose_raw(overrides: Sequence[str], config_dirs: Sequence[str] = (), hydra_config: bool = False
                  ) -> DictConfig:
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
     extra = [f"hydra.searchpath=[{','.join('file://' + str(Path(d).resolve()) for d in config_dirs)}]"
              ] if config_dirs else []
     with initialize_config_dir(config_dir=str(config_dir()), version_base=None):
@@ -249,12 +241,8 @@ def compose(overrides: Sequence[str] = (), registry: Registry | None = None, con
     ``config_dirs`` are extra config folders searched before the built-in ones (``rtlab train -cd DIR``);
     ``hydra_config`` keeps Hydra's own ``hydra`` node (run-folder patterns, …) in the result.
     """
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
 
     if registry is None:
-        from framework._contract.plugin_manager import get_plugin_manager
-
         registry = get_plugin_manager().registry
     register_configs(registry)
     check_overrides(overrides, registry)

@@ -20,7 +20,7 @@ log = logging.getLogger("framework._data.data")
 
 def _where(ds: Any, column: str, row: int) -> str:
     """The file (or row) an image came from, read without decoding it."""
-    import datasets
+    import datasets  # lazy: datasets (with pyarrow) costs ~1 s; only commands that read data pay it
 
     try:
         raw = ds.select_columns([column]).cast_column(column, datasets.Image(decode=False)).with_format(None)

@@ -142,7 +142,7 @@ def decode_chunks(ds: Any, column: str, opts: DataOptions, what: str, chunk: int
                   ) -> Iterator[tuple[torch.Tensor, bool]]:
     """``(uint8 (n, C, H, W) chunk, all its images gray)`` for rows ``start``, ``start + chunk``, … of
     ``ds[column]`` (image files as RGB, arrays as they are); :func:`finish_channels` is the whole-split step."""
-    import datasets
+    import datasets  # lazy: datasets (with pyarrow) costs ~1 s; only commands that read data pay it
 
     feat = ds.features[column]
     n = len(ds)
@@ -177,7 +177,7 @@ def decode_chunks(ds: Any, column: str, opts: DataOptions, what: str, chunk: int
 
 def decode_images(ds: Any, column: str, opts: DataOptions, what: str, chunk: int = 2048) -> torch.Tensor:
     """Every image of ``ds[column]`` as one uint8 (N, C, H, W) tensor (one pass, no per-step decoding)."""
-    import datasets
+    import datasets  # lazy: datasets (with pyarrow) costs ~1 s; only commands that read data pay it
 
     chunks = [(t, gray) for t, gray, _, _ in decode_chunks(ds, column, opts, what, chunk) if t is not None]
     if not chunks:
@@ -220,7 +220,7 @@ def normalisation(opts: DataOptions, source: Any, channels: int,
 
 def build_entry(sel: Selection, opts: DataOptions, name: str, folder: Path) -> dict[str, Any]:
     """Decode both splits into the cache entry ``folder`` (resumably, see :mod:`framework._data.datacache`)."""
-    import datasets
+    import datasets  # lazy: datasets (with pyarrow) costs ~1 s; only commands that read data pay it
 
     partial = folder.with_name(folder.name + ".partial")
     shapes, labels, skipped = {}, {}, {}
@@ -327,7 +327,7 @@ def load_stream_data(source: Any, opts: DataOptions, name: str, device: torch.de
     """The selected dataset read from its parquet shards while training (``data.storage=stream``,
     :mod:`framework._data.streaming`): splits and subsets chosen on the label columns, nothing decoded up front.
     ``key`` (the source's cheap identity) keys the channel statistics it computes."""
-    import datasets
+    import datasets  # lazy: datasets (with pyarrow) costs ~1 s; only commands that read data pay it
 
     files_of = getattr(source, "stream_files", None)
     if not callable(files_of):

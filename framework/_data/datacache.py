@@ -33,10 +33,11 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
-from framework._data.bad_images import drop_rows
 from framework._base.errors import RtlabError
 from framework._base.files import atomic_write_json
+from framework._data.bad_images import drop_rows
 
 log = logging.getLogger(__name__)
 
@@ -233,7 +234,6 @@ def write_split(folder: Path, split: str, n: int, chunks: Callable[[int], Iterat
     ``chunks(start)`` yields ``(uint8 chunk or None, all_gray, rows, skipped)`` for :data:`DECODE_CHUNK` rows from
     row ``start`` (``skipped``: the (row, file) pairs of the chunk left out); ``finish(images, all_gray)`` is the
     whole-split channel step, applied per chunk after the last one."""
-    from tqdm.auto import tqdm
 
     folder.mkdir(parents=True, exist_ok=True)
     raw, marker, done = folder / f"{split}.raw", folder / f"{split}.progress.json", folder / f"{split}.done.json"

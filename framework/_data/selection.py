@@ -44,7 +44,7 @@ def stratified_subset(labels: np.ndarray, size: int, seed: int) -> np.ndarray:
 # ------------------------------------------------------------------------------------------------------ columns
 def detect_columns(features: Mapping[str, Any], opts: DataOptions, what: str) -> tuple[str, str | None]:
     """(image column, label column or None) from the features (``Image``/arrays, ``ClassLabel``) or names."""
-    import datasets
+    import datasets  # lazy: datasets (with pyarrow) costs ~1 s; only commands that read data pay it
 
     cols = list(features)
     if opts.image_column:
@@ -72,7 +72,7 @@ def detect_columns(features: Mapping[str, Any], opts: DataOptions, what: str) ->
 
 def class_names(features: Mapping[str, Any], label: str | None, values: np.ndarray) -> tuple[list[str], dict]:
     """Class names and a value → index map (ClassLabel names, else the sorted distinct values)."""
-    import datasets
+    import datasets  # lazy: datasets (with pyarrow) costs ~1 s; only commands that read data pay it
 
     if label is None:
         return [], {}

@@ -26,17 +26,23 @@ import io
 import json
 import logging
 import os
+import shutil
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
+import PIL.Image
+import PIL.ImageOps
 import torch
 
-from framework._nets import distributed
-from framework._data.datacache import RowArray
 from framework._base.errors import RtlabError
 from framework._base.files import atomic_write_json, cache_dir
+from framework._data.datacache import RowArray
+from framework._data.decoding import channel_stats, check_size, image_tensor
+from framework._data.selection import detect_columns
+from framework._data.storage import env_bytes
+from framework._nets import distributed
 
 log = logging.getLogger(__name__)
 
@@ -79,10 +85,10 @@ def buffered_order(n: int, buffer: int, gen: torch.Generator) -> torch.Tensor:
 
 # ------------------------------------------------------------------------------------------------------ parquet
 def _open(path: str):
-    import pyarrow.parquet as pq
+    import pyarrow.parquet as pq  # lazy: as datasets
 
     if "://" in path:  # hf://datasets/… (huggingface_hub registers the protocol with fsspec), s3://, …
-        import fsspec
+        import fsspec  # lazy: as datasets
 
         return pq.ParquetFile(fsspec.open(path, "rb").open())
     return pq.ParquetFile(path)
@@ -115,7 +121,7 @@ class ParquetRows:
 
     def column(self, name: str) -> np.ndarray:
         """Every row's value of a (small) column."""
-        import pyarrow as pa
+        import pyarrow as pa  # lazy: as datasets
 
         return pa.concat_arrays([_open(p).read(columns=[name]).column(0).combine_chunks()
                                  for p in self.files]).to_numpy(zero_copy_only=False)
@@ -146,8 +152,6 @@ class ParquetRows:
 
 def decode_value(value: Any, what: str, row: int) -> Any:
     """An HF ``Image`` value ({"bytes", "path"}) as a loaded PIL image, EXIF-rotated as ``datasets`` does."""
-    import PIL.Image
-    import PIL.ImageOps
 
     try:
         if not isinstance(value, dict):
@@ -179,7 +183,6 @@ class StreamImages(RowArray):
 
     def decode(self, rows: np.ndarray) -> tuple[torch.Tensor, bool]:
         """(uint8 3 x H x W images of absolute rows ``rows`` as decoded, before the channel step; all gray)."""
-        from framework._data.decoding import check_size, image_tensor
 
         size = tuple(self.full[2:]) if self.full[0] else None
         images, all_gray = [], True
@@ -276,7 +279,6 @@ class StreamReader:
 def stream_stats(images: StreamImages, key: str | None) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Per-channel mean and std of the split: of every row up to :data:`STATS_ROWS`, else of evenly spaced shards
     (logged as an estimate); kept in ``$RTLAB_CACHE_DIR/stream/`` under ``key``."""
-    from framework._data.decoding import channel_stats
     path = cache_dir() / "stream" / f"{key}.json" if key else None
     if path is not None and path.exists():
         with open(path) as f:
@@ -304,7 +306,7 @@ def stream_files_of(path: str, config_name: str | None = None, revision: str | N
     if p.is_file():
         files = {"train": [str(p)]}
     elif p.is_dir():
-        from datasets.data_files import DataFilesDict, get_data_patterns
+        from datasets.data_files import DataFilesDict, get_data_patterns  # lazy: as datasets
 
         try:
             files = {str(k): list(v) for k, v in DataFilesDict.from_patterns(get_data_patterns(str(p)),
@@ -312,7 +314,7 @@ def stream_files_of(path: str, config_name: str | None = None, revision: str | N
         except Exception as exc:
             raise RtlabError(f"data.storage=stream found no data files in {p} ({exc})") from None
     else:
-        import datasets
+        import datasets  # lazy: datasets (with pyarrow) costs ~1 s; only commands that read data pay it
 
         builder = datasets.load_dataset_builder(path, config_name, revision=revision)
         files = {str(k): list(v) for k, v in (builder.config.data_files or {}).items()}
@@ -326,12 +328,8 @@ def stream_files_of(path: str, config_name: str | None = None, revision: str | N
 def stream_if_too_big(source: Any, opts: Any, name: str) -> str:
     """``stream`` when the source can stream and its decoded images would exceed the disk budget
     (``$RTLAB_MAX_DISK_BYTES``, default half the free space of the cache folder), else ``auto``; logs why."""
-    import shutil
 
-    import datasets
-
-    from framework._data.selection import detect_columns
-    from framework._data.storage import env_bytes
+    import datasets  # lazy: datasets (with pyarrow) costs ~1 s; only commands that read data pay it
 
     files_of = getattr(source, "stream_files", None)
     if not callable(files_of):
@@ -345,8 +343,6 @@ def stream_if_too_big(source: Any, opts: Any, name: str) -> str:
     if opts.image_size:
         row = (opts.channels or 3) * opts.image_size ** 2
     else:
-        from framework._data.decoding import image_tensor
-
         t, _ = image_tensor(decode_value(rows.values(np.array([0]), image)[0], f"dataset '{name}'", 0), None)
         row = (opts.channels or 3) * t.shape[1] * t.shape[2]
     budget = env_bytes("RTLAB_MAX_DISK_BYTES")

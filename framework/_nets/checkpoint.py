@@ -16,13 +16,19 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
 import re
 import warnings
+import zipfile
 from pathlib import Path
 from typing import Any, Mapping
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
 
+from framework._base import paths
 from framework._base.errors import RtlabError
 from framework._base.files import atomic_write_bytes, atomic_write_text, fsync_dir
 
@@ -49,9 +55,8 @@ def _prepare(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 def save_tensors(path: Path, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any] | None = None,
                  sync_dir: bool = True) -> str:
     """Atomically write ``tensors`` to ``path`` (a .safetensors file); returns its SHA-256."""
-    from safetensors.torch import save
 
-    blob = save(_prepare(tensors), metadata={"rtlab": json.dumps(dict(meta or {}), default=str)})
+    blob = save_safetensors(_prepare(tensors), metadata={"rtlab": json.dumps(dict(meta or {}), default=str)})
     atomic_write_bytes(Path(path), blob, sync_dir)
     return hashlib.sha256(blob).hexdigest()
 
@@ -69,11 +74,8 @@ def load_tensors(path: Path, device: str = "cpu") -> tuple[dict[str, torch.Tenso
 
 
 def _parse_tensors(blob: bytes, path: Path, device: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    from safetensors import SafetensorError
-    from safetensors.torch import load
-
     try:
-        tensors = load(blob)
+        tensors = load_safetensors(blob)
         meta = _embedded_meta(blob)
     except (SafetensorError, ValueError, OSError, UnicodeDecodeError) as exc:
         raise RtlabError(f"{path} is not a readable safetensors file ({' '.join(str(exc).split())[:120]}); it may "
@@ -134,7 +136,7 @@ def resolve_checkpoint(path: Path | str) -> Path:
     """A checkpoint named by its base, either of its files, or a run folder (whose ``checkpoints/final``)."""
     path = Path(path).expanduser()
     if path.is_dir():
-        final = path / "checkpoints" / "final"
+        final = paths.final(path)
         if checkpoint_paths(final)[1].exists():
             return final
         raise RtlabError(f"{path} is a folder without checkpoints/final; name a checkpoint such as "
@@ -237,8 +239,6 @@ def load_weights(path: str | Path, device: str = "cpu") -> tuple[dict[str, torch
 def load_torch_weights(path: Path, device: str = "cpu") -> dict[str, torch.Tensor]:
     """The tensors of a torch-serialised file, read with ``weights_only=True``: pickled objects that are not
     tensors, numbers, strings or containers are refused before anything executes."""
-    import pickle
-    import zipfile
 
     path = Path(path)
     if not path.is_file():

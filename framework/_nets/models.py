@@ -9,9 +9,16 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from framework._base.errors import RtlabError
+from framework._base.errors import RtlabError, unknown_name
 from framework._base.options import BackboneOptions
 from framework._base.registry import Component, Registry, to_options
+from framework._nets.checkpoint import (
+    TORCH_SUFFIXES,
+    load_checkpoint,
+    load_torch_weights,
+    resolve_checkpoint,
+    unwrap_state_dict,
+)
 
 
 class BackboneAdapter(Protocol):
@@ -37,14 +44,14 @@ class BackboneAdapter(Protocol):
 
 def timm_module(model_name: str) -> str:
     """The timm module that defines ``model_name`` (its family), e.g. ``resnet`` or ``vision_transformer``."""
-    import timm
+    import timm  # lazy: timm takes ~1 s to import; only what builds or lists backbones pays it
 
     return timm.models.model_entrypoint(model_name).__module__.rsplit(".", 1)[-1]
 
 
 def known_backbones() -> frozenset[str]:
     """Every timm model name registered in this process (built-in plugins add the paper's CIFAR nets)."""
-    import timm
+    import timm  # lazy: timm takes ~1 s to import; only what builds or lists backbones pays it
 
     return frozenset(timm.list_models())  # ~5 ms
 
@@ -68,8 +75,6 @@ def backbone_options(registry: Registry, node: Any) -> BackboneOptions:
     if isinstance(opts, dict):
         name = opts.get("name")
         if name not in known_backbones():
-            from framework._base.errors import unknown_name
-
             raise unknown_name("backbone", str(name), known_backbones())
         try:
             return adapter_for(registry, name).options(**opts)
@@ -92,8 +97,6 @@ def create_backbone(registry: Registry, options: Any, in_chans: int, input_size:
     """The backbone for ``options`` and its embedding width, checked with a dry forward pass."""
     opts: BackboneOptions = backbone_options(registry, options)
     if opts.name not in known_backbones():
-        from framework._base.errors import unknown_name
-
         raise unknown_name("backbone", opts.name, known_backbones(), "(list them with: rtlab backbones PATTERN)")
     adapter = adapter_for(registry, opts.name).factory
     h, w = input_size
@@ -231,13 +234,6 @@ def load_network_checkpoint(net: "Network", path: Any, which: str = "student", e
     safetensors, or a torch ``.pt``/``.pth``/``.bin``/``.ckpt`` state dict read with ``torch.load(weights_only=True)``
     (never unpickling code) — into ``net`` in place; returns the checkpoint's metadata. ``encoder_only`` keeps
     ``net``'s head. A different architecture is refused with the keys and shapes that differ."""
-    from framework._nets.checkpoint import (
-        TORCH_SUFFIXES,
-        load_checkpoint,
-        load_torch_weights,
-        resolve_checkpoint,
-        unwrap_state_dict,
-    )
 
     base = resolve_checkpoint(path)
     if Path(base).suffix in TORCH_SUFFIXES:
@@ -273,7 +269,6 @@ def forward_views(net: nn.Module, views: "list[torch.Tensor]") -> "list[torch.Te
 def network_from_checkpoint(registry: Registry, path: Any, part: str = "student") -> tuple[Network, dict]:
     """The ``part`` network ("student" or "teacher") of an rtlab checkpoint, rebuilt from the backbone, head and
     input shape recorded in it (so stems and strides match the run that wrote it), and its metadata."""
-    from framework._nets.checkpoint import load_checkpoint
 
     tensors, meta = load_checkpoint(path)
     missing = [k for k in ("backbone", "head", "data") if k not in meta]

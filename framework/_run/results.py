@@ -13,6 +13,7 @@ import logging
 import platform
 import time
 import traceback
+from importlib.metadata import version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
@@ -166,8 +167,6 @@ def best(history: list[dict[str, Any]], kinds: Mapping[str, MetricKind]) -> dict
 
 def _version(dist: str) -> str:
     try:
-        from importlib.metadata import version
-
         return version(dist)
     except Exception:
         return ""

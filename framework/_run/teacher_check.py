@@ -12,6 +12,10 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import torch
+
+from framework._base.errors import RtlabError
+
 log = logging.getLogger("rtlab")
 
 SAMPLE = 128  # training images the check embeds
@@ -24,7 +28,6 @@ RANK_TOL = 1e-3  # singular values below this fraction of the largest do not cou
 def embedding_stats(emb: Any) -> dict[str, float]:
     """RMS, spread across images (RMS after subtracting the mean embedding) and numerical rank of (N, D)
     embeddings, in float64; ``finite`` is 0.0 when any value is NaN or infinite."""
-    import torch
 
     e = emb.detach().double().flatten(1).cpu()
     if not torch.isfinite(e).all():
@@ -61,9 +64,6 @@ def check_teacher(run: Any) -> dict[str, float]:
     """Embed up to :data:`SAMPLE` training images with the run's teacher (in the mode it trains in; batch-norm
     buffers restored afterwards); raise an :class:`RtlabError` for a degenerate teacher, warn (log and
     ``summary["warnings"]``) for a suspicious one. Returns the statistics (``summary["teacher_embedding"]``)."""
-    import torch
-
-    from framework._base.errors import RtlabError
 
     teacher = run.teacher
     x = run.prepare(run.data.train.images[:SAMPLE])

@@ -21,6 +21,7 @@ from typing import Any
 
 from framework import __version__
 from framework._base.files import atomic_write_json, cache_dir
+from framework._contract.plugin_manager import DEFAULT_PLUGINS, ENTRY_POINT_GROUP
 
 KEEP = 8  # listings kept (one per key: environments sharing the cache folder do not evict each other)
 _IGNORED_ENV = {"RTLAB_CACHE_DIR", "RTLAB_LOG_LEVEL"}
@@ -49,8 +50,6 @@ def _sources(package: str) -> list[str]:
 
 def key() -> str:
     """What the plugin listing depends on, hashed (see the module docstring)."""
-    from framework._contract.plugin_manager import DEFAULT_PLUGINS, ENTRY_POINT_GROUP
-
     parts = [__version__, sys.executable, sys.version, *DEFAULT_PLUGINS]
     parts += sorted(f"{k}={v}" for k, v in os.environ.items() if k.startswith("RTLAB_") and k not in _IGNORED_ENV)
     parts += _sources("framework") + _sources("plugins")

@@ -12,10 +12,12 @@ import json
 import logging
 import os
 import sys
-from pathlib import Path
 from typing import Any, Sequence
 
 from framework import __version__
+from framework._base import paths
+# Lazy imports: every import inside a function of this module is deferred so that `rtlab --help`, `--version` and a
+# cached `rtlab plugins` answer without importing torch, Hydra, timm or the plugins (tests/test_quick_cli.py).
 from framework._base.commands import CommandSet
 from framework._base.errors import PluginError, RtlabError, RunInterrupted
 
@@ -70,10 +72,10 @@ def train_command(argv: Sequence[str]) -> int:
         config_dir,
         register_configs,
     )
-    from framework._nets import distributed
     from framework._contract.plugin_manager import get_plugin_manager
-    from framework.cli.resume import hydra_run_dir_arg, plan_resume, take_resume_arg
+    from framework._nets import distributed
     from framework._run.loop import run_training
+    from framework.cli.resume import hydra_run_dir_arg, plan_resume, take_resume_arg
     from framework.cli.runfolder import FolderClaim, os_error_line, prepare_hydra_argv
 
     pm = get_plugin_manager()
@@ -124,7 +126,7 @@ def train_command(argv: Sequence[str]) -> int:
                 plan = distributed.broadcast(sweeps.job_plan(out_dir, cfg) if distributed.rank() == 0 else None)
                 if plan == sweeps.SKIP:
                     print(f"rtlab: {out_dir} already finished with this configuration; skipped", file=sys.stderr)
-                    return json.loads((Path(out_dir) / "summary.json").read_text()).get("metrics")
+                    return json.loads(paths.summary(out_dir).read_text()).get("metrics")
                 if plan == sweeps.RESUME:
                     print(f"rtlab: resuming {out_dir}", file=sys.stderr)
                 resume_job = plan == sweeps.RESUME
@@ -161,8 +163,8 @@ def train_command(argv: Sequence[str]) -> int:
 def distributed_argv(argv: list[str], overrides: list[str], config_dirs: list[str]) -> list[str]:
     """Under torchrun: join the process group and give every process rank 0's run folder (Hydra would stamp
     each with its own clock); only rank 0 writes Hydra's files and log."""
-    from framework._nets import distributed
     from framework._config.compose import compose
+    from framework._nets import distributed
 
     distributed.init(prefer_cuda=not any(o.startswith("train.device=cpu") for o in overrides))
     extra: list[str] = []
@@ -226,10 +228,10 @@ def commands_by_plugin(pm) -> dict[str, list[str]]:
 
 
 def backbones_command(args: argparse.Namespace) -> int:
-    import timm
+    import timm  # lazy: timm takes ~1 s to import; only `rtlab backbones` pays it
 
-    from framework._nets.models import adapter_for
     from framework._contract.plugin_manager import get_plugin_manager
+    from framework._nets.models import adapter_for
 
     registry = get_plugin_manager().registry
     pattern = args.pattern or "*"
@@ -295,8 +297,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         answered = quick_answer(argv)
         if answered is not None:
             return answered
-        from framework.cli import listing_cache
         from framework._contract.plugin_manager import get_plugin_manager
+        from framework.cli import listing_cache
 
         pm = get_plugin_manager()
         commands = CommandSet()

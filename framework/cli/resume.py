@@ -17,11 +17,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 
+from framework._base import paths
 from framework._base.errors import RtlabError
 from framework._base.provenance import check_recorded_plugins
 from framework._base.registry import Registry
+from framework._config.compose import compose
 
 RESUME_ARG = "resume="
 AUTO = "auto"
@@ -52,9 +56,6 @@ def hydra_run_dir_arg(run_dir: Path) -> str:
 
 
 def _keys(overrides: Sequence[str]) -> list[str]:
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.errors import HydraException
-
     try:
         return [o.key_or_group for o in OverridesParser.create().parse_overrides(list(overrides))]
     except HydraException as exc:
@@ -85,7 +86,7 @@ def _container(cfg: DictConfig) -> dict[str, Any]:
 
 def _saved_config(run_dir: Path) -> dict[str, Any]:
     try:
-        return OmegaConf.to_container(OmegaConf.load(run_dir / "config.yaml"))  # type: ignore[return-value]
+        return OmegaConf.to_container(OmegaConf.load(paths.config(run_dir)))  # type: ignore[return-value]
     except Exception as exc:
         raise RtlabError(f"{run_dir / 'config.yaml'} is unreadable ({type(exc).__name__}); that run cannot be "
                          "resumed") from None
@@ -108,17 +109,15 @@ def plan_resume(value: str, overrides: Sequence[str], registry: Registry, config
 
 def _plan_dir(run_dir: Path, overrides: Sequence[str], registry: Registry, config_dirs: Sequence[str]
               ) -> ResumePlan:
-    from framework._config.compose import compose
-
     run_dir = run_dir.resolve()
     if not run_dir.is_dir():
         raise RtlabError(f"resume={run_dir}: no such run folder; give the folder of an earlier run (it holds "
                          "config.yaml) or resume=auto")
     saved_overrides = run_dir / ".hydra" / "overrides.yaml"
-    if not (run_dir / "config.yaml").is_file() or not saved_overrides.is_file():
+    if not paths.config(run_dir).is_file() or not saved_overrides.is_file():
         raise RtlabError(f"{run_dir} is not the folder of an rtlab run (config.yaml and .hydra/overrides.yaml "
                          "are missing); give the folder 'rtlab train' printed as its output")
-    if (run_dir / "summary.json").exists() and not overrides:
+    if paths.summary(run_dir).exists() and not overrides:
         raise RtlabError(f"the run in {run_dir} already finished (summary.json); to train it longer, resume it "
                          "with a larger train.epochs=N")
     old = OmegaConf.to_container(OmegaConf.load(saved_overrides))
@@ -138,16 +137,16 @@ def _plan_dir(run_dir: Path, overrides: Sequence[str], registry: Registry, confi
 
 
 def _candidates(target: Path) -> list[Path]:
-    if (target / "config.yaml").is_file():
+    if paths.config(target).is_file():
         return [target]
     parent = target.parent
     if not parent.is_dir():
         return []
-    return [d for d in parent.iterdir() if d.is_dir() and (d / "config.yaml").is_file()]
+    return [d for d in parent.iterdir() if d.is_dir() and paths.config(d).is_file()]
 
 
 def _last_active(run_dir: Path) -> float:
-    marks = [run_dir / "checkpoints" / "last.json", run_dir / "metrics.jsonl", run_dir / "config.yaml"]
+    marks = [paths.state(run_dir).with_suffix(".json"), paths.metrics(run_dir), paths.config(run_dir)]
     return max(p.stat().st_mtime for p in marks if p.exists())
 
 
@@ -159,15 +158,13 @@ def _same_config(run_dir: Path, wanted: dict[str, Any]) -> bool:
 
 
 def _plan_auto(overrides: Sequence[str], registry: Registry, config_dirs: Sequence[str]) -> ResumePlan:
-    from framework._config.compose import compose
-
     cfg = compose(overrides, registry, config_dirs, hydra_config=True)
     try:
         target = Path(str(OmegaConf.select(cfg, "hydra.run.dir"))).expanduser().resolve()
     except Exception:  # a run-folder pattern that needs a running job to resolve
         target = (Path("runs") / str(cfg.name) / "_").resolve()
     wanted = _container(cfg)
-    matches = [d for d in _candidates(target) if not (d / "summary.json").exists() and _same_config(d, wanted)]
+    matches = [d for d in _candidates(target) if not paths.summary(d).exists() and _same_config(d, wanted)]
     if not matches:
         return ResumePlan(None, list(overrides))
     return ResumePlan(max(matches, key=_last_active), list(overrides))

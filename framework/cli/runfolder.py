@@ -20,8 +20,13 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import OmegaConf, open_dict, read_write
+
+from framework._base import paths
 from framework._base.errors import RtlabError
-from framework._base.files import NO_SPACE, READ_ONLY
+from framework._base.files import NO_SPACE, READ_ONLY, atomic_write_text
+from framework._config.compose import compose
 
 SUBDIR_KEY = "hydra.output_subdir"
 DEFAULT_SUBDIR = ".hydra"
@@ -63,9 +68,6 @@ def prepare_hydra_argv(argv: Sequence[str], overrides: Sequence[str], registry: 
     that cannot be written; returns them and the subfolder for Hydra's files."""
     if multirun:  # sweep values do not compose as one config: Hydra's files wait, the log file is opened as usual
         return defer_hydra_writes(argv)
-    from omegaconf import OmegaConf
-
-    from framework._config.compose import compose
 
     hydra_cfg = compose(overrides, registry, config_dirs, hydra_config=True).hydra
     try:
@@ -131,10 +133,6 @@ class FolderClaim:
 
     def _write_hydra_files(self, folder: Path) -> None:
         """What Hydra writes at the start of a job (with ``output_subdir`` as the user set it), atomically."""
-        from hydra.core.hydra_config import HydraConfig
-        from omegaconf import OmegaConf, open_dict, read_write
-
-        from framework._base.files import atomic_write_text
 
         hydra_cfg = copy.deepcopy(HydraConfig.instance().cfg)
         with read_write(hydra_cfg.hydra), open_dict(hydra_cfg.hydra):
@@ -142,7 +140,7 @@ class FolderClaim:
             given = OmegaConf.to_container(hydra_cfg.hydra.overrides.hydra, resolve=False)  # ${…} stay as written
             hydra_cfg.hydra.overrides.hydra = [o for o in given if not _is_key(o, SUBDIR_KEY) and not _is_delay(o)]
         if self.task_cfg is not None:
-            atomic_write_text(folder / "config.yaml", OmegaConf.to_yaml(self.task_cfg), sync_dir=False)
+            atomic_write_text(paths.config(folder), OmegaConf.to_yaml(self.task_cfg), sync_dir=False)
         atomic_write_text(folder / "hydra.yaml", OmegaConf.to_yaml(hydra_cfg), sync_dir=False)
         atomic_write_text(folder / "overrides.yaml", OmegaConf.to_yaml(hydra_cfg.hydra.overrides.task))
 

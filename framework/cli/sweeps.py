@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from framework._base import paths
 from framework.cli.resume import config_differences
 
 log = logging.getLogger("rtlab")
@@ -38,16 +39,16 @@ def job_plan(run_dir: str | Path, cfg: DictConfig) -> str:
     configuration) for a multirun job writing to ``run_dir``. A folder with another configuration's run is
     :data:`NEW`: the run then refuses to write into it."""
     folder = Path(run_dir)
-    if not (folder / "config.yaml").is_file():
+    if not paths.config(folder).is_file():
         return NEW
     try:
-        saved = OmegaConf.to_container(OmegaConf.load(folder / "config.yaml"))
+        saved = OmegaConf.to_container(OmegaConf.load(paths.config(folder)))
     except Exception:
         return NEW
     task = OmegaConf.masked_copy(cfg, [k for k in cfg.keys() if k != "hydra"])
     if config_differences(saved, OmegaConf.to_container(task, resolve=True)):
         return NEW
-    return SKIP if (folder / "summary.json").exists() else RESUME
+    return SKIP if paths.summary(folder).exists() else RESUME
 
 
 def available_cores() -> int:
