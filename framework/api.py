@@ -37,7 +37,7 @@ from framework._base.keys import (
 )
 from framework._base.markers import hookimpl
 from framework._base.metrics import ACCURACY, MetricKind, from_summary, kind_of, merged
-from framework._base.options import BackboneOptions, DataOptions
+from framework._base.options import AnalysisOptions, BackboneOptions, DataOptions
 from framework._base.provenance import check_recorded_plugins
 from framework._base.registry import (
     NoOptions,
@@ -47,7 +47,7 @@ from framework._base.registry import (
     to_options,
 )
 from framework._base.seeding import stream_seed
-from framework._config.compose import check_config, compose, register_configs
+from framework._config.compose import check_config, compose, register_configs, with_values
 from framework._contract.components import (
     Augment,
     DatasetSource,
@@ -105,7 +105,9 @@ from framework._nets.models import (
 )
 from framework._nets.placement import Placement
 from framework._run.evaluation import BUILTIN_TARGETS, features
+from framework._run.analysis import AnalysisContext
 from framework._run.loop import Run, run_training
+from framework._run.opened import LoadedRun, load_run
 from framework.cli.main import train_command
 
 __all__ = [
@@ -120,7 +122,9 @@ __all__ = [
     # errors
     "RtlabError", "PluginError", "unknown_name",
     # the run
-    "RunView", "Run", "run_training", "train_command", "compose", "check_config", "register_configs",
+    "RunView", "Run", "run_training", "train_command", "compose", "check_config", "register_configs", "with_values",
+    # studying runs: open a finished run, analyses
+    "load_run", "LoadedRun", "AnalysisContext", "AnalysisOptions",
     "stream_seed",
     # networks and checkpoints
     "Network", "clone", "freeze", "has_batchnorm", "forward_views", "load_network_state",

@@ -14,7 +14,8 @@ from framework._config.compose import compose
 from framework._base.errors import RtlabError
 from framework._contract.features import bn_control
 from framework._contract.plugin_manager import create_plugin_manager
-from plugins.analysis import AnalysisContext, run_analysis
+from framework.api import AnalysisContext
+from plugins.analysis import run_analysis
 from plugins.analysis.barrier import BarrierOptions
 from plugins.analysis.interpolation import barrier, classifier_metrics, combine
 from plugins.training.supervised import classifier_state

@@ -30,6 +30,7 @@ FORMS = [
     ("knn/student.L-2@cifar100", ResultKey("knn", "student", -2, "cifar100")),
     ("rankme/teacher.stages.2@c.100", ResultKey("rankme", "teacher", "stages.2", "c.100")),
     ("knn/input", ResultKey("knn", "input")),
+    ("linear_val_lr0.001/student.L-2@cifar100", ResultKey("linear_val_lr0.001", "student", -2, "cifar100")),
 ]
 
 

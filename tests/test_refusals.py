@@ -150,12 +150,12 @@ def test_a_read_only_run_folder_is_refused_before_anything_runs(capsys, tmp_path
 
 
 def test_a_read_only_file_during_the_run_is_one_line(capsys, tmp_path, monkeypatch):
-    import framework._run.build
+    import framework._run.folder
 
     def read_only(path, text, sync_dir=True):
         raise OSError(errno.EROFS, "Read-only file system", str(path))
 
-    monkeypatch.setattr(framework._run.build, "atomic_write_text", read_only)
+    monkeypatch.setattr(framework._run.folder, "atomic_write_text", read_only)
     run_dir = tmp_path / "run"
     code, lines, err = run_main(capsys, ["train", *FAST, f"hydra.run.dir={run_dir}"])
     assert_one_line(code, lines, err, [f"cannot write {run_dir}/config.yaml (read-only file system)",

@@ -55,9 +55,11 @@ class ResultKey:
     dataset: Optional[str] = None  # None: the training data
 
     def __post_init__(self) -> None:
-        for what, value in (("metric", self.metric), ("target", self.target)):
-            if not value or any(c in value for c in "/@."):
-                raise RtlabError(f"a result's {what} must be a non-empty name without '/', '@' or '.', got {value!r}")
+        if not self.metric or any(c in self.metric for c in "/@"):  # lr grids name metrics linear_val_lr0.001
+            raise RtlabError(f"a result's metric must be a non-empty name without '/' or '@', got {self.metric!r}")
+        if not self.target or any(c in self.target for c in "/@."):
+            raise RtlabError(f"a result's target must be a non-empty name without '/', '@' or '.', got "
+                             f"{self.target!r}")
         check_layer(self.layer)
         if self.dataset is not None and (not self.dataset or any(c in self.dataset for c in "/@")):
             raise RtlabError(f"a probe dataset key must be a non-empty name without '/' or '@', got {self.dataset!r}")

@@ -97,3 +97,12 @@ class EvalConfig:
     # training dataset keeps `<metric>/<target>`. See docs/experiments.md.
     datasets: List[Any] = field(default_factory=list)
     train_data: bool = True  # probe the training dataset too (false: only eval.datasets, e.g. for data subsets)
+
+
+@dataclass
+class AnalysisOptions:
+    """Settings every analysis has (``rtlab analyze NAME``); analyses add their own."""
+
+    # Training runs the analysis needs first (e.g. a distilled student): NAME → `rtlab train` overrides. They are
+    # trained inside the analysis folder (pretrain/NAME, with an `initial` checkpoint) and named @NAME in specs.
+    pretrain: Dict[str, List[str]] = field(default_factory=dict)

@@ -12,7 +12,7 @@ from typing import Any, Callable, Iterator
 from omegaconf import DictConfig, OmegaConf
 
 from framework._base.errors import RtlabError, unknown_name
-from framework._base.options import BackboneOptions, DataOptions
+from framework._base.options import AnalysisOptions, BackboneOptions, DataOptions
 
 
 @dataclass(frozen=True)
@@ -86,6 +86,8 @@ CORE_KINDS = (
     Kind("optimizer", "builds the optimiser and its learning-rate schedule", "optimizer"),
     Kind("evaluator", "measures representations (k-NN, linear probe, …); several can be selected", "evaluator",
          multi=True),
+    Kind("analysis", "an analysis run by `rtlab analyze NAME [RUN …]` (IMP, barrier, landscape, …)", "analysis",
+         AnalysisOptions, select_hint="(run one with: rtlab analyze NAME)"),
 )
 
 
@@ -100,7 +102,8 @@ class Registry:
         self.settings_owner: dict[str, str] = {}
         self._presets: dict[str, dict[str, Preset]] = {}
         for kind in CORE_KINDS:
-            self.add_kind(kind.name, kind.doc, group=kind.group, options_base=kind.options_base, multi=kind.multi)
+            self.add_kind(kind.name, kind.doc, group=kind.group, options_base=kind.options_base, multi=kind.multi,
+                          select_hint=kind.select_hint)
 
     # ----------------------------------------------------------------------------------------------------- kinds
     def add_kind(self, name: str, doc: str, group: str | None = None, options_base: type | None = None,

@@ -353,3 +353,26 @@ def dataset_node(registry: Registry, spec: Any) -> tuple[str, DictConfig]:
     except Exception as exc:
         raise RtlabError(f"invalid eval.datasets entry {spec!r}: {_one_line(str(exc))}") from None
     return str(key or preset or source), node
+
+
+def with_values(cfg: DictConfig, overrides: Sequence[str], registry: Registry) -> DictConfig:
+    """A copy of a composed ``cfg`` (e.g. a finished run's ``config.yaml``) with ``key=value`` overrides applied.
+    Selecting other components (``loss=…``, ``backbone=…``, a preset) needs a composition from scratch and is
+    refused with the way to do it."""
+    try:
+        parsed = OverridesParser.create().parse_overrides(list(overrides))
+    except HydraException as exc:
+        raise RtlabError(f"cannot parse overrides: {_one_line(str(exc))}") from None
+    groups = {k.group for k in registry.kinds if k.group} | {BACKBONE_GROUP, "experiment"} | set(registry.preset_groups)
+    out = cfg.copy()
+    for ov in parsed:
+        key = ov.key_or_group
+        if key in groups or ov.is_delete() or ov.is_sweep_override():
+            raise RtlabError(f"'{ov.input_line}' selects a component or a preset; on a finished run's configuration "
+                             "only values can change (key=value): set the component's options instead, or train "
+                             "the setting you want first")
+        try:
+            OmegaConf.update(out, key, ov.value(), merge=True, force_add=ov.is_add())
+        except Exception as exc:
+            raise RtlabError(f"invalid value for {key}: {_one_line(str(exc))}") from None
+    return out

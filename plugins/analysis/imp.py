@@ -22,8 +22,7 @@ from typing import List
 
 import torch
 
-from framework.api import hookimpl, load_checkpoint, RtlabError
-from plugins.analysis import AnalysisOptions, declare_kind
+from framework.api import AnalysisOptions, hookimpl, load_checkpoint, RtlabError
 from plugins.analysis.pruning import MASK_SUFFIX, apply_masks, attach_masks, global_magnitude_masks, prunable_names
 from plugins.analysis.sources import NetworkSpec, parse_spec, start_overrides
 from plugins.tracking.plotting import percent, pyplot, save
@@ -186,7 +185,6 @@ def pruned_fraction(checkpoint: Path) -> float:
 
 @hookimpl
 def rtlab_register(registry):
-    declare_kind(registry)
     registry.add("analysis", "imp", IMP, ImpOptions)
 
 
