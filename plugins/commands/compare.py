@@ -206,6 +206,7 @@ def run_comparison(overrides: list[str], out: str | None = None, pm: Any = None)
     folder.mkdir(parents=True, exist_ok=True)
     cells = [Cell(m, b, s) for m in methods for b in backbones for s in seeds]
     trained = reused = 0
+    refused: dict[Cell, str] = {}
     if not list(settings.metrics) or len(set(settings.metrics)) != len(settings.metrics):
         raise RtlabError(f"compare.metrics must list distinct metric names (compare.metrics=[knn,linear]), got "
                          f"{list(settings.metrics)}")
@@ -214,6 +215,11 @@ def run_comparison(overrides: list[str], out: str | None = None, pm: Any = None)
         for b in backbones:
             want = cell_overrides(overrides, m, b, extra)
             want += seed_streams(compose(want, pm.registry), [*overrides, *extra])
+            try:  # a setting a component of this method refuses: its cells fail here, the others are trained
+                check_config(compose(want, pm.registry), pm.registry)
+            except RtlabError as exc:
+                refused.update({Cell(m, b, s): str(exc) for s in seeds})
+                continue
             todo = []
             for s in seeds:
                 cell_dir = Cell(m, b, s).folder(folder)
@@ -229,7 +235,7 @@ def run_comparison(overrides: list[str], out: str | None = None, pm: Any = None)
                 train_cells(m, b, todo, want, folder, settings)  # failures are read from the cells below
                 trained += sum((Cell(m, b, s).folder(folder) / "summary.json").exists() for s in todo)
     metrics = [str(m) for m in settings.metrics]
-    results = [cell_result(c, c.folder(folder), metrics) for c in cells]
+    results = [cell_result(c, c.folder(folder), metrics, refused.get(c)) for c in cells]
     rows = summarise(results, methods, backbones, metrics)
     record = {"methods": methods, "backbones": backbones, "seeds": seeds, "overrides": overrides,
               "trained": trained, "reused": reused, "cells": results, "rows": rows}
@@ -239,8 +245,8 @@ def run_comparison(overrides: list[str], out: str | None = None, pm: Any = None)
     failed = [r for r in results if r["status"] != "done"]
     if failed:
         names = ", ".join(f"{r['method']}/{r['backbone']}/seed {r['seed']}" for r in failed)
-        raise CellsFailed(f"{len(failed)} cell(s) did not finish ({names}); see error.txt in their folders under "
-                          f"{folder / CELLS}; the table holds the others")
+        raise CellsFailed(f"{len(failed)} cell(s) did not finish ({names}); compare.json says why (and error.txt "
+                          f"in their folders under {folder / CELLS}); the table holds the others")
     return record
 
 
@@ -264,10 +270,13 @@ def _eval_at_init(folder: Path) -> dict:
     return {}
 
 
-def cell_result(cell: Cell, folder: Path, metrics: list[str]) -> dict:
-    """One cell's numbers (status ``done``), or its failure (``failed``: the last line of ``error.txt``)."""
+def cell_result(cell: Cell, folder: Path, metrics: list[str], refused: str | None = None) -> dict:
+    """One cell's numbers (status ``done``), or its failure (``failed``: why its settings were refused, or the last
+    line of ``error.txt``)."""
     base = {"method": cell.method, "backbone": cell.backbone, "seed": cell.seed, "folder": str(folder)}
     summary_file = paths.summary(folder)
+    if refused is not None:
+        return {**base, "status": "failed", "error": refused}
     if not summary_file.exists():
         error = paths.error(folder)
         why = error.read_text().strip().splitlines()[-1] if error.exists() else "not trained"
