@@ -46,6 +46,15 @@ def test_every_doc_page_is_reachable_from_the_readme():
         assert f"docs/{page.name}" in readme, f"README does not link docs/{page.name}"
 
 
+def test_every_public_name_is_documented_on_the_api_page():
+    """docs/api.md lists every name framework.api exports, so the face and its page cannot drift apart."""
+    import framework.api as api
+
+    page = (ROOT / "docs" / "api.md").read_text()
+    missing = [n for n in api.__all__ if n != "__version__" and not re.search(rf"`{re.escape(n)}\b", page)]
+    assert missing == []
+
+
 def _project_files() -> list[Path]:
     """The repository's files outside tests/: git's tracked and new (not ignored) files, or a walk without git."""
     try:

@@ -17,7 +17,9 @@ class BackboneOptions:
     # small-input stem: auto (small-input stem for inputs up to 64 px) | cifar (always) | timm (the family's own
     # stem wherever the input allows it). Each family adapter says what its small-input stem is.
     stem: str = "auto"
-    init: str = "paper"  # paper: Kaiming fan-out convs, norm weight 1 / bias 0, no zero-init | timm: family default
+    # an init scheme (kind `init`): paper = Kaiming fan-out convs, norm weight 1 / bias 0, no zero-init | timm =
+    # the family's default | a plugin's scheme (rtlab plugins lists them)
+    init: str = "paper"
     # norm-layer swap (docs/paper.md#fig-11): None keeps the family's own | batchnorm | groupnorm8 | instancenorm |
     # layernorm | identity, for families that take a norm layer (ResNets, the paper's CIFAR nets)
     norm: Optional[str] = None

@@ -11,7 +11,7 @@ import dataclasses
 import re
 from dataclasses import field
 from pathlib import Path
-from typing import Any, List, Sequence
+from typing import Any, List, Optional, Sequence
 
 from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
@@ -51,6 +51,8 @@ def build_schema(registry: Registry) -> type:
         ("eval", EvalConfig, field(default_factory=EvalConfig)),
         (BACKBONE_GROUP, Any, field(default=MISSING)),
         ("expect", List[Expectation], field(default_factory=list)),  # rtlab verify's expected results
+        # the preset of the `method` group the run uses (method=NAME sets it), so a run's config.yaml says it
+        ("method", Optional[str], field(default=None)),
     ]
     for kind in registry.kinds:
         if kind.group is None:
@@ -264,6 +266,9 @@ def check_config(cfg: DictConfig, registry: Registry) -> None:
                 registry.get(kind.name, name)
         elif isinstance(node, DictConfig) and "name" in node:
             registry.get(kind.name, node.name)
+    init = OmegaConf.select(cfg, "backbone.init", default=None)
+    if isinstance(init, str) and registry.names("init"):
+        registry.get("init", init)
     try:
         OmegaConf.resolve(cfg)
     except Exception as exc:
