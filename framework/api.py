@@ -38,7 +38,7 @@ from framework.config import check_config, compose, register_configs
 from framework.data import ImageData, load_image_data
 from framework.datacache import listing_key
 from framework.device import cpu_has_bf16_units, one_cpu_thread, resolve_device, resolve_dtype
-from framework.errors import PluginError, RtlabError, unknown_name
+from framework.errors import PluginError, RtlabError, RunInterrupted, unknown_name
 from framework.evaluation import BUILTIN_TARGETS, Features, bn_control, extract, features
 from framework.hookspecs import hookimpl
 from framework.intervals import CONTROLS, bootstrap_interval, control_key, format_gain, gain
@@ -73,7 +73,7 @@ __all__ = [
     "Stateful", "DatasetSource", "HeadFactory", "TeacherInit", "StudentInit", "Updater", "Objective", "Loss",
     "Augment", "OptimizerFactory", "Evaluator", "BackboneAdapter",
     # errors
-    "RtlabError", "PluginError", "unknown_name",
+    "RtlabError", "PluginError", "RunInterrupted", "unknown_name",
     # the run
     "RunView", "Run", "run_training", "train_command", "compose", "check_config", "register_configs",
     "stream_seed",
