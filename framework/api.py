@@ -47,6 +47,7 @@ from framework.models import (
     BackboneAdapter,
     Network,
     clone,
+    create_backbone,
     forward_views,
     freeze,
     has_batchnorm,
@@ -78,7 +79,7 @@ __all__ = [
     "RunView", "Run", "run_training", "train_command", "compose", "check_config", "register_configs",
     "stream_seed",
     # networks and checkpoints
-    "Network", "clone", "freeze", "has_batchnorm", "forward_views", "load_network_state",
+    "Network", "create_backbone", "clone", "freeze", "has_batchnorm", "forward_views", "load_network_state",
     "load_network_checkpoint", "network_from_checkpoint", "load_checkpoint", "save_checkpoint", "load_weights",
     "prefixed", "strip_prefix", "atomic_write_text", "atomic_write_bytes",
     # data

@@ -30,6 +30,7 @@ BLOCK_ENV = "RTLAB_BLOCK_PLUGINS"
 DEFAULT_PLUGINS = (
     "plugins.networks.backbones",
     "plugins.networks.cifar_nets",
+    "plugins.networks.adapted",
     "plugins.networks.heads",
     "plugins.data.datasets",
     "plugins.data.gaussian_inputs",
@@ -67,6 +68,7 @@ DEFAULT_PLUGINS = (
     "plugins.commands.aggregate",
     "plugins.commands.bench",
     "plugins.commands.compare",
+    "plugins.commands.export",
     "plugins.commands.report",
     "plugins.commands.verify",
 )
