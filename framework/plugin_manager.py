@@ -69,6 +69,7 @@ DEFAULT_PLUGINS = (
     "plugins.commands.bench",
     "plugins.commands.compare",
     "plugins.commands.export",
+    "plugins.commands.probe",
     "plugins.commands.report",
     "plugins.commands.verify",
 )
