@@ -57,6 +57,7 @@ from framework.models import (
 )
 from framework.options import BackboneOptions, DataOptions
 from framework.plugin_manager import PluginManager, create_plugin_manager, get_plugin_manager
+from framework.progress import Progress, progress
 from framework.provenance import check_recorded_plugins
 from framework.registry import NoOptions, Registry, describe_options, option_help, to_options
 from framework.run import Run, run_training
@@ -86,6 +87,8 @@ __all__ = [
     "ImageData", "load_image_data", "listing_key", "stream_files_of",
     # devices and processes
     "resolve_device", "resolve_dtype", "cpu_has_bf16_units", "one_cpu_thread", "distributed",
+    # progress of long phases
+    "Progress", "progress",
     # evaluation and results
     "Features", "BUILTIN_TARGETS", "features", "extract", "bn_control", "MetricKind", "ACCURACY", "kind_of",
     "from_summary", "merged", "CONTROLS", "control_key", "gain", "format_gain", "bootstrap_interval",

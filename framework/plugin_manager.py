@@ -51,6 +51,7 @@ DEFAULT_PLUGINS = (
     "plugins.tracking.progress",
     "plugins.tracking.checkpointing",
     "plugins.tracking.results_table",
+    "plugins.tracking.embedding_panel",
     "plugins.tracking.trackers",
     "plugins.tracking.wandb_tracker",
     "plugins.tracking.mlflow_tracker",
