@@ -25,6 +25,7 @@ import torch
 
 from framework import datacache, streaming
 from framework.bad_images import image_rows
+from framework.progress import Progress
 from framework.datacache import DiskImages, cache_dir  # noqa: F401  (cache_dir: public since the first cache)
 from framework.decoding import (_array_batch, channel_stats, check_size, finish_channels, image_tensor,  # noqa: F401
                                 resize_center_crop)
@@ -146,10 +147,16 @@ def decode_chunks(ds: Any, column: str, opts: DataOptions, what: str, chunk: int
     n = len(ds)
     if n == 0:
         raise RtlabError(f"{what} is empty; check data.train_size/data.test_size and the split names")
-    size: tuple[int, int] | None = None
     is_image = isinstance(feat, datasets.Image)
     view = ds.select_columns([column])
     view = view.with_format(None) if is_image else view.with_format("numpy")
+    with Progress(f"decoding {what}", n, "images", initial=start) as bar:
+        yield from _decoded(view, ds, column, opts, what, chunk, start, n, is_image, bar)
+
+
+def _decoded(view: Any, ds: Any, column: str, opts: DataOptions, what: str, chunk: int, start: int, n: int,
+             is_image: bool, bar: Progress) -> Iterator[tuple[torch.Tensor, bool]]:
+    size: tuple[int, int] | None = None
     for start in range(start, n, chunk):
         rows = min(chunk, n - start)
         skipped: list[tuple[int, str]] = []
@@ -171,6 +178,7 @@ def decode_chunks(ds: Any, column: str, opts: DataOptions, what: str, chunk: int
             if opts.image_size:
                 t = resize_center_crop(t, opts.image_size)
             yield t, False, rows, skipped
+        bar.update(rows)
 
 
 def decode_images(ds: Any, column: str, opts: DataOptions, what: str, chunk: int = 2048) -> torch.Tensor:

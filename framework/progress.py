@@ -47,13 +47,13 @@ class Progress:
 
     def __init__(self, what: str, total: int | None = None, unit: str = "it", *, stream: TextIO | None = None,
                  every: float | None = None, delay: float = DELAY_S, clock: Callable[[], float] = time.monotonic,
-                 bar: bool | None = None) -> None:
+                 bar: bool | None = None, initial: int = 0) -> None:
         self.what, self.total, self.unit = what, total, unit
         self.stream = stream if stream is not None else sys.stderr
         self.every = float(os.environ.get("RTLAB_PROGRESS_EVERY", EVERY_S)) if every is None else every
         self.clock = clock
         self.start = self.last = clock()
-        self.done = 0
+        self.done = self.initial = initial
         self.on = enabled()
         tty = bool(getattr(self.stream, "isatty", lambda: False)())
         self.bar: Any = None
@@ -61,14 +61,15 @@ class Progress:
             from tqdm.auto import tqdm
 
             self.bar = tqdm(total=total, desc=what, unit=unit, delay=delay, file=self.stream, dynamic_ncols=True,
-                            leave=False, unit_scale=False)
+                            leave=False, unit_scale=False, initial=initial)
 
     def line(self) -> str:
         """The log line of the moment."""
         elapsed = self.clock() - self.start
         if self.total:
             share = self.done / self.total
-            eta = f", ETA {duration(elapsed * (1 - share) / share)}" if 0 < share < 1 else ""
+            rate = (self.done - self.initial) / elapsed if elapsed > 0 else 0.0  # this attempt's work only
+            eta = f", ETA {duration((self.total - self.done) / rate)}" if rate > 0 and share < 1 else ""
             return (f"rtlab: {self.what}: {self.done:,}/{self.total:,} {self.unit} ({100 * share:.0f}%), "
                     f"{duration(elapsed)}{eta}")
         return f"rtlab: {self.what}: {self.done:,} {self.unit}, {duration(elapsed)}"

@@ -99,3 +99,37 @@ def test_durations_read_naturally(seconds, text):
     from framework.progress import duration
 
     assert duration(seconds) == text
+
+
+def test_probes_and_decoding_log_their_progress(monkeypatch, capsys, caplog):
+    """With output that is not a terminal, every long phase logs ``rtlab: <phase>: done/total unit (share), time,
+    ETA``; ``RTLAB_PROGRESS_EVERY=0`` makes each step log one."""
+    import logging
+
+    import numpy as np
+    import torch
+
+    from framework.api import DataOptions
+    from framework.data import decode_images
+    from plugins.probes.knn import KNNOptions, KNNProbe
+    from plugins.probes.linear_probe import LinearProbe, LinearProbeOptions
+    from framework.api import Features
+
+    caplog.set_level(logging.INFO, logger="rtlab")
+    monkeypatch.setenv("RTLAB_PROGRESS_EVERY", "0")
+    g = torch.Generator().manual_seed(0)
+    train, test = torch.randn(300, 8, generator=g), torch.randn(100, 8, generator=g)
+    feats = Features("student", train, torch.arange(300) % 3, test, torch.arange(100) % 3, 3)
+    KNNProbe(KNNOptions(chunk=40)).evaluate(feats, None)
+    LinearProbe(LinearProbeOptions(epochs=2, standardized=False)).evaluate(feats, None)
+
+    import datasets
+
+    ds = datasets.Dataset.from_dict({"image": np.zeros((5, 4, 4), dtype=np.uint8)})
+    decode_images(ds, "image", DataOptions(), "dataset 'toy' (train split)", chunk=2)
+    text = capsys.readouterr().err + caplog.text
+    assert "rtlab: k-NN probe (student): 40/100 test images (40%)" in text
+    assert "rtlab: k-NN probe (student): 80/100 test images (80%)" in text and "ETA" in text
+    assert "rtlab: linear probe (student): 1/2 epochs (50%)" in text
+    assert "rtlab: decoding dataset 'toy' (train split): 2/5 images (40%)" in text
+    assert "rtlab: decoding dataset 'toy' (train split): done, 5 images in" in text

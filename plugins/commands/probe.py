@@ -43,10 +43,23 @@ def _value(v: Any) -> str:
     return str(v)
 
 
+def _recorded_backbone(source: Path) -> dict | None:
+    """The resolved backbone options an rtlab run folder's final checkpoint, or an rtlab checkpoint, records."""
+    record = source / "checkpoints" / "final.json" if source.is_dir() else source.with_suffix(".json")
+    try:
+        return json.loads(record.read_text())["meta"]["backbone"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def backbone_overrides(source: str) -> list[str]:
-    """The ``backbone=…`` overrides of a model folder's ``config.json`` (an ``rtlab export``: the resolved options
-    it records; another timm folder: its architecture and constructor arguments); nothing for other sources."""
+    """The ``backbone=…`` overrides of a source that says what it is: a model folder's ``config.json`` (an ``rtlab
+    export``: the resolved options it records; another timm folder: its architecture and constructor arguments) or
+    an rtlab run's checkpoint; nothing for weights files."""
     path = Path(source).expanduser() / "config.json"
+    recorded = _recorded_backbone(Path(source).expanduser())
+    if recorded is not None:
+        return _as_overrides(recorded)
     if not path.is_file():
         return []
     try:
@@ -59,6 +72,10 @@ def backbone_overrides(source: str) -> list[str]:
     except (ValueError, KeyError, TypeError) as exc:
         raise RtlabError(f"{path} is not a timm model config ({type(exc).__name__}: {exc}); give the backbone with "
                          "backbone=NAME and the weights file as SOURCE") from None
+    return _as_overrides(options)
+
+
+def _as_overrides(options: dict) -> list[str]:
     return [f"backbone={options['name']}"] + [f"backbone.{k}={_value(v)}" for k, v in options.items()
                                               if k != "name" and not (k == "kwargs" and not v)]
 
