@@ -181,8 +181,8 @@ class _Session:
     def drop(self, run, name: str, exc: BaseException) -> None:
         """A tracker that failed mid-run: recorded, left out for the rest of this attempt; training goes on."""
         self.trackers.pop(name, None)
-        log.warning("tracker %s failed and is left out for the rest of this attempt (resume the run to fill in "
-                    "what it missed): %s", name, exc)
+        log.warning(f"tracker {name} failed and is left out for the rest of this attempt (resume the run to fill in "
+                    f"what it missed): {exc}")
         run.record_error(f"tracker '{name}'", exc)
 
 
