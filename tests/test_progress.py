@@ -110,7 +110,7 @@ def test_probes_and_decoding_log_their_progress(monkeypatch, capsys, caplog):
     import torch
 
     from framework.api import DataOptions
-    from framework.data import decode_images
+    from framework._data.data import decode_images
     from plugins.probes.knn import KNNOptions, KNNProbe
     from plugins.probes.linear_probe import LinearProbe, LinearProbeOptions
     from framework.api import Features

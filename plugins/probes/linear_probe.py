@@ -30,10 +30,7 @@ from typing import Any, Callable, List, Sequence
 import torch
 import torch.nn.functional as F
 
-from framework.api import hookimpl
-from framework.api import one_cpu_thread, Progress
-from framework.api import RtlabError
-from framework.api import MetricKind
+from framework.api import hookimpl, MetricKind, one_cpu_thread, Progress, RtlabError
 from plugins.probes.knn import probed
 
 
