@@ -96,7 +96,7 @@ def test_report_threads_must_be_positive(tmp_path, capsys):
 
 @pytest.mark.parametrize("seconds,text", [(5, "5 s"), (125, "2 min 5 s"), (3720, "1 h 2 min")])
 def test_durations_read_naturally(seconds, text):
-    from framework.progress import duration
+    from framework._base.progress import duration
 
     assert duration(seconds) == text
 
@@ -133,3 +133,19 @@ def test_probes_and_decoding_log_their_progress(monkeypatch, capsys, caplog):
     assert "rtlab: linear probe (student): 1/2 epochs (50%)" in text
     assert "rtlab: decoding dataset 'toy' (train split): 2/5 images (40%)" in text
     assert "rtlab: decoding dataset 'toy' (train split): done, 5 images in" in text
+
+
+def test_feature_extraction_and_the_bn_control_log_their_progress(tmp_path, monkeypatch, capsys, caplog):
+    import logging
+
+    from tiny_runs import fit
+
+    caplog.set_level(logging.INFO, logger="rtlab")
+    monkeypatch.setenv("RTLAB_PROGRESS_EVERY", "0")
+    fit(tmp_path, "eval.batch_size=64", "evaluator=[knn]")
+    text = capsys.readouterr().err + caplog.text
+    for target in ("teacher", "student"):
+        assert f"rtlab: features of {target} (train split): 64/256 images (25%)" in text, text[-3000:]
+        assert f"rtlab: features of {target} (test split): done, 128 images in" in text
+    assert "rtlab: re-estimating the teacher's BatchNorm statistics (BN control): 128/256 images (50%)" in text
+    assert "rtlab: k-NN probe (student): done, 128 test images in" in text

@@ -190,11 +190,15 @@ def test_a_tracker_that_fails_mid_run_is_recorded_and_training_goes_on(tmp_path)
             if not registry.has("tracker", "broken"):
                 registry.add("tracker", "broken", Broken, NoOpts)
 
-    from tiny_runs import compose_run, plugin_manager
+    from framework._config.compose import check_config, compose
+    from framework._run.loop import Run
+    from framework.api import create_plugin_manager
+    from tiny_runs import FAST
 
-    if not plugin_manager().has_plugin("broken_tracker"):
-        plugin_manager().register(Plugin(), name="broken_tracker")
-    summary = compose_run(tmp_path, "tracker=[broken]", "train.log_every=1").fit()
+    pm = create_plugin_manager(extra_plugins=[Plugin()], autoload=False)  # its own config store with 'broken'
+    cfg = compose([*FAST, "tracker=[broken]", "train.log_every=1"], pm.registry)
+    check_config(cfg, pm.registry)
+    summary = Run(cfg, tmp_path, pm).setup().fit()
     assert summary["steps"] == 4
     assert any("tracker 'broken'" in e["error"] and "server went away" in e["error"] for e in summary["errors"])
 

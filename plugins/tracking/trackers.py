@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from framework.api import RtlabError, atomic_write_text, hookimpl
+from plugins.tracking.metrics_log import eval_record, train_record
 
 log = logging.getLogger("rtlab")
 
@@ -259,12 +260,12 @@ def _record(run, record: dict[str, Any]) -> None:
 
 @hookimpl
 def rtlab_step_end(run, metrics):
-    _record(run, {"kind": "train", **metrics})
+    _record(run, train_record(metrics))
 
 
 @hookimpl
 def rtlab_evaluate_end(run, epoch, results):
-    _record(run, {"kind": "eval", "epoch": epoch, "step": run.step, **results})
+    _record(run, eval_record(run, epoch, results))
 
 
 def _plots(run) -> list[Path]:
