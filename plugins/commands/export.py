@@ -30,7 +30,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from framework.api import RtlabError, atomic_write_bytes, atomic_write_text, hookimpl
+from framework.api import RtlabError, atomic_write_bytes, atomic_write_text, hookimpl, paths
 
 WEIGHTS, CONFIG, CARD = "model.safetensors", "config.json", "README.md"
 PARTS = ("student", "teacher")
@@ -44,11 +44,12 @@ def checkpoint_of(path: Path, name: str | None) -> Path:
     path = Path(path)
     if not path.is_dir():
         return path
-    names = [name] if name else ["final", "last"]
+    names = [name] if name else [paths.FINAL, paths.STATE]
     for n in names:
-        if (path / "checkpoints" / f"{n}.json").exists():
-            return path / "checkpoints" / n
-    have = sorted(p.stem for p in (path / "checkpoints").glob("*.json")) if (path / "checkpoints").is_dir() else []
+        if paths.checkpoint(path, n).with_suffix(".json").exists():
+            return paths.checkpoint(path, n)
+    folder = path / paths.CHECKPOINTS
+    have = sorted(p.stem for p in folder.glob("*.json")) if folder.is_dir() else []
     raise RtlabError(f"{path} has no checkpoint {' or '.join(names)} (it has: {', '.join(have) or 'none'}); "
                      "choose one with --checkpoint NAME")
 
@@ -223,14 +224,14 @@ def model_card(cfg: dict[str, Any] | None, summary: dict[str, Any], meta: dict[s
 
 # ------------------------------------------------------------------------------------------------ the command
 def _run_folder(ckpt: Path) -> Path | None:
-    folder = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else None
-    return folder if folder is not None and (folder / "config.yaml").exists() else None
+    folder = ckpt.parent.parent if ckpt.parent.name == paths.CHECKPOINTS else None
+    return folder if folder is not None and paths.config(folder).exists() else None
 
 
 def metrics_at(folder: Path, step: Any) -> dict[str, float]:
     """The results of the evaluations up to optimiser step ``step`` (frozen targets were evaluated once, earlier),
     when one of them evaluated the weights of that step; else none."""
-    path = folder / "metrics.jsonl"
+    path = paths.metrics(folder)
     rows = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
     evals = [r for r in rows if r.get("kind") == "eval" and step is not None and r.get("step", -1) <= step]
     if not evals or evals[-1]["step"] != step:
@@ -260,7 +261,7 @@ def export(source: str, part: str = "student", checkpoint: str | None = None, ou
     needs = needs_of(architecture)
     folder = _run_folder(Path(ckpt).with_suffix(""))
     stem = Path(ckpt).with_suffix("").name
-    target = Path(out) if out else (folder or Path(ckpt).parent) / "export" / (part if stem == "final"
+    target = Path(out) if out else (folder or Path(ckpt).parent) / "export" / (part if stem == paths.FINAL
                                                                                   else f"{part}-{stem}")
     fixed = not model_args.get("dynamic_img_size", False) and "img_size" in model_args
     config = {"architecture": architecture, "num_classes": 0, "num_features": int(net.embed_dim),
@@ -270,9 +271,9 @@ def export(source: str, part: str = "student", checkpoint: str | None = None, ou
     tensors = {k: v.detach().to("cpu").clone().contiguous() for k, v in encoder.state_dict().items()}
     atomic_write_bytes(target / WEIGHTS, save(tensors, metadata={"format": "pt"}))
     atomic_write_text(target / CONFIG, json.dumps(config, indent=2))
-    cfg = OmegaConf.to_container(OmegaConf.load(folder / "config.yaml"), resolve=False) if folder else None
+    cfg = OmegaConf.to_container(OmegaConf.load(paths.config(folder)), resolve=False) if folder else None
     try:
-        summary = json.loads((folder / "summary.json").read_text()) if folder else {}
+        summary = json.loads(paths.summary(folder).read_text()) if folder else {}
     except (FileNotFoundError, json.JSONDecodeError):
         summary = {}
     if folder is not None and meta.get("step") != summary.get("steps"):  # an earlier checkpoint than the end's

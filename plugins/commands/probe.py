@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from framework.api import RtlabError, hookimpl
+from framework.api import RtlabError, hookimpl, paths
 
 WHICH = ("student", "teacher")
 
@@ -45,7 +45,7 @@ def _value(v: Any) -> str:
 
 def _recorded_backbone(source: Path) -> dict | None:
     """The resolved backbone options an rtlab run folder's final checkpoint, or an rtlab checkpoint, records."""
-    record = source / "checkpoints" / "final.json" if source.is_dir() else source.with_suffix(".json")
+    record = paths.final(source).with_suffix(".json") if source.is_dir() else source.with_suffix(".json")
     try:
         return json.loads(record.read_text())["meta"]["backbone"]
     except (OSError, ValueError, KeyError, TypeError):

@@ -522,8 +522,8 @@ def _ks(value: Any) -> list[int]:
 
 def probed(features) -> str:
     """What a probe's progress names: the target, and its layer when not the embedding."""
-    layer = getattr(features, "layer", -1)
-    return features.target if layer == -1 else f"{features.target}, layer {layer}"
+    target, layer = getattr(features, "target", "features"), getattr(features, "layer", -1)
+    return target if layer == -1 else f"{target}, layer {layer}"
 
 
 class KNNProbe:

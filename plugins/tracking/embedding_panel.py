@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from framework.api import hookimpl
+from framework.api import hookimpl, paths
 
 MAX_POINTS = 1000  # test images drawn (the first ones): t-SNE's cost grows with the square of the count
 PCA_DIMS = 50  # t-SNE runs on the first principal components (scikit-learn's advice for dense data)
@@ -105,7 +105,7 @@ def _from_checkpoint(folder: Path, registry: Any, max_points: int) -> tuple[dict
 
     from framework.api import Progress, load_image_data, network_from_checkpoint
 
-    data = load_image_data(registry, OmegaConf.load(folder / "config.yaml").data)
+    data = load_image_data(registry, OmegaConf.load(paths.config(folder)).data)
     if not data.test.labelled:
         return None
     images = data.test.images[:max_points]
@@ -114,7 +114,7 @@ def _from_checkpoint(folder: Path, registry: Any, max_points: int) -> tuple[dict
     step = None
     for part in ("teacher", "student"):
         with Progress(f"{folder.name}: {part} embeddings for the panel", len(images), "images") as p:
-            net, meta = network_from_checkpoint(registry, folder / "checkpoints" / "final", part)
+            net, meta = network_from_checkpoint(registry, paths.final(folder), part)
             out[part] = _embed(net, images, normalize)
             step = meta.get("step")
             p.update(len(images))
@@ -134,15 +134,14 @@ def embedding_panel(folder: Path, registry: Any, max_points: int = MAX_POINTS) -
     from framework.api import Progress
     from plugins.tracking.plotting import pyplot
 
-    ckpt = folder / "checkpoints" / "final.safetensors"
-    if not ckpt.exists() or not (folder / "config.yaml").exists():
+    if not paths.final(folder).with_suffix(".safetensors").exists() or not paths.config(folder).exists():
         return None
     try:
-        step = json.loads((folder / "checkpoints" / "final.json").read_text())["meta"].get("step")
+        step = json.loads(paths.final(folder).with_suffix(".json").read_text())["meta"].get("step")
     except (OSError, ValueError, KeyError):
         step = None
     try:
-        test_images = json.loads((folder / "summary.json").read_text()).get("test_images") or max_points
+        test_images = json.loads(paths.summary(folder).read_text()).get("test_images") or max_points
     except (OSError, ValueError):
         test_images = max_points
     found = load_features(folder, step)
@@ -176,7 +175,7 @@ def embedding_panel(folder: Path, registry: Any, max_points: int = MAX_POINTS) -
     fig.tight_layout(rect=(0, 0.06, 1, 1))
     fig.legend(handles, legend_labels, loc="lower center", ncol=min(len(classes), 10), markerscale=3, fontsize=9,
                title="test images by class", bbox_to_anchor=(0.5, 0.0))
-    path = folder / "plots" / "embedding.png"
+    path = paths.plots(folder) / "embedding.png"
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
     plt.close(fig)

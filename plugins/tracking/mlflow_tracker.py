@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Optional
 
-from framework.api import RtlabError, hookimpl
+from framework.api import RtlabError, hookimpl, paths
 from plugins.tracking.trackers import FINISHED, INTERRUPTED, KIND, declare_kind, summary_values, tracked_values
 
 RECORD = "rtlab/record"  # the number of the metrics.jsonl record a batch holds
@@ -127,7 +127,7 @@ class MlflowTracker:
             for i in range(0, len(metrics), 1000):
                 self.client.log_batch(self.run_id, metrics=metrics[i:i + 1000])
         for path in files:
-            self.client.log_artifact(self.run_id, str(path), "plots" if path.parent.name == "plots" else None)
+            self.client.log_artifact(self.run_id, str(path), paths.PLOTS if path.parent.name == paths.PLOTS else None)
         self.client.set_terminated(self.run_id, STATUS.get(status, "FAILED"))
         self.run_id = None
 

@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from framework.api import RtlabError, atomic_write_text, hookimpl
+from framework.api import RtlabError, atomic_write_text, hookimpl, paths
 from plugins.tracking.metrics_log import eval_record, train_record
 
 log = logging.getLogger("rtlab")
@@ -142,7 +142,7 @@ def sweep_of(run) -> tuple[str | None, str | None]:
 
 def read_records(out_dir: Path, start: int, stop: int) -> list[dict[str, Any]]:
     """Records ``start`` … ``stop - 1`` of the run's ``metrics.jsonl``."""
-    path = Path(out_dir) / "metrics.jsonl"
+    path = paths.metrics(out_dir)
     out: list[dict[str, Any]] = []
     if stop <= start or not path.exists():
         return out
@@ -273,7 +273,7 @@ def _plots(run) -> list[Path]:
     from plugins.commands.report import report_run
 
     report_run(run.out_dir)
-    return sorted((run.out_dir / "plots").glob("*.png"))
+    return sorted(paths.plots(run.out_dir).glob("*.png"))
 
 
 def _finish(run, summary: dict[str, Any] | None, status: str) -> None:
@@ -283,7 +283,7 @@ def _finish(run, summary: dict[str, Any] | None, status: str) -> None:
         return
     files: list[Path] = []
     if summary is not None:
-        files.append(run.out_dir / "summary.json")
+        files.append(paths.summary(run.out_dir))
         try:
             files += _plots(run)
         except Exception as exc:  # the numbers still go out

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, List, Optional
 
-from framework.api import RtlabError, hookimpl
+from framework.api import RtlabError, hookimpl, paths
 from plugins.tracking.trackers import FINISHED, INTERRUPTED, KIND, declare_kind, summary_values, tracked_values
 
 MODES = ("online", "offline", "disabled")
@@ -169,7 +169,7 @@ class WandbTracker:
         if summary is not None:
             self.run.summary.update(summary_values(summary))
         for path in files:
-            self.run.save(str(path), base_path=str(path.parent.parent if path.parent.name == "plots"
+            self.run.save(str(path), base_path=str(path.parent.parent if path.parent.name == paths.PLOTS
                                                    else path.parent), policy="now")
         if status == INTERRUPTED:
             self.run.mark_preempting()
