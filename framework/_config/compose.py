@@ -8,10 +8,11 @@ components too. ``backbone=NAME`` accepts any timm model name: each gets a node 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import re
 from dataclasses import field
 from pathlib import Path
-from typing import Any, List, Sequence
+from typing import Any, List, Optional, Sequence
 
 from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
@@ -26,7 +27,7 @@ from omegaconf.errors import (
 )
 
 import configs
-from framework._base.errors import RtlabError, close_matches, unknown_name
+from framework._base.errors import PluginError, RtlabError, close_matches, unknown_name
 from framework._base.expectations import Expectation
 from framework._base.options import EvalConfig, TrainConfig
 from framework._base.registry import Registry, node_class
@@ -51,6 +52,8 @@ def build_schema(registry: Registry) -> type:
         ("eval", EvalConfig, field(default_factory=EvalConfig)),
         (BACKBONE_GROUP, Any, field(default=MISSING)),
         ("expect", List[Expectation], field(default_factory=list)),  # rtlab verify's expected results
+        # the preset of the `method` group the run uses (method=NAME sets it), so a run's config.yaml says it
+        ("method", Optional[str], field(default=None)),
     ]
     for kind in registry.kinds:
         if kind.group is None:
@@ -264,11 +267,51 @@ def check_config(cfg: DictConfig, registry: Registry) -> None:
                 registry.get(kind.name, name)
         elif isinstance(node, DictConfig) and "name" in node:
             registry.get(kind.name, node.name)
+    init = OmegaConf.select(cfg, "backbone.init", default=None)
+    if isinstance(init, str) and registry.names("init"):
+        registry.get("init", init)
     try:
         OmegaConf.resolve(cfg)
     except Exception as exc:
         raise RtlabError(f"invalid configuration: {_one_line(str(exc))}") from None
     check_ranges(cfg)
+    check_components(cfg, registry)
+
+
+def check_components(cfg: DictConfig, registry: Registry) -> None:
+    """Build every selected component once, so that an option value a component refuses (its factory or its
+    options' ``__post_init__`` raises :class:`RtlabError`) stops the command here, before any run folder exists.
+    Factories are cheap and free of side effects by contract (heavy work belongs in ``build``/``setup``); one that
+    needs more than its options (a head's ``in_dim``) is built when the run is."""
+    selected: list[tuple[str, Any]] = []
+    for kind in registry.kinds:
+        node = cfg.get(kind.group) if kind.group else None
+        if node is None:
+            continue
+        nodes = list(node.values()) if kind.multi else [node]
+        selected += [(kind.name, n) for n in nodes if isinstance(n, DictConfig) and "name" in n]
+    init = OmegaConf.select(cfg, "backbone.init", default=None)
+    if isinstance(init, str) and registry.names("init"):
+        selected.append(("init", {"name": init}))
+    for kind, node in selected:
+        comp = registry.get(kind, node["name"])
+        if _needs_more_than_options(comp.factory):
+            continue
+        try:
+            registry.build(kind, node)
+        except (RtlabError, PluginError):
+            raise
+        except Exception as exc:  # a bug in the plugin: say whose
+            raise PluginError(comp.plugin, f"the {kind} factory '{comp.name}'", exc) from exc
+
+
+def _needs_more_than_options(factory: Any) -> bool:
+    try:
+        params = inspect.signature(factory).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    required = [p for p in params if p.default is p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    return len(required) > 1
 
 
 # (setting, valid?, what it must be) — checked before anything is built
