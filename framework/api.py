@@ -13,7 +13,7 @@ from framework import __version__
 from framework._base import paths
 from framework._base.clock import Clock
 from framework._base.commands import CommandSet
-from framework._base.errors import PluginError, RtlabError, unknown_name
+from framework._base.errors import PluginError, RtlabError, RunInterrupted, unknown_name
 from framework._base.files import (
     atomic_write_bytes,
     atomic_write_json,
@@ -39,6 +39,7 @@ from framework._base.keys import (
 from framework._base.markers import hookimpl
 from framework._base.metrics import ACCURACY, MetricKind, from_summary, kind_of, merged
 from framework._base.options import AnalysisOptions, BackboneOptions, DataOptions
+from framework._base.progress import Progress, progress
 from framework._base.provenance import check_recorded_plugins
 from framework._base.registry import (
     NoOptions,
@@ -98,6 +99,7 @@ from framework._nets.models import (
     BackboneAdapter,
     Network,
     clone,
+    create_backbone,
     forward_views,
     freeze,
     has_batchnorm,
@@ -123,14 +125,15 @@ __all__ = [
     "Stateful", "DatasetSource", "HeadFactory", "InitScheme", "TeacherInit", "StudentInit", "Updater", "Objective",
     "Loss", "Augment", "OptimizerFactory", "Evaluator", "BackboneAdapter",
     # errors
-    "RtlabError", "PluginError", "unknown_name",
+    "RtlabError", "PluginError", "RunInterrupted", "unknown_name",
     # a run: what hooks receive, composing and training
     "RunView", "Run", "Clock", "run_training", "train_command", "compose", "check_config", "register_configs",
     "with_values", "stream_seed",
     # studying runs: opening a finished run, analyses
     "load_run", "LoadedRun", "AnalysisContext",
     # networks and checkpoints
-    "Network", "clone", "freeze", "has_batchnorm", "parameter_distance", "forward_views", "load_network_state",
+    "Network", "create_backbone", "clone", "freeze", "has_batchnorm", "parameter_distance", "forward_views",
+    "load_network_state",
     "load_network_checkpoint", "network_from_checkpoint", "load_checkpoint", "save_checkpoint", "load_weights",
     "prefixed", "strip_prefix",
     # files: the run folder's names, atomic writes, the cache folder
@@ -139,6 +142,8 @@ __all__ = [
     "ImageData", "load_image_data", "listing_key", "stream_files_of",
     # devices and processes
     "Placement", "resolve_device", "resolve_dtype", "cpu_has_bf16_units", "one_cpu_thread", "distributed",
+    # progress of long phases
+    "Progress", "progress",
     # features: embeddings of any network at any stage
     "Features", "BUILTIN_TARGETS", "features", "embed", "extract", "bn_control", "eval_mode", "layer_embedder",
     # results: metric kinds, result keys, gains over controls
