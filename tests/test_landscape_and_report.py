@@ -31,7 +31,7 @@ def test_landscape_plane_through_pretrained_networks(tmp_path):
     assert (out / "plots" / "landscape.png").stat().st_size > 10_000
 
     (out / "report.md").unlink()
-    assert report_command(argparse.Namespace(paths=[str(out)], out=None, target="student")) == 0
+    assert report_command(argparse.Namespace(paths=[str(out)], out=None, target="student", threads=1, no_embedding=False)) == 0
     assert "| (1, 0) | student:@a |" in (out / "report.md").read_text()
 
 

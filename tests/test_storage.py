@@ -154,4 +154,4 @@ def test_storage_must_be_a_known_mode(pm, folder):
     cfg = compose(["data=imagefolder", f"data.path={folder}", "data.storage=ram"], pm.registry)
     with pytest.raises(RtlabError, match="data.storage must be one of auto, device, host, disk, got 'ram'"):
         load_image_data(pm.registry, cfg.data)
-    assert Path(ROOT / "framework" / "run.py").read_text().count("\n") <= 250
+    assert Path(ROOT / "framework" / "_run" / "loop.py").read_text().count("\n") <= 250

@@ -106,7 +106,7 @@ def test_a_resumed_stream_continues_exactly(tmp_path, parquet):
             "train.deterministic=true", "train.threads=1", "train.state_steps=1", "train.log_every=1"]
     want = fit(tmp_path / "straight", *over)
     resumed = preempted_then_resumed(tmp_path / "resumed", 13, *over)  # mid-epoch 2 (10 steps per epoch)
-    assert (resumed.step, resumed.position) == (12, 2)  # the state saved before step 13's hooks ran
+    assert (resumed.step, resumed.clock.position) == (12, 2)  # the state saved before step 13's hooks ran
     got = resumed.fit()
     for key in ("metrics", "teacher_student_distance", "student_distance_from_init", "steps"):
         assert got[key] == want[key], key
