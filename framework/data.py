@@ -24,10 +24,10 @@ import numpy as np
 import torch
 
 from framework import datacache, streaming
-from framework.bad_images import image_rows
+from framework.bad_images import _where, image_rows
 from framework.datacache import DiskImages, cache_dir  # noqa: F401  (cache_dir: public since the first cache)
-from framework.decoding import (_array_batch, channel_stats, check_size, finish_channels, image_tensor,  # noqa: F401
-                                resize_center_crop)
+from framework.decoding import (PixelError, _array_batch, channel_stats, check_size, finish_channels,  # noqa: F401
+                                image_tensor, resize_center_crop)
 from framework.errors import RtlabError
 from framework.options import DataOptions
 from framework.registry import Registry
@@ -136,6 +136,17 @@ class Normalize:
 
 
 # ----------------------------------------------------------------------------------------------------- decoding
+def _declared_dtype(feat: Any) -> str | None:
+    """The value type an array feature declares (uint16 for 16-bit images), None when it declares none."""
+    while feat is not None and not isinstance(getattr(feat, "dtype", None), str):
+        feat = getattr(feat, "feature", None)
+    dtype = getattr(feat, "dtype", None)
+    try:
+        return dtype if dtype is not None and np.dtype(dtype).kind in "biuf" else None
+    except TypeError:
+        return None
+
+
 def decode_chunks(ds: Any, column: str, opts: DataOptions, what: str, chunk: int = 2048, start: int = 0
                   ) -> Iterator[tuple[torch.Tensor, bool]]:
     """``(uint8 (n, C, H, W) chunk, all its images gray)`` for rows ``start``, ``start + chunk``, … of
@@ -148,6 +159,7 @@ def decode_chunks(ds: Any, column: str, opts: DataOptions, what: str, chunk: int
         raise RtlabError(f"{what} is empty; check data.train_size/data.test_size and the split names")
     size: tuple[int, int] | None = None
     is_image = isinstance(feat, datasets.Image)
+    dtype = None if is_image else _declared_dtype(feat)  # datasets' numpy format widens integers to int64
     view = ds.select_columns([column])
     view = view.with_format(None) if is_image else view.with_format("numpy")
     for start in range(start, n, chunk):
@@ -160,14 +172,22 @@ def decode_chunks(ds: Any, column: str, opts: DataOptions, what: str, chunk: int
         if is_image:
             imgs = []
             all_gray = True
-            for im in batch:
-                t, gray = image_tensor(im, opts.image_size)
+            left_out = {row for row, _ in skipped}
+            kept = (r for r in range(start, start + rows) if r not in left_out)
+            for im, row in zip(batch, kept):
+                try:
+                    t, gray = image_tensor(im, opts.image_size)
+                except PixelError as exc:
+                    raise RtlabError(f"{what}: image {_where(ds, column, row)}: {exc}") from None
                 all_gray &= gray
                 size = check_size(t, size, what)
                 imgs.append(t)
             yield (torch.stack(imgs) if imgs else None), all_gray, rows, skipped
         else:
-            t = _array_batch(batch)
+            try:
+                t = _array_batch(np.asarray(batch).astype(dtype, copy=False) if dtype else batch)
+            except PixelError as exc:
+                raise RtlabError(f"{what} (rows {start}–{start + rows - 1}): {exc}") from None
             if opts.image_size:
                 t = resize_center_crop(t, opts.image_size)
             yield t, False, rows, skipped

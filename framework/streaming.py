@@ -178,12 +178,15 @@ class StreamImages(RowArray):
 
     def decode(self, rows: np.ndarray) -> tuple[torch.Tensor, bool]:
         """(uint8 3 x H x W images of absolute rows ``rows`` as decoded, before the channel step; all gray)."""
-        from framework.decoding import check_size, image_tensor
+        from framework.decoding import PixelError, check_size, image_tensor
 
         size = tuple(self.full[2:]) if self.full[0] else None
         images, all_gray = [], True
         for row, value in zip(rows.tolist(), self.source.values(self.ids[rows], self.column)):
-            t, gray = image_tensor(decode_value(value, self.what, row), self.image_size)
+            try:
+                t, gray = image_tensor(decode_value(value, self.what, row), self.image_size)
+            except PixelError as exc:
+                raise RtlabError(f"{self.what}: row {row}: {exc}") from None
             size = check_size(t, size, self.what)
             images.append(t)
             all_gray &= gray
