@@ -59,6 +59,7 @@ from framework.plugin_manager import PluginManager, create_plugin_manager, get_p
 from framework.provenance import check_recorded_plugins
 from framework.registry import NoOptions, Registry, describe_options, option_help, to_options
 from framework.run import Run, run_training
+from framework.runlock import LOCK_NAME, RunLock, clear_unfinished, live_owner, refuse_if_live
 from framework.runview import RunView
 from framework.seeding import stream_seed
 from framework.streaming import stream_files_of
@@ -76,7 +77,7 @@ __all__ = [
     "RtlabError", "PluginError", "unknown_name",
     # the run
     "RunView", "Run", "run_training", "train_command", "compose", "check_config", "register_configs",
-    "stream_seed",
+    "stream_seed", "RunLock", "LOCK_NAME", "live_owner", "refuse_if_live", "clear_unfinished",
     # networks and checkpoints
     "Network", "clone", "freeze", "has_batchnorm", "forward_views", "load_network_state",
     "load_network_checkpoint", "network_from_checkpoint", "load_checkpoint", "save_checkpoint", "load_weights",

@@ -39,7 +39,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from framework.api import hookimpl
 from framework.api import atomic_write_text
-from framework.api import RtlabError
+from framework.api import LOCK_NAME, RtlabError, RunLock
 from framework.api import check_recorded_plugins
 
 log = logging.getLogger("rtlab")
@@ -110,7 +110,7 @@ class AnalysisContext:
         A run whose ``summary.json`` exists is finished and is not trained again; a folder without one is what an
         interrupted run left behind and is started over.
         """
-        from framework.api import run_training
+        from framework.api import clear_unfinished, run_training
 
         out = self.out_dir / folder
         summary_file = out / "summary.json"
@@ -118,7 +118,8 @@ class AnalysisContext:
             return json.loads(summary_file.read_text())
         if out.exists():
             log.warning("restarting the unfinished run %s", out)
-            shutil.rmtree(out)
+            clear_unfinished(out, lambda who: f"run {out} of the analysis is in use by a live run ({who}); wait "
+                             "for it to finish or stop it, then run the analysis again")
         cfg = cfg if cfg is not None else self.compose(extra)
         print(f"rtlab analyze {self.name}: training {folder}", flush=True)
         return run_training(cfg, out, self.pm, prepare)
@@ -246,9 +247,27 @@ def run_analysis(name: str, overrides: Sequence[str], out: str | None = None, pm
     register_configs(pm.registry)
     cfg, full = compose_analysis(name, overrides, pm.registry)
     analysis = pm.registry.build(KIND, cfg[KIND])  # validates the options before anything is written
-    target = Path(out) if out else None
-    fresh = not (target or default_folder(name, cfg)).exists()
-    folder = prepare_folder(name, cfg, out)
+    target = Path(out) if out else default_folder(name, cfg)
+    fresh = not target.exists()
+    # one process per analysis folder: a second one would restart the runs the first is training
+    guard = RunLock(target, lambda who: f"analysis folder {target} is in use by a live process ({who}); wait for it "
+                    "to finish, or stop it and run this command again")
+    guard.acquire()
+    try:
+        folder = prepare_folder(name, cfg, out)
+    except BaseException:
+        guard.release(discard=True)  # refused: the folder is left as it was
+        if fresh:
+            shutil.rmtree(target, ignore_errors=True)
+        raise
+    try:
+        return _run_in(folder, name, analysis, cfg, full, pm, fresh)
+    finally:
+        guard.release()
+
+
+def _run_in(folder: Path, name: str, analysis: Any, cfg: DictConfig, full: list[str], pm, fresh: bool) -> Path:
+    """Run, record and render the analysis in ``folder``, which this process holds (see :func:`run_analysis`)."""
     atomic_write_text(folder / "plugins.json", json.dumps(pm.listing(), indent=2))
     ctx = AnalysisContext(name, cfg, full, folder, pm)
     try:
@@ -279,7 +298,7 @@ def default_folder(name: str, cfg: DictConfig) -> Path:
 def _record_failure(folder: Path, name: str, pm, exc: BaseException, fresh: bool) -> None:
     import traceback
 
-    own = {"config.yaml", RESULTS_FILE, "plugins.json"}
+    own = {"config.yaml", RESULTS_FILE, "plugins.json", LOCK_NAME}
     if fresh and isinstance(exc, RtlabError) and {p.name for p in folder.iterdir()} <= own:
         shutil.rmtree(folder, ignore_errors=True)  # refused before computing anything: leave no trace
         return

@@ -37,7 +37,6 @@ import io
 import json
 import logging
 import math
-import shutil
 import statistics
 import sys
 from dataclasses import dataclass, field
@@ -46,7 +45,7 @@ from typing import Any, Dict, List, Optional
 
 from framework.api import hookimpl
 from framework.api import atomic_write_text
-from framework.api import RtlabError
+from framework.api import RtlabError, RunLock
 from framework.api import CONTROLS, format_gain, gain
 
 log = logging.getLogger("rtlab")
@@ -166,6 +165,20 @@ def run_comparison(overrides: list[str], out: str | None = None, pm: Any = None)
     methods, backbones, seeds = grid(cfg, pm.registry)
     folder = Path(out or settings.out or Path("runs") / str(cfg.name) / f"compare-{shared_hash(cfg)}")
     folder.mkdir(parents=True, exist_ok=True)
+    # one comparison per folder at a time: a second one would restart the cells the first is training
+    guard = RunLock(folder, lambda who: f"comparison folder {folder} is in use by another rtlab compare ({who}); "
+                    "wait for it to finish (it trains these cells), or stop it and run this command again").acquire()
+    try:
+        return _compare_in(folder, cfg, overrides, settings, methods, backbones, seeds, pm)
+    finally:
+        guard.release()
+
+
+def _compare_in(folder: Path, cfg: Any, overrides: list[str], settings: Any, methods: list[str],
+                backbones: list[str], seeds: list[int], pm: Any) -> dict:
+    """The comparison in ``folder``, which this process holds (see :func:`run_comparison`)."""
+    from framework.api import clear_unfinished, compose
+
     cells = [Cell(m, b, s) for m in methods for b in backbones for s in seeds]
     trained = reused = 0
     for m in methods:
@@ -181,7 +194,9 @@ def run_comparison(overrides: list[str], out: str | None = None, pm: Any = None)
                     continue
                 if cell_dir.exists():  # what an interrupted or failed cell left behind: it starts over
                     log.warning("restarting the unfinished cell %s", cell_dir)
-                    shutil.rmtree(cell_dir)
+                    clear_unfinished(cell_dir, lambda who, d=cell_dir: (
+                        f"cell {d} is in use by a live run ({who}); wait for it to finish or stop it, then run "
+                        "the comparison again"))
                 todo.append(s)
             if todo:
                 train_cells(m, b, todo, want, folder, settings)  # failures are read from the cells below
