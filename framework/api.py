@@ -37,7 +37,8 @@ from framework.components import (
 from framework.config import check_config, compose, register_configs
 from framework.data import ImageData, load_image_data
 from framework.datacache import listing_key
-from framework.device import cpu_has_bf16_units, one_cpu_thread, resolve_device, resolve_dtype
+from framework.device import (check_parameters_fit, cpu_has_bf16_units, one_cpu_thread, resolve_device,
+                              resolve_dtype)
 from framework.errors import PluginError, RtlabError, unknown_name
 from framework.evaluation import BUILTIN_TARGETS, Features, bn_control, extract, features
 from framework.hookspecs import hookimpl
@@ -62,7 +63,7 @@ from framework.run import Run, run_training
 from framework.runlock import LOCK_NAME, RunLock, clear_unfinished, live_owner, refuse_if_live
 from framework.runview import RunView
 from framework.seeding import stream_seed
-from framework.streaming import stream_files_of
+from framework.parquet import check_parquet_files, stream_files_of
 
 __all__ = [
     "__version__",
@@ -83,9 +84,9 @@ __all__ = [
     "load_network_checkpoint", "network_from_checkpoint", "load_checkpoint", "save_checkpoint", "load_weights",
     "prefixed", "strip_prefix", "atomic_write_text", "atomic_write_bytes",
     # data
-    "ImageData", "load_image_data", "listing_key", "stream_files_of",
+    "ImageData", "load_image_data", "listing_key", "stream_files_of", "check_parquet_files",
     # devices and processes
-    "resolve_device", "resolve_dtype", "cpu_has_bf16_units", "one_cpu_thread", "distributed",
+    "resolve_device", "resolve_dtype", "cpu_has_bf16_units", "one_cpu_thread", "distributed", "check_parameters_fit",
     # evaluation and results
     "Features", "BUILTIN_TARGETS", "features", "extract", "bn_control", "MetricKind", "ACCURACY", "kind_of",
     "from_summary", "merged", "CONTROLS", "control_key", "gain", "format_gain", "bootstrap_interval",

@@ -17,6 +17,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 
 from framework.errors import RtlabError, unknown_name
 from framework.expectations import Expectation
+from framework.limits import check_batch_memory, check_environment, check_finite
 from framework.options import EvalConfig, TrainConfig
 from framework.registry import Registry, node_class
 
@@ -304,6 +305,8 @@ RANGES = (
 
 def check_ranges(cfg: DictConfig) -> None:
     """Settings whose type is right but whose value cannot work, with what they must be."""
+    check_environment()
+    check_finite(OmegaConf.to_container(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), resolve=True))
     absent = object()
     for key, valid, what in RANGES:
         value = OmegaConf.select(cfg, key, default=absent)
@@ -315,6 +318,7 @@ def check_ranges(cfg: DictConfig) -> None:
             ok = False
         if not ok:
             raise RtlabError(f"{key} must be {what}, got {value}")
+    check_batch_memory(cfg)
 
 
 def to_yaml(cfg: DictConfig) -> str:

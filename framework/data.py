@@ -26,13 +26,13 @@ import torch
 from framework import datacache, streaming
 from framework.bad_images import _where, image_rows
 from framework.datacache import DiskImages, cache_dir  # noqa: F401  (cache_dir: public since the first cache)
-from framework.decoding import (PixelError, _array_batch, channel_stats, check_size, finish_channels,  # noqa: F401
-                                image_tensor, resize_center_crop)
+from framework.decoding import (PixelError, _array_batch, channel_stats, check_size, declared_dtype,  # noqa: F401
+                                finish_channels, image_tensor, resize_center_crop)
 from framework.errors import RtlabError
 from framework.options import DataOptions
 from framework.registry import Registry
-from framework.selection import (IMAGE_COLUMNS, LABEL_COLUMNS, Selection, _labels_of, class_names,  # noqa: F401
-                                 detect_columns, select_splits, stratified_subset)
+from framework.selection import (IMAGE_COLUMNS, LABEL_COLUMNS, Loaded, Selection, _labels_of,  # noqa: F401
+                                 class_names, detect_columns, is_file_column, select_splits, stratified_subset)
 from framework.storage import BatchReader, choose_storage, place_images
 
 log = logging.getLogger(__name__)
@@ -136,17 +136,6 @@ class Normalize:
 
 
 # ----------------------------------------------------------------------------------------------------- decoding
-def _declared_dtype(feat: Any) -> str | None:
-    """The value type an array feature declares (uint16 for 16-bit images), None when it declares none."""
-    while feat is not None and not isinstance(getattr(feat, "dtype", None), str):
-        feat = getattr(feat, "feature", None)
-    dtype = getattr(feat, "dtype", None)
-    try:
-        return dtype if dtype is not None and np.dtype(dtype).kind in "biuf" else None
-    except TypeError:
-        return None
-
-
 def decode_chunks(ds: Any, column: str, opts: DataOptions, what: str, chunk: int = 2048, start: int = 0
                   ) -> Iterator[tuple[torch.Tensor, bool]]:
     """``(uint8 (n, C, H, W) chunk, all its images gray)`` for rows ``start``, ``start + chunk``, … of
@@ -159,7 +148,7 @@ def decode_chunks(ds: Any, column: str, opts: DataOptions, what: str, chunk: int
         raise RtlabError(f"{what} is empty; check data.train_size/data.test_size and the split names")
     size: tuple[int, int] | None = None
     is_image = isinstance(feat, datasets.Image)
-    dtype = None if is_image else _declared_dtype(feat)  # datasets' numpy format widens integers to int64
+    dtype = None if is_image else declared_dtype(feat)  # datasets' numpy format widens integers to int64
     view = ds.select_columns([column])
     view = view.with_format(None) if is_image else view.with_format("numpy")
     for start in range(start, n, chunk):
@@ -175,6 +164,13 @@ def decode_chunks(ds: Any, column: str, opts: DataOptions, what: str, chunk: int
             left_out = {row for row, _ in skipped}
             kept = (r for r in range(start, start + rows) if r not in left_out)
             for im, row in zip(batch, kept):
+                if im is None:  # an empty value: nothing to decode
+                    if not opts.skip_bad_images:
+                        raise RtlabError(f"{what}: row {row} has no image (an empty value in column '{column}'); "
+                                         "give every row an image, or leave such rows out with "
+                                         "data.skip_bad_images=true")
+                    skipped.append((row, f"row {row}"))
+                    continue
                 try:
                     t, gray = image_tensor(im, opts.image_size)
                 except PixelError as exc:
@@ -330,16 +326,6 @@ def load_image_data(registry: Registry, options: Any, device: torch.device | str
     return data
 
 
-class _Loaded:
-    """A source whose splits are already loaded (the label columns of a stream, for :func:`select_splits`)."""
-
-    def __init__(self, splits: dict[str, Any]) -> None:
-        self.splits = splits
-
-    def load(self) -> dict[str, Any]:
-        return self.splits
-
-
 def load_stream_data(source: Any, opts: DataOptions, name: str, device: torch.device,
                      key: str | None = None) -> ImageData:
     """The selected dataset read from its parquet shards while training (``data.storage=stream``,
@@ -358,20 +344,23 @@ def load_stream_data(source: Any, opts: DataOptions, name: str, device: torch.de
     rows = streaming.ParquetRows([f for split in files.values() for f in split])
     features = datasets.Features.from_arrow_schema(rows.schema())
     image, label = detect_columns(features, opts, f"dataset '{name}'")
-    if not isinstance(features[image], datasets.Image):
+    if not isinstance(features[image], datasets.Image) and not is_file_column(features[image]):
         raise RtlabError(f"data.storage=stream decodes Image columns; column '{image}' of dataset '{name}' is "
                          f"{type(features[image]).__name__}: use data.storage=disk")
+    base = getattr(source, "image_base", lambda: None)()  # relative paths of a column of image paths
     values = rows.column(label) if label else None
     splits, lo, counts = {}, 0, iter(rows.file_rows)
     for split, paths in files.items():
         hi = lo + sum(next(counts) for _ in paths)
+        if hi == lo:
+            raise RtlabError(f"dataset '{name}': {streaming.empty_split(split, paths)}")
         cols = {"__row__": np.arange(lo, hi), image: np.zeros(hi - lo, dtype=np.int8)}
         feats = {"__row__": datasets.Value("int64"), image: datasets.Value("int8")}
         if label:
             cols[label], feats[label] = values[lo:hi], features[label]
         splits[split], lo = datasets.Dataset.from_dict(cols, features=datasets.Features(feats)), hi
     chosen = dataclasses.replace(opts, image_column=image, label_column=label)
-    sel = select_splits(_Loaded(splits), chosen, name)
+    sel = select_splits(Loaded(splits), chosen, name)
     finish = functools.partial(finish_channels, is_image=True, channels=opts.channels)  # picklable: workers may be spawned
     out: dict[str, ImageSplit] = {}
     shape: tuple[int, ...] | None = None
@@ -379,11 +368,12 @@ def load_stream_data(source: Any, opts: DataOptions, name: str, device: torch.de
         what = f"dataset '{name}' ({sel.train_name if split == 'train' else 'test'} split)"
         ids = np.asarray(ds.with_format("numpy")["__row__"], dtype=np.int64)
         if shape is None:  # channels and size from the first train images, as the decode would find them
-            probe = streaming.StreamImages(rows, image, ids, (0, 3, 0, 0), finish, opts.image_size, False, what)
+            probe = streaming.StreamImages(rows, image, ids, (0, 3, 0, 0), finish, opts.image_size, False, what,
+                                           base=base)
             sample, gray = probe.decode(np.arange(min(len(ids), 256)))
             shape = tuple(finish(sample[:1], all_gray=gray).shape[1:])
         images = streaming.StreamImages(rows, image, ids, (len(ids), *shape), finish, opts.image_size,
-                                        shape[0] == 1 and gray, what)
+                                        shape[0] == 1 and gray, what, base=base)
         out[split] = ImageSplit(images, split_labels(ds, sel).to(device), "stream")
     train = out["train"]
     mean, std = normalisation(opts, source, shape[0], lambda: streaming.stream_stats(

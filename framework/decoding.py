@@ -95,6 +95,17 @@ def scale_to_uint8(arr: np.ndarray, what: str, sixteen_bit: bool = False) -> np.
     raise PixelError(f"{what} are of type {arr.dtype}, not pixel values; set data.image_column to the image column")
 
 
+def declared_dtype(feat: Any) -> str | None:
+    """The value type an array feature declares (uint16 for 16-bit images), None when it declares none."""
+    while feat is not None and not isinstance(getattr(feat, "dtype", None), str):
+        feat = getattr(feat, "feature", None)
+    dtype = getattr(feat, "dtype", None)
+    try:
+        return dtype if dtype is not None and np.dtype(dtype).kind in "biuf" else None
+    except TypeError:
+        return None
+
+
 def _array_batch(arr: np.ndarray) -> torch.Tensor:
     """A batch of array images (N,H,W) | (N,H,W,C) | (N,C,H,W) as uint8 NCHW, scaled as
     :func:`scale_to_uint8` says."""

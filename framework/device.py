@@ -133,3 +133,16 @@ def one_cpu_thread() -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(threads)
+
+
+def check_parameters_fit(count: int, what: str, fix: str, copies: int = 2) -> None:
+    """Refuse, before any tensor is allocated, a network part of ``count`` float32 parameters of which ``copies``
+    (a teacher and a student) cannot fit in the memory available (``MemAvailable``): the allocation would fail
+    deep inside torch, or the kernel would kill the process while it initialises the weights."""
+    from framework.storage import available_ram
+
+    need, have = 4 * count * copies, available_ram()
+    if need > have:
+        gib = 1 << 30
+        raise RtlabError(f"{what} has {count:.3g} parameters: {copies} copies (teacher and student) need "
+                         f"{need / gib:,.1f} GiB, more than the {have / gib:,.1f} GiB of memory available; {fix}")

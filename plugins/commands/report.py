@@ -333,7 +333,7 @@ def command(args: argparse.Namespace) -> int:
     folders = expand(args.paths)
     runs = [f for f in folders if is_run(f)]
     check_target(runs, args.target)
-    check_live(runs, args.force)
+    check_live(runs, getattr(args, "force", False))
     for f in folders:
         if is_analysis(f):
             render_folder(f, get_plugin_manager().registry)
