@@ -23,10 +23,10 @@ import torch
 from PIL import Image
 
 from conftest import ROOT, TINY, write_class_images, write_parquet
-from framework.cli import main
-from framework.config import compose
-from framework.data import load_image_data
-from framework.errors import RtlabError
+from framework.cli.main import main
+from framework._config.compose import compose
+from framework._data.data import load_image_data
+from framework._base.errors import RtlabError
 
 FAST = [*TINY, "data=digits", "data.train_size=100", "data.test_size=50", "evaluator=[knn]",
         "tensorboard.enabled=false", "train.threads=1"]
@@ -94,7 +94,7 @@ def test_a_missing_number_label_and_a_test_label_the_train_split_lacks_are_named
 
 
 def test_labels_of_mixed_types_are_refused():
-    from framework.selection import class_names
+    from framework._data.selection import class_names
 
     with pytest.raises(RtlabError, match=r"column 'label' of dataset 'x' mixes label types \(int, str\)"):
         class_names({"label": __import__("datasets").Value("string")}, "label", np.array([1, "a"], dtype=object),
@@ -243,7 +243,7 @@ def test_non_finite_values_and_sizes_that_cannot_fit_are_refused_before_anything
                                                    "number with K/M/G/T (e.g. 8G)"])
     monkeypatch.delenv("RTLAB_MAX_DEVICE_BYTES")
     monkeypatch.setenv("RTLAB_LOG_LEVEL", "VERBOSE")
-    from framework.config import check_environment
+    from framework._config.limits import check_environment
 
     with pytest.raises(RtlabError, match="RTLAB_LOG_LEVEL='VERBOSE' is not a log level; use DEBUG, INFO, WARNING"):
         check_environment()
@@ -253,7 +253,7 @@ def test_non_finite_values_and_sizes_that_cannot_fit_are_refused_before_anything
 def test_a_file_system_error_names_the_operation_and_the_fix_for_its_path(tmp_path, monkeypatch):
     import errno
 
-    from framework.runfolder import os_error_line
+    from framework.cli.runfolder import os_error_line
 
     run = tmp_path / "run"
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
@@ -304,7 +304,7 @@ def shared_tmp():
 
 
 def test_an_unreadable_folder_is_a_read(capsys, tmp_path, monkeypatch):
-    import framework.datacache
+    import framework._data.datacache
 
     root = tmp_path / "img"
     write_class_images(root / "train", classes=2, per_class=4, size=8)
@@ -316,7 +316,7 @@ def test_an_unreadable_folder_is_a_read(capsys, tmp_path, monkeypatch):
             raise PermissionError(13, "Permission denied", str(path))
         return real(path)
 
-    monkeypatch.setattr(framework.datacache.os, "scandir", scandir)
+    monkeypatch.setattr(framework._data.datacache.os, "scandir", scandir)
     _one_line(capsys, ["train", *FAST, "data=imagefolder", f"data.path={root}", f"hydra.run.dir={tmp_path / 'run'}"],
               [f"cannot read the folder {root}/train/class_1 (permission denied); make it readable for your user "
                "(chmod), or move it out of data.path"])

@@ -21,12 +21,12 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, TINY
-from framework.cli import main
-from framework.errors import RtlabError
+from framework.cli.main import main
+from framework._base.errors import RtlabError
 
 FAST = [*TINY, "data=digits", "data.train_size=100", "data.test_size=50", "evaluator=[knn]",
         "tensorboard.enabled=false", "train.threads=1"]
-HOLD = ("import sys, time\nfrom framework.runlock import RunLock\nlock = RunLock(sys.argv[1]).acquire()\n"
+HOLD = ("import sys, time\nfrom framework._base.runlock import RunLock\nlock = RunLock(sys.argv[1]).acquire()\n"
         "print('held', flush=True)\ntime.sleep(600)\n")
 
 
@@ -74,7 +74,7 @@ def tiny_run(tmp_path_factory):
 
 # ---------------------------------------------------------------------------------------------- the primitive
 def test_an_unfinished_folder_is_cleared_only_when_no_live_process_holds_it(tmp_path):
-    from framework.runlock import clear_unfinished, live_owner
+    from framework._base.runlock import clear_unfinished, live_owner
 
     run = _unfinished_run(tmp_path / "run")
     before = _snapshot(run)
@@ -148,7 +148,7 @@ def test_two_real_compares_of_the_same_cells(tmp_path, cli):
 
 # ------------------------------------------------------------------------------------------------- analyses
 def test_an_analysis_does_not_restart_a_run_a_live_process_holds(tmp_path, pm):
-    from framework.config import compose
+    from framework._config.compose import compose
     from plugins.analysis import AnalysisContext
 
     ctx = AnalysisContext("barrier", compose(FAST, pm.registry), FAST, tmp_path / "analysis", pm)
@@ -172,8 +172,8 @@ def test_a_second_analysis_of_the_same_folder_refuses(tmp_path, capsys):
 
 # ----------------------------------------------------------------------------------------- sweeps and resume
 def test_a_sweep_job_refuses_a_folder_a_live_run_holds(tmp_path, pm):
-    from framework.config import compose
-    from framework.sweeps import job_plan
+    from framework._config.compose import compose
+    from framework.cli.sweeps import job_plan
 
     run = _unfinished_run(tmp_path / "sweep" / "0")
     with held(run) as pid:

@@ -12,10 +12,10 @@ import pytest
 import torch
 from PIL import Image
 
-from framework.config import compose
-from framework.data import load_image_data
-from framework.decoding import scale_to_uint8
-from framework.errors import RtlabError
+from framework._config.compose import compose
+from framework._data.data import load_image_data
+from framework._data.decoding import scale_to_uint8
+from framework._base.errors import RtlabError
 
 SIZE = 8
 RNG = np.random.default_rng(0)
