@@ -12,7 +12,7 @@ from __future__ import annotations
 from framework import __version__
 from framework._base import paths
 from framework._base.commands import CommandSet
-from framework._base.errors import PluginError, RtlabError, unknown_name
+from framework._base.errors import PluginError, RtlabError, RunInterrupted, unknown_name
 from framework._base.files import (
     atomic_write_bytes,
     atomic_write_json,
@@ -122,7 +122,7 @@ __all__ = [
     "Stateful", "DatasetSource", "HeadFactory", "TeacherInit", "StudentInit", "Updater", "Objective", "Loss",
     "Augment", "OptimizerFactory", "Evaluator", "BackboneAdapter",
     # errors
-    "RtlabError", "PluginError", "unknown_name",
+    "RtlabError", "PluginError", "RunInterrupted", "unknown_name",
     # the run
     "RunView", "Run", "run_training", "train_command", "compose", "check_config", "register_configs", "with_values",
     # studying runs: open a finished run, analyses

@@ -3,14 +3,13 @@ sizes that cannot fit in memory, ``RTLAB_*`` variables that do not parse. One li
 
 from __future__ import annotations
 
-import logging
 import math
 import os
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from framework._base.errors import RtlabError
+from framework._base.errors import RtlabError, log_level
 from framework._data.storage import SIZE_VARIABLES, env_bytes
 from framework._nets.device import available_ram
 
@@ -33,9 +32,7 @@ def check_environment() -> None:
     ``RTLAB_LOG_LEVEL``, checked before anything is built."""
     for name in SIZE_VARIABLES:
         env_bytes(name)
-    level = os.environ.get("RTLAB_LOG_LEVEL", "").strip()
-    if level and not level.isdigit() and not isinstance(logging.getLevelName(level.upper()), int):
-        raise RtlabError(f"RTLAB_LOG_LEVEL={level!r} is not a log level; use DEBUG, INFO, WARNING or ERROR")
+    log_level(os.environ.get("RTLAB_LOG_LEVEL", ""))
 
 
 def check_batch_memory(cfg: DictConfig) -> None:
