@@ -8,6 +8,7 @@ components too. ``backbone=NAME`` accepts any timm model name: each gets a node 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import re
 from dataclasses import field
 from pathlib import Path
@@ -26,7 +27,7 @@ from omegaconf.errors import (
 )
 
 import configs
-from framework._base.errors import RtlabError, close_matches, unknown_name
+from framework._base.errors import PluginError, RtlabError, close_matches, unknown_name
 from framework._base.expectations import Expectation
 from framework._config.limits import check_batch_memory, check_environment, check_finite
 from framework._base.options import EvalConfig, TrainConfig
@@ -275,6 +276,43 @@ def check_config(cfg: DictConfig, registry: Registry) -> None:
     except Exception as exc:
         raise RtlabError(f"invalid configuration: {_one_line(str(exc))}") from None
     check_ranges(cfg)
+    check_components(cfg, registry)
+
+
+def check_components(cfg: DictConfig, registry: Registry) -> None:
+    """Build every selected component once, so that an option value a component refuses (its factory or its
+    options' ``__post_init__`` raises :class:`RtlabError`) stops the command here, before any run folder exists.
+    Factories are cheap and free of side effects by contract (heavy work belongs in ``build``/``setup``); one that
+    needs more than its options (a head's ``in_dim``) is built when the run is."""
+    selected: list[tuple[str, Any]] = []
+    for kind in registry.kinds:
+        node = cfg.get(kind.group) if kind.group else None
+        if node is None:
+            continue
+        nodes = list(node.values()) if kind.multi else [node]
+        selected += [(kind.name, n) for n in nodes if isinstance(n, DictConfig) and "name" in n]
+    init = OmegaConf.select(cfg, "backbone.init", default=None)
+    if isinstance(init, str) and registry.names("init"):
+        selected.append(("init", {"name": init}))
+    for kind, node in selected:
+        comp = registry.get(kind, node["name"])
+        if _needs_more_than_options(comp.factory):
+            continue
+        try:
+            registry.build(kind, node)
+        except (RtlabError, PluginError):
+            raise
+        except Exception as exc:  # a bug in the plugin: say whose
+            raise PluginError(comp.plugin, f"the {kind} factory '{comp.name}'", exc) from exc
+
+
+def _needs_more_than_options(factory: Any) -> bool:
+    try:
+        params = inspect.signature(factory).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    required = [p for p in params if p.default is p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    return len(required) > 1
 
 
 # (setting, valid?, what it must be) — checked before anything is built

@@ -19,8 +19,10 @@ cells share: data, budget, optimiser, probes. The ``compare`` section says what 
 
 Every (method, backbone) pair is one Hydra multirun (``rtlab train -m … train.seed=0,1,2``) into
 ``OUT/cells/<method>/<backbone>/seed_<seed>``. A cell whose ``summary.json`` exists is finished and is never
-trained again, so re-running the command (or adding a method or a seed) trains only what is missing; a cell folder
-without one (an interrupted or failed cell) is trained again from the start. ``OUT`` is
+trained again, so re-running the command (or adding a method or a seed) trains only what is missing; a cell stopped
+with its training state saved (a signal, a kill, a lost node: ``checkpoints/last`` and no ``error.txt``) continues
+from it, and a failed cell is trained again from the start — never while a live run holds it. One comparison runs
+per ``OUT`` at a time; a signal ends it with exit code 4 after the cell in training saved its state. ``OUT`` is
 ``runs/<name>/compare-<hash of the shared configuration>`` unless ``--out`` is given.
 
 Results: ``compare.md`` and ``compare.csv`` (per method and backbone: every compared metric of the student, mean ±
@@ -59,6 +61,7 @@ from framework.api import (
     MetricKind,
     paths,
     RtlabError,
+    RunInterrupted,
     RunLock,
 )
 
@@ -172,6 +175,12 @@ def check_cell(folder: Path, want: Any) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------- running
+def interrupted(cell_dir: Path) -> bool:
+    """Whether a cell stopped with its training state saved and without an error (a signal, a kill)."""
+    return (paths.state(cell_dir).with_suffix(".json").exists() and not paths.error(cell_dir).exists()
+            and not paths.summary(cell_dir).exists())
+
+
 def train_cells(method: str, backbone: str, seeds: list[int], overrides: list[str], out: Path, settings: Any
                 ) -> int:
     """One Hydra multirun over ``seeds`` for a (method, backbone) pair; returns the exit code of ``rtlab train``
@@ -219,15 +228,21 @@ def run_comparison(overrides: list[str], out: str | None = None, pm: Any = None)
 def _compare_in(folder: Path, cfg: Any, overrides: list[str], settings: Any, methods: list[str],
                 backbones: list[str], seeds: list[int], pm: Any) -> dict:
     """The comparison in ``folder``, which this process holds (see :func:`run_comparison`)."""
-    from framework.api import clear_unfinished, compose
+    from framework.api import check_config, clear_unfinished, compose
 
     cells = [Cell(m, b, s) for m in methods for b in backbones for s in seeds]
     trained = reused = 0
+    refused: dict[Cell, str] = {}
     for m in methods:
         extra = list(settings.overrides.get(m, []))
         for b in backbones:
             want = cell_overrides(overrides, m, b, extra)
             want += seed_streams(compose(want, pm.registry), [*overrides, *extra])
+            try:  # a setting a component of this method refuses: its cells fail here, the others are trained
+                check_config(compose(want, pm.registry), pm.registry)
+            except RtlabError as exc:
+                refused.update({Cell(m, b, s): str(exc) for s in seeds})
+                continue
             todo = []
             for s in seeds:
                 cell_dir = Cell(m, b, s).folder(folder)
@@ -235,17 +250,21 @@ def _compare_in(folder: Path, cfg: Any, overrides: list[str], settings: Any, met
                     check_cell(cell_dir, compose([*want, f"train.seed={s}"], pm.registry))
                     reused += 1
                     continue
-                if cell_dir.exists():  # what an interrupted or failed cell left behind: it starts over
+                if interrupted(cell_dir):  # stopped with its state saved: the sweep continues it from there
+                    log.warning("continuing the interrupted cell %s", cell_dir)
+                elif cell_dir.exists():  # what a failed cell left behind: it starts over
                     log.warning("restarting the unfinished cell %s", cell_dir)
                     clear_unfinished(cell_dir, lambda who, d=cell_dir: (
                         f"cell {d} is in use by a live run ({who}); wait for it to finish or stop it, then run "
                         "the comparison again"))
                 todo.append(s)
-            if todo:
-                train_cells(m, b, todo, want, folder, settings)  # failures are read from the cells below
+            if todo and train_cells(m, b, todo, want, folder, settings) == RunInterrupted.exit_code:
+                raise RunInterrupted(f"a signal stopped the comparison in {folder} while it trained {m} on {b}; what "
+                                     "the cell saved is kept: run the same command again to go on")
+            if todo:  # failures are read from the cells below
                 trained += sum((Cell(m, b, s).folder(folder) / "summary.json").exists() for s in todo)
     metrics = [str(m) for m in settings.metrics]
-    results = [cell_result(c, c.folder(folder), metrics) for c in cells]
+    results = [cell_result(c, c.folder(folder), metrics, refused.get(c)) for c in cells]
     rows = summarise(results, methods, backbones, metrics)
     record = {"methods": methods, "backbones": backbones, "seeds": seeds, "overrides": overrides,
               "trained": trained, "reused": reused, "cells": results, "rows": rows}
@@ -255,8 +274,8 @@ def _compare_in(folder: Path, cfg: Any, overrides: list[str], settings: Any, met
     failed = [r for r in results if r["status"] != "done"]
     if failed:
         names = ", ".join(f"{r['method']}/{r['backbone']}/seed {r['seed']}" for r in failed)
-        raise CellsFailed(f"{len(failed)} cell(s) did not finish ({names}); see error.txt in their folders under "
-                          f"{folder / CELLS}; the table holds the others")
+        raise CellsFailed(f"{len(failed)} cell(s) did not finish ({names}); compare.json says why (and error.txt "
+                          f"in their folders under {folder / CELLS}); the table holds the others")
     return record
 
 
@@ -280,10 +299,13 @@ def _eval_at_init(folder: Path) -> dict:
     return {}
 
 
-def cell_result(cell: Cell, folder: Path, metrics: list[str]) -> dict:
-    """One cell's numbers (status ``done``), or its failure (``failed``: the last line of ``error.txt``)."""
+def cell_result(cell: Cell, folder: Path, metrics: list[str], refused: str | None = None) -> dict:
+    """One cell's numbers (status ``done``), or its failure (``failed``: why its settings were refused, or the last
+    line of ``error.txt``)."""
     base = {"method": cell.method, "backbone": cell.backbone, "seed": cell.seed, "folder": str(folder)}
     summary_file = paths.summary(folder)
+    if refused is not None:
+        return {**base, "status": "failed", "error": refused}
     if not summary_file.exists():
         error = paths.error(folder)
         why = error.read_text().strip().splitlines()[-1] if error.exists() else "not trained"
