@@ -92,28 +92,23 @@ def test_an_unfinished_folder_is_cleared_only_when_no_live_process_holds_it(tmp_
 GRID = [*(o for o in FAST if not o.startswith("backbone=")), "compare.methods=[random_teacher]", "compare.backbones=[test_resnet]", "compare.seeds=[0]"]
 
 
-def test_a_second_compare_of_the_same_folder_refuses_with_the_live_pid(tmp_path):
+@pytest.mark.parametrize("holder", ["comparison", "cell", "failed cell"])
+def test_compare_refuses_what_a_live_process_holds(tmp_path, holder):
+    """A second compare of the same folder refuses at once with the first one's PID; a cell a live run holds is
+    neither continued nor restarted (a failed one would be). Either way the cell keeps every file."""
     from plugins.commands.compare import run_comparison
 
     out = tmp_path / "cmp"
     cell = _unfinished_run(out / "cells" / "random_teacher" / "test_resnet" / "seed_0")
+    if holder == "failed cell":
+        (cell / "error.txt").write_text("step 3, epoch 0\nTraceback …")
     before = _snapshot(cell)
-    with held(out) as pid:
-        with pytest.raises(RtlabError, match=f"comparison folder {out} is in use by another rtlab compare \\(PID "
-                                             f"{pid} on .*wait for it to finish"):
-            run_comparison(GRID, str(out))
-    assert _snapshot(cell) == before
-
-
-def test_compare_does_not_restart_a_cell_a_live_run_holds(tmp_path):
-    from plugins.commands.compare import run_comparison
-
-    out = tmp_path / "cmp"
-    cell = _unfinished_run(out / "cells" / "random_teacher" / "test_resnet" / "seed_0")
-    before = _snapshot(cell)
-    with held(cell) as pid:
-        with pytest.raises(RtlabError, match=f"cell {cell} is in use by a live run \\(PID {pid} on .*then run the "
-                                             "comparison again"):
+    refusal = {"comparison": f"comparison folder {out} is in use by another rtlab compare \\(PID {{pid}} on .*wait "
+                             "for it to finish",
+               "cell": f"cell {cell} is in use by a live run \\(PID {{pid}} on .*then run the comparison again"}
+    refusal["failed cell"] = refusal["cell"]
+    with held(out if holder == "comparison" else cell) as pid:
+        with pytest.raises(RtlabError, match=refusal[holder].format(pid=pid)):
             run_comparison(GRID, str(out))
     assert _snapshot(cell) == before
 

@@ -228,7 +228,7 @@ def run_comparison(overrides: list[str], out: str | None = None, pm: Any = None)
 def _compare_in(folder: Path, cfg: Any, overrides: list[str], settings: Any, methods: list[str],
                 backbones: list[str], seeds: list[int], pm: Any) -> dict:
     """The comparison in ``folder``, which this process holds (see :func:`run_comparison`)."""
-    from framework.api import check_config, clear_unfinished, compose
+    from framework.api import check_config, clear_unfinished, compose, refuse_if_live
 
     cells = [Cell(m, b, s) for m in methods for b in backbones for s in seeds]
     trained = reused = 0
@@ -250,13 +250,14 @@ def _compare_in(folder: Path, cfg: Any, overrides: list[str], settings: Any, met
                     check_cell(cell_dir, compose([*want, f"train.seed={s}"], pm.registry))
                     reused += 1
                     continue
+                in_use = (lambda who, d=cell_dir: f"cell {d} is in use by a live run ({who}); wait for it to finish "
+                          "or stop it, then run the comparison again")
                 if interrupted(cell_dir):  # stopped with its state saved: the sweep continues it from there
+                    refuse_if_live(cell_dir, in_use)
                     log.warning("continuing the interrupted cell %s", cell_dir)
                 elif cell_dir.exists():  # what a failed cell left behind: it starts over
                     log.warning("restarting the unfinished cell %s", cell_dir)
-                    clear_unfinished(cell_dir, lambda who, d=cell_dir: (
-                        f"cell {d} is in use by a live run ({who}); wait for it to finish or stop it, then run "
-                        "the comparison again"))
+                    clear_unfinished(cell_dir, in_use)
                 todo.append(s)
             if todo and train_cells(m, b, todo, want, folder, settings) == RunInterrupted.exit_code:
                 raise RunInterrupted(f"a signal stopped the comparison in {folder} while it trained {m} on {b}; what "
