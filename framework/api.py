@@ -39,6 +39,7 @@ from framework._base.keys import (
 from framework._base.markers import hookimpl
 from framework._base.metrics import ACCURACY, MetricKind, from_summary, kind_of, merged
 from framework._base.options import AnalysisOptions, BackboneOptions, DataOptions
+from framework._base.progress import Progress, progress
 from framework._base.provenance import check_recorded_plugins
 from framework._base.registry import (
     NoOptions,
@@ -100,6 +101,7 @@ from framework._nets.models import (
     BackboneAdapter,
     Network,
     clone,
+    create_backbone,
     forward_views,
     freeze,
     has_batchnorm,
@@ -134,7 +136,8 @@ __all__ = [
     # studying runs: opening a finished run, analyses
     "load_run", "LoadedRun", "AnalysisContext",
     # networks and checkpoints
-    "Network", "clone", "freeze", "has_batchnorm", "parameter_distance", "forward_views", "load_network_state",
+    "Network", "create_backbone", "clone", "freeze", "has_batchnorm", "parameter_distance", "forward_views",
+    "load_network_state",
     "load_network_checkpoint", "network_from_checkpoint", "load_checkpoint", "save_checkpoint", "load_weights",
     "prefixed", "strip_prefix",
     # files: the run folder's names, atomic writes, the cache folder
@@ -144,6 +147,8 @@ __all__ = [
     # devices and processes
     "Placement", "resolve_device", "resolve_dtype", "cpu_has_bf16_units", "one_cpu_thread", "distributed",
     "check_parameters_fit",
+    # progress of long phases
+    "Progress", "progress",
     # features: embeddings of any network at any stage
     "Features", "BUILTIN_TARGETS", "features", "embed", "extract", "bn_control", "eval_mode", "layer_embedder",
     # results: metric kinds, result keys, gains over controls

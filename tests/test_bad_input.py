@@ -6,7 +6,6 @@ start); a few go through a real ``rtlab`` subprocess to show the whole command b
 
 from __future__ import annotations
 
-import json
 import os
 
 import numpy as np

@@ -19,6 +19,7 @@ from torch import nn
 
 from framework._base.errors import RtlabError
 from framework._base.keys import EMBEDDING, Layer, check_layer, layer_suffix
+from framework._base.progress import progress
 from framework._nets import distributed
 from framework._nets.models import clone
 from framework._nets.placement import Placement
@@ -100,16 +101,24 @@ def eval_mode(*nets: nn.Module) -> Iterator[None]:
             m.train(mode)
 
 
+def _batches(n: int, batch_size: int, what: Optional[str]) -> Iterator[int]:
+    """Batch starts of ``n`` images, with progress named ``what`` on rank 0 (none when ``what`` is None)."""
+    starts = range(0, n, batch_size)
+    if what is None or distributed.rank() != 0:
+        return iter(starts)
+    return progress(starts, what, n, "images", size=lambda i: min(batch_size, n - i))
+
+
 @torch.no_grad()
 def extract(embedder: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, placement: Placement,
-            batch_size: int = 1024, normalize: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
-            ) -> torch.Tensor:
+            batch_size: int = 1024, normalize: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+            what: Optional[str] = None) -> torch.Tensor:
     """``embedder`` of every uint8 image, prepared by ``placement`` (normalised with ``normalize`` or the
     placement's own) in batches, as float32 rows. Under torchrun each process embeds its share and every process
-    gets all rows."""
+    gets all rows. ``what`` names the phase for its progress (:mod:`framework._base.progress`)."""
     out = []
     share = distributed.shard(images)
-    for i in range(0, len(share), batch_size):
+    for i in _batches(len(share), batch_size, what):
         x = placement.prepare(share[i:i + batch_size], normalize)
         with placement.autocast():
             out.append(embedder(x).float())
@@ -117,9 +126,10 @@ def extract(embedder: Callable[[torch.Tensor], torch.Tensor], images: torch.Tens
 
 
 @torch.no_grad()
-def bn_control(net: nn.Module, images: torch.Tensor, placement: Placement, batch_size: int = 1024) -> nn.Module:
+def bn_control(net: nn.Module, images: torch.Tensor, placement: Placement, batch_size: int = 1024,
+               what: Optional[str] = None) -> nn.Module:
     """A copy of ``net`` whose BatchNorm running statistics are re-estimated on ``images`` (the BN control: the
-    weights unchanged, only the statistics the data would give them)."""
+    weights unchanged, only the statistics the data would give them); ``what`` names the phase for its progress."""
     net = clone(net)
     bns = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     for m in bns:
@@ -127,7 +137,7 @@ def bn_control(net: nn.Module, images: torch.Tensor, placement: Placement, batch
         m.momentum = None  # cumulative average over all batches
     net.train()
     encoder = getattr(net, "encoder", net)
-    for i in range(0, len(images), batch_size):
+    for i in _batches(len(images), batch_size, what):
         with placement.autocast():
             encoder(placement.prepare(images[i:i + batch_size]))
     return net.eval()

@@ -32,6 +32,7 @@ BLOCK_ENV = "RTLAB_BLOCK_PLUGINS"
 DEFAULT_PLUGINS = (
     "plugins.networks.backbones",
     "plugins.networks.cifar_nets",
+    "plugins.networks.adapted",
     "plugins.networks.heads",
     "plugins.data.datasets",
     "plugins.data.gaussian_inputs",
@@ -52,6 +53,10 @@ DEFAULT_PLUGINS = (
     "plugins.tracking.progress",
     "plugins.tracking.checkpointing",
     "plugins.tracking.results_table",
+    "plugins.tracking.embedding_panel",
+    "plugins.tracking.trackers",
+    "plugins.tracking.wandb_tracker",
+    "plugins.tracking.mlflow_tracker",
     "plugins.methods.random_teacher",
     "plugins.methods.dino",
     "plugins.methods.byol",
@@ -66,6 +71,8 @@ DEFAULT_PLUGINS = (
     "plugins.commands.aggregate",
     "plugins.commands.bench",
     "plugins.commands.compare",
+    "plugins.commands.export",
+    "plugins.commands.probe",
     "plugins.commands.report",
     "plugins.commands.verify",
 )

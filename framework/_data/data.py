@@ -26,6 +26,7 @@ import torch
 from framework._data import datacache
 from framework._data import streaming
 from framework._data.bad_images import _where, image_rows
+from framework._base.progress import Progress
 from framework._base.files import cache_dir
 from framework._data.datacache import DiskImages
 from framework._data.decoding import (PixelError, _array_batch, channel_stats, check_size,  # noqa: F401
@@ -149,11 +150,17 @@ def decode_chunks(ds: Any, column: str, opts: DataOptions, what: str, chunk: int
     n = len(ds)
     if n == 0:
         raise RtlabError(f"{what} is empty; check data.train_size/data.test_size and the split names")
-    size: tuple[int, int] | None = None
     is_image = isinstance(feat, datasets.Image)
-    dtype = None if is_image else declared_dtype(feat)  # datasets' numpy format widens integers to int64
     view = ds.select_columns([column])
     view = view.with_format(None) if is_image else view.with_format("numpy")
+    with Progress(f"decoding {what}", n, "images", initial=start) as bar:
+        yield from _decoded(view, ds, column, opts, what, chunk, start, n, is_image, bar)
+
+
+def _decoded(view: Any, ds: Any, column: str, opts: DataOptions, what: str, chunk: int, start: int, n: int,
+             is_image: bool, bar: Progress) -> Iterator[tuple[torch.Tensor, bool]]:
+    size: tuple[int, int] | None = None
+    dtype = None if is_image else declared_dtype(ds.features[column])  # datasets' numpy format widens to int64
     for start in range(start, n, chunk):
         rows = min(chunk, n - start)
         skipped: list[tuple[int, str]] = []
@@ -190,6 +197,7 @@ def decode_chunks(ds: Any, column: str, opts: DataOptions, what: str, chunk: int
             if opts.image_size:
                 t = resize_center_crop(t, opts.image_size)
             yield t, False, rows, skipped
+        bar.update(rows)
 
 
 def decode_images(ds: Any, column: str, opts: DataOptions, what: str, chunk: int = 2048) -> torch.Tensor:

@@ -132,15 +132,23 @@ def save_checkpoint(base: Path, tensors: Mapping[str, torch.Tensor], meta: Mappi
     return js
 
 
+# the weights file of a model folder (timm's and the Hugging Face Hub's layout, an ``rtlab export``)
+MODEL_FOLDER_FILES = ("model.safetensors", "pytorch_model.bin")
+
+
 def resolve_checkpoint(path: Path | str) -> Path:
-    """A checkpoint named by its base, either of its files, or a run folder (whose ``checkpoints/final``)."""
+    """A checkpoint named by its base, either of its files, a run folder (whose ``checkpoints/final``) or a model
+    folder (its ``model.safetensors``, else ``pytorch_model.bin``)."""
     path = Path(path).expanduser()
     if path.is_dir():
         final = paths.final(path)
         if checkpoint_paths(final)[1].exists():
             return final
-        raise RtlabError(f"{path} is a folder without checkpoints/final; name a checkpoint such as "
-                         f"{path}/checkpoints/epoch_N")
+        for name in MODEL_FOLDER_FILES:
+            if (path / name).is_file():
+                return path / name
+        raise RtlabError(f"{path} is a folder without checkpoints/final and without {' or '.join(MODEL_FOLDER_FILES)}"
+                         f"; name a checkpoint such as {path}/checkpoints/epoch_N")
     return path
 
 
@@ -227,7 +235,11 @@ def load_weights(path: str | Path, device: str = "cpu") -> tuple[dict[str, torch
         for name in ("checkpoints/final", "checkpoints/last"):
             if checkpoint_paths(path / name)[1].exists():
                 return load_checkpoint(path / name, device)
-        raise RtlabError(f"{path} holds no checkpoint (checkpoints/final.json or checkpoints/last.json)")
+        for name in MODEL_FOLDER_FILES:
+            if (path / name).is_file():
+                return load_weights(path / name, device)
+        raise RtlabError(f"{path} holds no checkpoint (checkpoints/final.json or checkpoints/last.json) and no "
+                         f"{' or '.join(MODEL_FOLDER_FILES)}")
     if path.suffix in TORCH_SUFFIXES:
         return load_torch_weights(path, device), {}
     if path.suffix in (".safetensors", ".json", ""):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import logging
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -248,8 +249,63 @@ def load_network_checkpoint(net: "Network", path: Any, which: str = "student", e
         state = {k[len("encoder."):]: v for k, v in state.items() if k.startswith("encoder.")}
         part = "encoder"
     target = net.encoder if part == "encoder" else net
+    if part == "encoder":  # weights from elsewhere: a bare backbone under another library's names
+        state = backbone_state(state, net.encoder)
     load_network_state(target, state, "", str(base))
     return meta
+
+
+# prefixes under which other libraries keep a backbone, tried first (lightly: ``backbone.``, solo-learn:
+# ``backbone.``, DDP: ``module.``); every other first component of the keys is tried after them
+BACKBONE_PREFIXES = ("", "backbone.", "encoder.", "model.", "module.", "student.", "teacher.")
+
+
+def _sub_states(tensors: dict[str, torch.Tensor]) -> list[tuple[str, dict[str, torch.Tensor]]]:
+    """(prefix, entries under it with the prefix stripped) for the preferred prefixes, then every key's first one
+    and two components."""
+    found: list[str] = []
+    for key in tensors:
+        parts = key.split(".")
+        found += [".".join(parts[:n]) + "." for n in (1, 2) if len(parts) > n]
+    prefixes = list(BACKBONE_PREFIXES) + sorted(set(found) - set(BACKBONE_PREFIXES),
+                                                key=lambda p: (p.count("."), p))
+    out = []
+    for prefix in prefixes:
+        sub = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+        if sub:
+            out.append((prefix, sub))
+    return out
+
+
+def _counted(key: str) -> bool:
+    return not key.endswith("num_batches_tracked")  # a counter some libraries do not save
+
+
+def backbone_state(tensors: dict[str, torch.Tensor], module: nn.Module) -> dict[str, torch.Tensor]:
+    """The entries of a bare backbone's weights (another library's ``state_dict``) that fit ``module``.
+
+    First by name, under a prefix (``backbone.``, ``module.``, …): every key of ``module`` present with its shape;
+    extra entries (a projection head, a classifier) are left out. Then by position, for the same layers under other
+    names (``nn.Sequential(*list(resnet.children())[:-1])`` saves ``0.weight`` for ``conv1.weight``): the first
+    tensors of a prefix, in order, have exactly the shapes of ``module``'s, the rest come after them. Otherwise
+    ``tensors`` unchanged (loading then names the keys and shapes that differ)."""
+    own = module.state_dict()
+    subs = _sub_states(tensors)
+    for _, sub in subs:
+        if all(k in sub and tuple(sub[k].shape) == tuple(v.shape) for k, v in own.items() if _counted(k)):
+            return {k: sub.get(k, v) for k, v in own.items()}
+    wanted = [(k, v) for k, v in own.items() if _counted(k)]
+    for _, sub in subs:
+        values = [v for k, v in sub.items() if _counted(k)]
+        if len(values) >= len(wanted) and all(tuple(v.shape) == tuple(w.shape)
+                                               for v, (_, w) in zip(values, wanted)):
+            names = [k for k, v in sub.items() if _counted(k)]
+            logging.getLogger("rtlab").warning(
+                "the weights' names differ from the backbone's; its %d tensors were matched by position and shape "
+                "(%s → %s, …, %s → %s)", len(wanted), names[0], wanted[0][0], names[len(wanted) - 1], wanted[-1][0])
+            matched = dict(zip((k for k, _ in wanted), values))
+            return {k: matched.get(k, v) for k, v in own.items()}
+    return dict(tensors)
 
 
 def forward_views(net: nn.Module, views: "list[torch.Tensor]") -> "list[torch.Tensor]":

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 import torch
 from torch import nn
 
-from framework._base.keys import format_key, format_point, parse_key
+from framework._base.keys import format_key, format_point, layer_suffix, parse_key
 from framework._contract.features import Features, bn_control, check_layers, eval_mode, extract, layer_embedder
 from framework._config.compose import dataset_node
 from framework._data.data import load_image_data
@@ -77,7 +77,9 @@ def target_embedder(run: "Run", target: str, cache: dict[str, Any] | None = None
         net = run.student
     elif target == "teacher_bn":
         if "teacher_bn" not in cache:
-            cache["teacher_bn"] = (bn_control(run.teacher, run.data.train.images, run.placement, run.cfg.eval.batch_size)
+            cache["teacher_bn"] = (bn_control(run.teacher, run.data.train.images, run.placement,
+                                              run.cfg.eval.batch_size,
+                                              "re-estimating the teacher's BatchNorm statistics (BN control)")
                                    if has_batchnorm(run.teacher) else run.teacher)
         net = cache["teacher_bn"]
     elif target == "student_init":
@@ -98,10 +100,11 @@ def features(run: "Run", target: str, data: "ImageData | None" = None, cache: di
     normalize = None if data is run.data else data.normalizer(run.device)
     cache = {} if cache is None else cache
     bs = run.cfg.eval.batch_size
+    name = target + layer_suffix(layer)
     with eval_mode(run.student, run.teacher):
         embedder = target_embedder(run, target, cache, layer)
-        train = extract(embedder, data.train.images, run.placement, bs, normalize)
-        test = extract(embedder, data.test.images, run.placement, bs, normalize)
+        train = extract(embedder, data.train.images, run.placement, bs, normalize, f"features of {name} (train split)")
+        test = extract(embedder, data.test.images, run.placement, bs, normalize, f"features of {name} (test split)")
     cache[("test", id(data), target, str(layer))] = test
 
     def peer(other: str) -> torch.Tensor:

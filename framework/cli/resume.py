@@ -76,6 +76,8 @@ def config_differences(saved: Any, now: Any, prefix: str = "") -> list[tuple[str
         for k in sorted(set(saved) | set(now), key=str):
             out += config_differences(saved.get(k, "<absent>"), now.get(k, "<absent>"), f"{prefix}{k}.")
         return out
+    if saved == "<absent>" and now in ({}, [], None):  # a section added since (e.g. tracker: {}) that is empty
+        return []
     return [] if saved == now else [(prefix.rstrip("."), saved, now)]
 
 

@@ -121,11 +121,15 @@ def split_arguments(args: Sequence[str]) -> tuple[list[Path], list[str]]:
     runs, overrides = [], []
     for arg in args:
         path = Path(arg).expanduser()
-        if path.is_dir() and paths.config(path).is_file():
+        try:
+            folder = path.is_dir()
+        except OSError:  # an override longer than a file name can be
+            folder = False
+        if folder and paths.config(path).is_file():
             runs.append(path)
         elif "=" in arg:
             overrides.append(arg)
-        elif path.is_dir():
+        elif folder:
             raise RtlabError(f"{arg} is a folder but not a run folder (no {paths.CONFIG}); name a folder `rtlab train` "
                              "wrote, e.g. runs/default/TIME")
         else:

@@ -5,6 +5,8 @@ Plugins (each registered by its module name):
 * ``aggregate`` — ``rtlab aggregate``: mean ± std of run results grouped by config values;
 * ``bench`` — ``rtlab bench``: the step against a bare PyTorch loop, probes against scikit-learn;
 * ``compare`` — ``rtlab compare``: SSL methods × backbones × seeds, one table;
+* ``export`` — ``rtlab export``: a trained network as a folder timm and the Hugging Face Hub load, with a model card;
+* ``probe`` — ``rtlab probe``: rtlab's evaluation of a network rtlab did not train (exports, timm, lightly, …);
 * ``report`` — ``rtlab report``: plots and a Markdown summary of runs and analyses;
 * ``verify`` — ``rtlab verify``: train a preset and check the results it expects.
 

@@ -320,6 +320,32 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--target", default="student", help="the target compared across runs (default: student)")
     parser.add_argument("--force", action="store_true", help="report runs that are still training, as they stand "
                         "(marked in progress)")
+    parser.add_argument("--no-embedding", action="store_true",
+                        help="skip the PCA / t-SNE panel of the teacher's and student's embeddings (its slowest part)")
+    parser.add_argument("--threads", type=int, metavar="N",
+                        help=f"CPU threads of torch and of the BLAS / OpenMP pools (default: {THREADS}; more only "
+                             "help on an idle machine with many cores)")
+
+
+THREADS = 1  # the panel's t-SNE and PCA are small: extra threads oversubscribe a busy CPU more than they help
+
+
+def limited_threads(threads: int | None):
+    """A context in which torch and the BLAS / OpenMP pools (threadpoolctl) use ``threads`` threads."""
+    import contextlib
+
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    n = THREADS if threads is None else threads
+    if n < 1:
+        raise RtlabError(f"--threads must be a positive number of threads, got {n}")
+    stack = contextlib.ExitStack()
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    stack.callback(torch.set_num_threads, before)
+    stack.enter_context(threadpool_limits(n))
+    return stack
 
 
 def command(args: argparse.Namespace) -> int:
@@ -330,16 +356,18 @@ def command(args: argparse.Namespace) -> int:
     runs = [f for f in folders if is_run(f)]
     check_target(runs, args.target)
     check_live(runs, getattr(args, "force", False))
-    for f in folders:
-        if is_analysis(f):
-            render_folder(f, get_plugin_manager().registry)
-        else:
-            report_run(f, get_plugin_manager().registry)
-        print(f"rtlab report: {f / 'report.md'}")
-    if len(runs) > 1:
-        out = Path(args.out) if args.out else Path(os.path.commonpath([str(r.resolve()) for r in runs])) / "comparison"
-        compare_runs(runs, out, args.target)
-        print(f"rtlab report: {out / 'report.md'}")
+    with limited_threads(args.threads):
+        for f in folders:
+            if is_analysis(f):
+                render_folder(f, get_plugin_manager().registry)
+            else:
+                report_run(f, None if args.no_embedding else get_plugin_manager().registry)
+            print(f"rtlab report: {f / 'report.md'}")
+        if len(runs) > 1:
+            out = Path(args.out) if args.out else Path(os.path.commonpath([str(r.resolve()) for r in runs])
+                                                       ) / "comparison"
+            compare_runs(runs, out, args.target)
+            print(f"rtlab report: {out / 'report.md'}")
     return 0
 
 

@@ -9,7 +9,9 @@
   1x1-conv + BN projection shortcuts where the shape changes, global average pooling to a 64-d embedding.
   ResNet20 has 271,824 and ResNet56 855,120 parameters without classifier, as the paper's Table 5.
 
-All of them take ``norm_layer`` (``backbone.norm``, docs/paper.md#fig-11): VGGs then put it after every conv.
+All of them take ``norm_layer`` (``backbone.norm``, docs/paper.md#fig-11): VGGs then put it after every conv. None has
+published weights; ``pretrained=True`` loads the weights its pretrained config names (an ``rtlab export`` folder:
+``timm.create_model("local-dir:FOLDER", pretrained=True)`` once this module is imported).
 """
 
 from __future__ import annotations
@@ -21,6 +23,14 @@ from timm.models import register_model
 from torch import nn
 
 from framework.api import hookimpl
+from plugins.networks.adapted import load_weights_if_pretrained
+
+_CIFAR = {"input_size": (3, 32, 32), "mean": (0.4914, 0.4822, 0.4465), "std": (0.247, 0.2435, 0.2616),
+          "crop_pct": 1.0, "interpolation": "bilinear", "num_classes": 10, "classifier": "fc"}
+# timm registers these pretrained configs with the entry points below (no weights of their own: see the module doc)
+default_cfgs = {**{f"{arch}_nobn": {**_CIFAR, "first_conv": "features.0"} for arch in ("vgg11", "vgg13", "vgg16",
+                                                                                      "vgg19")},
+                **{f"cifar_resnet{d}": {**_CIFAR, "first_conv": "conv1"} for d in (20, 32, 44, 56, 110)}}
 
 VGG_CFGS = {
     "vgg11": (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"),
@@ -84,11 +94,8 @@ class VGGNoBN(PooledNet):
 
 
 def _vgg(arch: str, pretrained: bool, **kwargs: Any) -> VGGNoBN:
-    if pretrained:
-        raise ValueError(f"{arch}_nobn has no pretrained weights")
-    kwargs.pop("pretrained_cfg", None)
-    kwargs.pop("pretrained_cfg_overlay", None)
-    return VGGNoBN(VGG_CFGS[arch], **kwargs)
+    build = {k: v for k, v in kwargs.items() if k not in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir")}
+    return load_weights_if_pretrained(VGGNoBN(VGG_CFGS[arch], **build), f"{arch}_nobn", pretrained, kwargs)
 
 
 @register_model
@@ -169,11 +176,8 @@ def _register_cifar_resnet(depth: int):
     """Register ``cifar_resnet<depth>`` with timm (one entry point per name, as timm wants)."""
 
     def entry(pretrained: bool = False, **kwargs: Any) -> CifarResNet:
-        if pretrained:
-            raise ValueError(f"cifar_resnet{depth} has no pretrained weights")
-        kwargs.pop("pretrained_cfg", None)
-        kwargs.pop("pretrained_cfg_overlay", None)
-        return CifarResNet(depth, **kwargs)
+        build = {k: v for k, v in kwargs.items() if k not in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir")}
+        return load_weights_if_pretrained(CifarResNet(depth, **build), f"cifar_resnet{depth}", pretrained, kwargs)
 
     entry.__name__ = entry.__qualname__ = f"cifar_resnet{depth}"
     entry.__doc__ = f"CIFAR ResNet-{depth} (He et al. 2016)."

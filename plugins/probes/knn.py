@@ -42,7 +42,7 @@ from typing import Any, Iterator, Sequence
 import torch
 import torch.nn.functional as F
 
-from framework.api import hookimpl, one_cpu_thread, RtlabError
+from framework.api import hookimpl, one_cpu_thread, progress, RtlabError
 
 SCREENS = ("auto", "bf16", "off")
 AUTO_MIN_TRAIN = 20_000  # screen=auto screens from this many train rows
@@ -468,8 +468,8 @@ def knn_predict(train: torch.Tensor, train_labels: torch.Tensor, test: torch.Ten
 
 def knn_predict_ks(train: torch.Tensor, train_labels: torch.Tensor, test: torch.Tensor, ks: Sequence[int],
                    metric: str = "l2", vote: str = "majority", temperature: float = 0.07, num_classes: int = 0,
-                   chunk: int = 1024, screen: str = "auto", stats: dict[str, int] | None = None
-                   ) -> dict[int, torch.Tensor]:
+                   chunk: int = 1024, screen: str = "auto", stats: dict[str, int] | None = None,
+                   what: str = "k-NN probe") -> dict[int, torch.Tensor]:
     """Predicted labels for every k in ``ks``, from one search of the max(ks) nearest rows: the neighbours come
     best first, so the k nearest are the first k of them (votes for each k are one scatter over a prefix). With
     the bf16 screen, a query's votes come from the bounds on its scores wherever they decide them."""
@@ -480,7 +480,8 @@ def knn_predict_ks(train: torch.Tensor, train_labels: torch.Tensor, test: torch.
     scorer = _Scorer(train, metric, use_screen)
     preds: dict[int, list[torch.Tensor]] = {k: [] for k in ks}
     screened = 0
-    for i in range(0, len(test), chunk):
+    for i in progress(range(0, len(test), chunk), what, len(test), "test images",
+                      size=lambda i: min(chunk, len(test) - i)):
         q = scorer.queries(test[i:i + chunk])
         if use_screen:
             found = scorer.screened_votes(q, ks, train_labels, voter)
@@ -519,6 +520,12 @@ def _ks(value: Any) -> list[int]:
     return ks
 
 
+def probed(features) -> str:
+    """What a probe's progress names: the target, and its layer when not the embedding."""
+    target, layer = getattr(features, "target", "features"), getattr(features, "layer", -1)
+    return target if layer == -1 else f"{target}, layer {layer}"
+
+
 class KNNProbe:
     """k-NN accuracy of the test split against the train split (metric ``knn``; with a list of k also
     ``knn_k<k>`` for every k, ``knn`` being the first)."""
@@ -541,7 +548,8 @@ class KNNProbe:
                              "or drop the probe with evaluator=[]")
         o = self.opts
         preds = knn_predict_ks(features.train, features.train_labels, features.test, self.ks, o.metric, o.vote,
-                               o.temperature, features.num_classes, o.chunk, o.screen)
+                               o.temperature, features.num_classes, o.chunk, o.screen,
+                               what=f"k-NN probe ({probed(features)})")
         acc = {k: float((p == features.test_labels).float().mean()) for k, p in preds.items()}
         out = {"knn": acc[self.ks[0]]}
         if self.many:

@@ -25,21 +25,23 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
-from typing import Any, List, Sequence
+from typing import Any, Callable, List, Sequence
 
 import torch
 import torch.nn.functional as F
 
-from framework.api import hookimpl, MetricKind, one_cpu_thread, RtlabError
+from framework.api import hookimpl, MetricKind, one_cpu_thread, Progress, RtlabError
+from plugins.probes.knn import probed
 
 
 def train_linear_probe(train: torch.Tensor, train_labels: torch.Tensor, test: torch.Tensor,
                        test_labels: torch.Tensor, num_classes: int, epochs: int = 10, batch_size: int = 256,
-                       lr: float = 1e-3, weight_decay: float = 0.01, seed: int = 0) -> float:
-    """Test accuracy of a linear classifier trained on ``train`` features."""
+                       lr: float = 1e-3, weight_decay: float = 0.01, seed: int = 0,
+                       on_epoch: Callable[[], None] | None = None) -> float:
+    """Test accuracy of a linear classifier trained on ``train`` features (``on_epoch()`` after every epoch)."""
     with _few_threads(train.device):
         return _train_linear_probe(train, train_labels, test, test_labels, num_classes, epochs, batch_size, lr,
-                                   weight_decay, seed)
+                                   weight_decay, seed, on_epoch)
 
 
 @contextlib.contextmanager
@@ -54,7 +56,7 @@ def _few_threads(device: torch.device):
 
 
 def _train_linear_probe(train, train_labels, test, test_labels, num_classes, epochs, batch_size, lr, weight_decay,
-                        seed) -> float:
+                        seed, on_epoch=None) -> float:
     gen = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -70,6 +72,8 @@ def _train_linear_probe(train, train_labels, test, test_labels, num_classes, epo
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+        if on_epoch is not None:
+            on_epoch()
     with torch.no_grad():
         correct = sum(int((clf(test[i:i + 4096]).argmax(1) == test_labels[i:i + 4096]).sum())
                       for i in range(0, len(test), 4096))
@@ -115,7 +119,8 @@ def _init_heads(g: int, d: int, c: int, seed: int, device: torch.device) -> tupl
 
 def train_linear_grid(train: torch.Tensor, train_labels: torch.Tensor, test: torch.Tensor, test_labels: torch.Tensor,
                       num_classes: int, lrs: Sequence[float], epochs: int = 10, batch_size: int = 256,
-                      weight_decay: float = 0.01, seed: int = 0, val_fraction: float = 0.1) -> dict[str, Any]:
+                      weight_decay: float = 0.01, seed: int = 0, val_fraction: float = 0.1,
+                      on_epoch: Callable[[], None] | None = None) -> dict[str, Any]:
     """A linear head per learning rate, trained concurrently with AdamW on the train split minus a held-out
     validation split; the head with the best validation accuracy (the first on ties) is chosen. Returns ``acc``
     (its test accuracy), ``lr``, ``val`` (every head's validation accuracy) and ``test`` (every head's test
@@ -145,6 +150,8 @@ def train_linear_grid(train: torch.Tensor, train_labels: torch.Tensor, test: tor
                         v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
                         denom = (v / (1 - beta2 ** step)).sqrt_().add_(eps)
                         p.sub_(lr / (1 - beta1 ** step) * m / denom)
+            if on_epoch is not None:
+                on_epoch()
         val_acc = _accuracies(w, b, train[val], train_labels[val].expand(g, -1))
         test_acc = _accuracies(w, b, test, test_labels.expand(g, -1))
     best = int(val_acc.argmax())
@@ -232,16 +239,17 @@ class LinearProbe:
             variants.append(("linear", features.train, features.test))
         if o.standardized:
             variants.append(("linear_std", *standardize(features.train, features.test)))
-        with torch.enable_grad():
+        with torch.enable_grad(), Progress(f"linear probe ({probed(features)})", len(variants) * o.epochs,
+                                           "epochs") as bar:
             for name, tr, te in variants:
                 if self.grid is None:
                     out[name] = train_linear_probe(tr, features.train_labels, te, features.test_labels,
                                                    features.num_classes, o.epochs, o.batch_size, o.lr,
-                                                   o.weight_decay, features.seed)
+                                                   o.weight_decay, features.seed, bar.update)
                     continue
                 res = train_linear_grid(tr, features.train_labels, te, features.test_labels, features.num_classes,
                                         self.grid, o.epochs, o.batch_size, o.weight_decay, features.seed,
-                                        o.val_fraction)
+                                        o.val_fraction, bar.update)
                 out[name] = res["acc"]
                 out[f"{name}_lr"] = res["lr"]
                 out.update({f"{name}_val_lr{lr:g}": acc for lr, acc in zip(self.grid, res["val"])})

@@ -55,14 +55,24 @@ def rtlab_checkpoint_load(run, tensors, meta):
         _truncate(run, int(saved["bytes"]))
 
 
+def train_record(metrics: dict) -> dict:
+    """The ``metrics.jsonl`` record of a logged training step (without its ``time``)."""
+    return {"kind": "train", **metrics}
+
+
+def eval_record(run, epoch: int, results: dict) -> dict:
+    """The ``metrics.jsonl`` record of an evaluation (without its ``time``)."""
+    return {"kind": "eval", "epoch": epoch, "step": run.step, **results}
+
+
 @hookimpl
 def rtlab_step_end(run, metrics):
-    _write(run, {"kind": "train", **metrics})
+    _write(run, train_record(metrics))
 
 
 @hookimpl
 def rtlab_evaluate_end(run, epoch, results):
-    _write(run, {"kind": "eval", "epoch": epoch, "step": run.step, **results})
+    _write(run, eval_record(run, epoch, results))
 
 
 @hookimpl

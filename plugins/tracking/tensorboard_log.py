@@ -2,7 +2,11 @@
 
 Training metrics are logged at their step, evaluations as ``eval/<metric>/<target>`` at the step they ran (with
 ``eval/epoch``), so one x-axis serves both, and a resumed run's writer purges everything its interrupted attempt
-logged after the saved state (TensorBoard's ``purge_step``) — no point appears twice."""
+logged after the saved state (TensorBoard's ``purge_step``) — no point appears twice.
+
+At the end of a run its options (the flattened configuration) and final metrics (``final/<metric>/<target>``,
+also logged as scalars) go to the HParams dashboard, so the jobs of a sweep compare there
+(``tensorboard --logdir runs/NAME/multirun_TIME``)."""
 
 from __future__ import annotations
 
@@ -15,6 +19,7 @@ from plugins.tracking.per_run import PerRun
 @dataclass
 class TensorBoardSettings:
     enabled: bool = True
+    hparams: bool = True  # the run's options and final metrics on the HParams dashboard
 
 
 def _open(run):
@@ -62,8 +67,27 @@ def rtlab_evaluate_end(run, epoch, results):
         w.flush()
 
 
+def log_hparams(writer, run, summary) -> None:
+    """The run's options and final metrics for TensorBoard's HParams dashboard."""
+    from omegaconf import OmegaConf
+    from torch.utils.tensorboard.summary import hparams
+
+    from plugins.tracking.trackers import flatten
+
+    options = flatten(OmegaConf.to_container(run.cfg, resolve=True))
+    final = {f"final/{k}": float(v) for k, v in (summary.get("metrics") or {}).items()
+             if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    for part in hparams(options, final):
+        writer.file_writer.add_summary(part)
+    for tag, value in final.items():
+        writer.add_scalar(tag, value, run.step)
+
+
 @hookimpl
 def rtlab_run_end(run, summary):
+    w = _writer(run)
+    if w is not None and run.cfg.tensorboard.hparams:
+        log_hparams(w, run, summary)
     _writers.close(run)
 
 
