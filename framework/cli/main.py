@@ -149,6 +149,7 @@ def train_command(argv: Sequence[str]) -> int:
         from framework.cli import sweeps
 
         started = time.time()
+        install_early()  # also in a launcher's worker process (joblib, submitit), which never ran main()
 
         hydra_cfg = HydraConfig.get()
         out_dir, resume_job = hydra_cfg.runtime.output_dir, resuming
