@@ -48,6 +48,7 @@ from framework._base.registry import (
     option_help,
     to_options,
 )
+from framework._base.runlock import LOCK_NAME, RunLock, clear_unfinished, live_owner, refuse_if_live
 from framework._base.seeding import stream_seed
 from framework._config.compose import check_config, compose, register_configs, with_values
 from framework._contract.components import (
@@ -80,7 +81,7 @@ from framework._contract.plugin_manager import (
 from framework._contract.runview import RunView
 from framework._data.data import ImageData, load_image_data
 from framework._data.datacache import listing_key
-from framework._data.streaming import stream_files_of
+from framework._data.parquet import check_parquet_files, stream_files_of
 from framework._nets import distributed
 from framework._nets.checkpoint import (
     load_checkpoint,
@@ -90,6 +91,7 @@ from framework._nets.checkpoint import (
     strip_prefix,
 )
 from framework._nets.device import (
+    check_parameters_fit,
     cpu_has_bf16_units,
     one_cpu_thread,
     resolve_device,
@@ -129,6 +131,8 @@ __all__ = [
     # a run: what hooks receive, composing and training
     "RunView", "Run", "Clock", "run_training", "train_command", "compose", "check_config", "register_configs",
     "with_values", "stream_seed",
+    # one live process per folder: the run lock, and the checks of the commands that remove or resume folders
+    "RunLock", "LOCK_NAME", "live_owner", "refuse_if_live", "clear_unfinished",
     # studying runs: opening a finished run, analyses
     "load_run", "LoadedRun", "AnalysisContext",
     # networks and checkpoints
@@ -139,9 +143,10 @@ __all__ = [
     # files: the run folder's names, atomic writes, the cache folder
     "paths", "atomic_write_text", "atomic_write_bytes", "atomic_write_json", "cache_dir",
     # data
-    "ImageData", "load_image_data", "listing_key", "stream_files_of",
+    "ImageData", "load_image_data", "listing_key", "stream_files_of", "check_parquet_files",
     # devices and processes
     "Placement", "resolve_device", "resolve_dtype", "cpu_has_bf16_units", "one_cpu_thread", "distributed",
+    "check_parameters_fit",
     # progress of long phases
     "Progress", "progress",
     # features: embeddings of any network at any stage

@@ -9,6 +9,7 @@ plugin failed during training; 2 bad input (:class:`RtlabError`); 3 training div
 from __future__ import annotations
 
 import difflib
+import logging
 from typing import Iterable
 
 
@@ -76,3 +77,14 @@ def unknown_name(what: str, name: str, known: Iterable[str], hint: str = "") -> 
     if hint:
         msg += f" {hint}"
     return RtlabError(msg)
+
+
+def log_level(value: str) -> int | str:
+    """``RTLAB_LOG_LEVEL`` as the ``logging`` module takes it (a name such as INFO, or a number); an unknown name
+    is refused (``logging`` would raise a ``ValueError`` from inside its configuration)."""
+    value = value.strip() or "WARNING"
+    if value.isdigit():
+        return int(value)
+    if not isinstance(logging.getLevelName(value.upper()), int):
+        raise RtlabError(f"RTLAB_LOG_LEVEL={value!r} is not a log level; use DEBUG, INFO, WARNING or ERROR")
+    return value.upper()

@@ -15,9 +15,10 @@ import errno
 import fcntl
 import json
 import os
+import shutil
 import socket
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from framework._base.errors import RtlabError
 
@@ -42,18 +43,27 @@ def _read_owner(path: Path) -> dict[str, Any]:
         return {}
 
 
-class RunLock:
-    """``with RunLock(run_dir):`` — refuses, with the owner's PID, a folder another live run is using."""
+def _who(owner: dict[str, Any]) -> str:
+    return f"PID {owner.get('pid', '?')}" + (f" on {owner['host']}" if owner.get("host") else "")
 
-    def __init__(self, run_dir: str | Path) -> None:
+
+class RunLock:
+    """``with RunLock(run_dir):`` — refuses, with the owner's PID, a folder another live run is using.
+
+    ``refusal(who)`` words the refusal for the command that asks (``who``: "PID N on HOST"); the default is the
+    run folder's message, whose fix is another ``hydra.run.dir``."""
+
+    def __init__(self, run_dir: str | Path, refusal: Callable[[str], str] | None = None) -> None:
         self.path = Path(run_dir) / LOCK_NAME
+        self.refusal = refusal
         self._fd: int | None = None
         self.created = False  # whether acquire() created the lock file (a refused run removes it again)
 
     def _in_use(self, owner: dict[str, Any]) -> RtlabError:
-        who = f"PID {owner.get('pid', '?')}" + (f" on {owner['host']}" if owner.get("host") else "")
-        return RtlabError(f"run folder {self.path.parent} is in use by a live run ({who}); wait for it to finish, "
-                          "stop it, or choose another folder (hydra.run.dir=…)")
+        if self.refusal is not None:
+            return RtlabError(self.refusal(_who(owner)))
+        return RtlabError(f"run folder {self.path.parent} is in use by a live run ({_who(owner)}); wait for it to "
+                          "finish, stop it, or choose another folder (hydra.run.dir=…)")
 
     def acquire(self) -> "RunLock":
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -123,3 +133,61 @@ class RunLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+def live_owner(run_dir: str | Path) -> dict[str, Any] | None:
+    """The owner (``pid``, ``host``) of ``run_dir``'s lock while a live process holds it; None when the folder is
+    free. Writes nothing: a folder without a lock file is free, and a recorded PID that is gone (its lock was
+    released or died with it) is not asked about further."""
+    path = Path(run_dir) / LOCK_NAME
+    owner = _read_owner(path)
+    pid = owner.get("pid")
+    if not isinstance(pid, int) or pid == os.getpid():
+        return None
+    if owner.get("host") in (None, socket.gethostname()) and not _pid_alive(pid):
+        return None
+    try:  # a live PID may be another process by now: the lock itself says whether the run still holds it
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return owner
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError as exc:
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            return owner
+        return owner if exc.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL) else None
+    finally:
+        os.close(fd)  # drops the probe's shared lock
+    return None
+
+
+def refuse_if_live(run_dir: str | Path, refusal: Callable[[str], str] | None = None) -> None:
+    """Refuse (the :class:`RunLock` message) a folder a live run holds; nothing is written."""
+    owner = live_owner(run_dir)
+    if owner is not None:
+        raise RunLock(run_dir, refusal)._in_use(owner)
+
+
+def clear_unfinished(run_dir: str | Path, refusal: Callable[[str], str] | None = None) -> None:
+    """Delete what an interrupted or failed run left in ``run_dir``, under the folder's lock: a folder that a live
+    process holds is refused (``refusal``), never touched. The lock file goes last, so that a run starting
+    meanwhile waits for the lock and then finds the folder empty (or, after the lock file is gone, makes its own)."""
+    folder = Path(run_dir)
+    if not folder.exists():
+        return
+    lock = RunLock(folder, refusal).acquire()
+    try:
+        for child in folder.iterdir():
+            if child.name == LOCK_NAME:
+                continue
+            if child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child)
+            else:
+                child.unlink()
+        lock.path.unlink(missing_ok=True)
+    finally:
+        lock.release()
+    try:
+        folder.rmdir()
+    except OSError:  # a run took the folder after the lock went: it is that run's now
+        pass

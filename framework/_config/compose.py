@@ -25,6 +25,7 @@ from omegaconf.errors import (
 )
 
 from framework._base.errors import PluginError, RtlabError, close_matches, unknown_name
+from framework._config.limits import check_batch_memory, check_environment, check_finite
 from framework._base.registry import Registry, node_class
 from framework._config.schema import BACKBONE_GROUP, config_dir, register_configs
 from framework._contract.plugin_manager import get_plugin_manager
@@ -214,6 +215,8 @@ RANGES = (
 
 def check_ranges(cfg: DictConfig) -> None:
     """Settings whose type is right but whose value cannot work, with what they must be."""
+    check_environment()
+    check_finite(OmegaConf.to_container(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), resolve=True))
     absent = object()
     for key, valid, what in RANGES:
         value = OmegaConf.select(cfg, key, default=absent)
@@ -225,6 +228,7 @@ def check_ranges(cfg: DictConfig) -> None:
             ok = False
         if not ok:
             raise RtlabError(f"{key} must be {what}, got {value}")
+    check_batch_memory(cfg)
 
 
 def to_yaml(cfg: DictConfig) -> str:

@@ -25,17 +25,18 @@ import torch
 
 from framework._data import datacache
 from framework._data import streaming
-from framework._data.bad_images import image_rows
+from framework._data.bad_images import _where, image_rows
 from framework._base.progress import Progress
 from framework._base.files import cache_dir
 from framework._data.datacache import DiskImages
-from framework._data.decoding import (_array_batch, channel_stats, check_size, finish_channels, image_tensor,  # noqa: F401
-                                resize_center_crop)
+from framework._data.decoding import (PixelError, _array_batch, channel_stats, check_size,  # noqa: F401
+                                      declared_dtype, finish_channels, image_tensor, resize_center_crop)
 from framework._base.errors import RtlabError
 from framework._base.options import DataOptions
 from framework._base.registry import Registry
-from framework._data.selection import (IMAGE_COLUMNS, LABEL_COLUMNS, Selection, _labels_of, class_names,  # noqa: F401
-                                 detect_columns, select_splits, stratified_subset)
+from framework._data.selection import (IMAGE_COLUMNS, LABEL_COLUMNS, Loaded, Selection, _labels_of,  # noqa: F401
+                                       class_names, detect_columns, is_file_column, select_splits,
+                                       stratified_subset)
 from framework._data.storage import BatchReader, choose_storage, place_images
 
 log = logging.getLogger(__name__)
@@ -159,6 +160,7 @@ def decode_chunks(ds: Any, column: str, opts: DataOptions, what: str, chunk: int
 def _decoded(view: Any, ds: Any, column: str, opts: DataOptions, what: str, chunk: int, start: int, n: int,
              is_image: bool, bar: Progress) -> Iterator[tuple[torch.Tensor, bool]]:
     size: tuple[int, int] | None = None
+    dtype = None if is_image else declared_dtype(ds.features[column])  # datasets' numpy format widens to int64
     for start in range(start, n, chunk):
         rows = min(chunk, n - start)
         skipped: list[tuple[int, str]] = []
@@ -169,14 +171,29 @@ def _decoded(view: Any, ds: Any, column: str, opts: DataOptions, what: str, chun
         if is_image:
             imgs = []
             all_gray = True
-            for im in batch:
-                t, gray = image_tensor(im, opts.image_size)
+            left_out = {row for row, _ in skipped}
+            kept = (r for r in range(start, start + rows) if r not in left_out)
+            for im, row in zip(batch, kept):
+                if im is None:  # an empty value: nothing to decode
+                    if not opts.skip_bad_images:
+                        raise RtlabError(f"{what}: row {row} has no image (an empty value in column '{column}'); "
+                                         "give every row an image, or leave such rows out with "
+                                         "data.skip_bad_images=true")
+                    skipped.append((row, f"row {row}"))
+                    continue
+                try:
+                    t, gray = image_tensor(im, opts.image_size)
+                except PixelError as exc:
+                    raise RtlabError(f"{what}: image {_where(ds, column, row)}: {exc}") from None
                 all_gray &= gray
                 size = check_size(t, size, what)
                 imgs.append(t)
             yield (torch.stack(imgs) if imgs else None), all_gray, rows, skipped
         else:
-            t = _array_batch(batch)
+            try:
+                t = _array_batch(np.asarray(batch).astype(dtype, copy=False) if dtype else batch)
+            except PixelError as exc:
+                raise RtlabError(f"{what} (rows {start}–{start + rows - 1}): {exc}") from None
             if opts.image_size:
                 t = resize_center_crop(t, opts.image_size)
             yield t, False, rows, skipped
@@ -320,16 +337,6 @@ def load_image_data(registry: Registry, options: Any, device: torch.device | str
     return data
 
 
-class _Loaded:
-    """A source whose splits are already loaded (the label columns of a stream, for :func:`select_splits`)."""
-
-    def __init__(self, splits: dict[str, Any]) -> None:
-        self.splits = splits
-
-    def load(self) -> dict[str, Any]:
-        return self.splits
-
-
 def load_stream_data(source: Any, opts: DataOptions, name: str, device: torch.device,
                      key: str | None = None) -> ImageData:
     """The selected dataset read from its parquet shards while training (``data.storage=stream``,
@@ -348,20 +355,23 @@ def load_stream_data(source: Any, opts: DataOptions, name: str, device: torch.de
     rows = streaming.ParquetRows([f for split in files.values() for f in split])
     features = datasets.Features.from_arrow_schema(rows.schema())
     image, label = detect_columns(features, opts, f"dataset '{name}'")
-    if not isinstance(features[image], datasets.Image):
+    if not isinstance(features[image], datasets.Image) and not is_file_column(features[image]):
         raise RtlabError(f"data.storage=stream decodes Image columns; column '{image}' of dataset '{name}' is "
                          f"{type(features[image]).__name__}: use data.storage=disk")
+    base = getattr(source, "image_base", lambda: None)()  # relative paths of a column of image paths
     values = rows.column(label) if label else None
     splits, lo, counts = {}, 0, iter(rows.file_rows)
     for split, paths in files.items():
         hi = lo + sum(next(counts) for _ in paths)
+        if hi == lo:
+            raise RtlabError(f"dataset '{name}': {streaming.empty_split(split, paths)}")
         cols = {"__row__": np.arange(lo, hi), image: np.zeros(hi - lo, dtype=np.int8)}
         feats = {"__row__": datasets.Value("int64"), image: datasets.Value("int8")}
         if label:
             cols[label], feats[label] = values[lo:hi], features[label]
         splits[split], lo = datasets.Dataset.from_dict(cols, features=datasets.Features(feats)), hi
     chosen = dataclasses.replace(opts, image_column=image, label_column=label)
-    sel = select_splits(_Loaded(splits), chosen, name)
+    sel = select_splits(Loaded(splits), chosen, name)
     finish = functools.partial(finish_channels, is_image=True, channels=opts.channels)  # picklable: workers may be spawned
     out: dict[str, ImageSplit] = {}
     shape: tuple[int, ...] | None = None
@@ -369,11 +379,12 @@ def load_stream_data(source: Any, opts: DataOptions, name: str, device: torch.de
         what = f"dataset '{name}' ({sel.train_name if split == 'train' else 'test'} split)"
         ids = np.asarray(ds.with_format("numpy")["__row__"], dtype=np.int64)
         if shape is None:  # channels and size from the first train images, as the decode would find them
-            probe = streaming.StreamImages(rows, image, ids, (0, 3, 0, 0), finish, opts.image_size, False, what)
+            probe = streaming.StreamImages(rows, image, ids, (0, 3, 0, 0), finish, opts.image_size, False, what,
+                                           base=base)
             sample, gray = probe.decode(np.arange(min(len(ids), 256)))
             shape = tuple(finish(sample[:1], all_gray=gray).shape[1:])
         images = streaming.StreamImages(rows, image, ids, (len(ids), *shape), finish, opts.image_size,
-                                        shape[0] == 1 and gray, what)
+                                        shape[0] == 1 and gray, what, base=base)
         out[split] = ImageSplit(images, split_labels(ds, sel).to(device), "stream")
     train = out["train"]
     mean, std = normalisation(opts, source, shape[0], lambda: streaming.stream_stats(

@@ -22,6 +22,7 @@ resumable chunks, read by row.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
@@ -50,29 +51,68 @@ ENTRY_FILES = ("meta.json",)
 def listing_key(path: str | os.PathLike) -> str:
     """A hash of every file under ``path`` (or of the file itself): relative path, size, mtime in ns.
 
-    One ``os.scandir`` pass, no file opened: a 10,000-image folder lists in milliseconds, ImageNet in seconds."""
+    One ``os.scandir`` pass, no file opened: a 10,000-image folder lists in milliseconds, ImageNet in seconds.
+    What would make a dataset loader fail without a name is refused here by name (:func:`_scan`)."""
     root = Path(path).expanduser().resolve()
     h = hashlib.sha256()
     if root.is_file():
         st = root.stat()
-        h.update(f"{root.name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        h.update(f"{root.name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode("utf-8", "surrogateescape"))
         return h.hexdigest()
-    stack = [root]
+    for row in sorted(_scan(root)):
+        h.update(row.encode("utf-8", "surrogateescape") + b"\n")
+    return h.hexdigest()
+
+
+def _scan(root: Path) -> list[str]:
+    """``relative path\0size\0mtime`` of every file under ``root`` (symlinks followed, each folder once).
+
+    Refused by name: a folder that cannot be read, a symlink that loops (to a folder above it, or to itself), a
+    broken symlink, and a file name that is not UTF-8 (``datasets`` cannot carry it)."""
+    stack: list[tuple[Path, frozenset]] = [(root, frozenset())]
     rows: list[str] = []
     while stack:
-        folder = stack.pop()
-        with os.scandir(folder) as it:
-            for entry in it:
-                if entry.name.startswith("."):
-                    continue
+        folder, above = stack.pop()  # above: the folders this one is inside (as (device, inode))
+        try:
+            st = folder.stat()
+            if (st.st_dev, st.st_ino) in above:
+                raise RtlabError(f"symlink loop under {root}: {folder} leads back to {folder.resolve()}, a folder "
+                                 "it is inside; remove that link")
+            above = above | {(st.st_dev, st.st_ino)}
+            with os.scandir(folder) as it:
+                entries = list(it)
+        except PermissionError:
+            raise RtlabError(f"cannot read the folder {folder} (permission denied); make it readable for your user "
+                             "(chmod), or move it out of data.path") from None
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            if not _utf8(entry.name):
+                raise RtlabError(f"the file name {os.fsencode(entry.path)!r} is not valid UTF-8; rename it (a dataset "
+                                 "cannot hold such names)")
+            try:
                 if entry.is_dir(follow_symlinks=True):
-                    stack.append(Path(entry.path))
-                else:
-                    st = entry.stat(follow_symlinks=True)
-                    rows.append(f"{os.path.relpath(entry.path, root)}\0{st.st_size}\0{st.st_mtime_ns}")
-    for row in sorted(rows):
-        h.update(row.encode() + b"\n")
-    return h.hexdigest()
+                    stack.append((Path(entry.path), above))
+                    continue
+                st = entry.stat(follow_symlinks=True)
+            except OSError as exc:
+                if entry.is_symlink():
+                    why = "loops" if exc.errno == errno.ELOOP else f"points to {os.readlink(entry.path)}, which is missing"
+                    raise RtlabError(f"the symlink {entry.path} {why}; remove it or fix its target") from None
+                if isinstance(exc, PermissionError):
+                    raise RtlabError(f"cannot read {entry.path} (permission denied); make it readable for your user "
+                                     "(chmod), or move it out of data.path") from None
+                raise
+            rows.append(f"{os.path.relpath(entry.path, root)}\0{st.st_size}\0{st.st_mtime_ns}")
+    return rows
+
+
+def _utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def entry_key(source_key: str, options: dict[str, Any]) -> str:

@@ -47,14 +47,72 @@ def _to_channels(x: torch.Tensor, channels: int) -> torch.Tensor:
     raise RtlabError(f"cannot convert {c}-channel images to {channels} channels; set data.channels to 1 or 3")
 
 
+class PixelError(RtlabError):
+    """Pixels that cannot be scaled to 8 bits; the caller adds which file or row they came from."""
+
+
+def _finite_range(arr: np.ndarray, what: str) -> tuple[float, float]:
+    lo, hi = (float(arr.min()), float(arr.max())) if arr.size else (0.0, 0.0)
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        raise PixelError(f"{what} hold NaN or infinite values; replace them with finite pixel values")
+    return lo, hi
+
+
+def _from_16_bits(arr: np.ndarray) -> np.ndarray:
+    return ((arr.astype(np.int64) * 255 + 32767) // 65535).astype(np.uint8)  # round(v / 257): 65535 -> 255
+
+
+def scale_to_uint8(arr: np.ndarray, what: str, sixteen_bit: bool = False) -> np.ndarray:
+    """Pixel values of any depth as uint8, by the rule of their type (docs/configuration.md, "Pixel depths"):
+    uint8 as they are; bool 0/255; uint16 — and any integers with ``sixteen_bit`` (Pillow's 32-bit mode "I",
+    which holds 16-bit images) — from 0–65535 (divided by 257); other integers within 0–1 as 0/255 and within
+    0–255 as they are; floats within 0–1 times 255, within 0–255 as they are. Anything else (negative or larger
+    values, NaN, infinities: normalised or high-dynamic-range data) is refused with :class:`PixelError`."""
+    if arr.dtype == np.uint8:
+        return arr
+    if arr.dtype == np.bool_:
+        return arr.astype(np.uint8) * np.uint8(255)
+    if arr.dtype.kind == "u" and arr.dtype.itemsize == 2:
+        return _from_16_bits(arr)
+    lo, hi = _finite_range(arr, what)
+    if arr.dtype.kind in "iu":
+        if sixteen_bit and lo >= 0 and hi <= 65535:
+            return _from_16_bits(arr)
+        if not sixteen_bit and lo >= 0 and hi <= 1:
+            return arr.astype(np.uint8) * np.uint8(255)
+        if not sixteen_bit and lo >= 0 and hi <= 255:
+            return arr.astype(np.uint8)
+        raise PixelError(f"{what} are {arr.dtype} integers from {lo:g} to {hi:g}, outside "
+                         f"{'0–65535' if sixteen_bit else '0–255'}; save them as 8-bit (uint8) or 16-bit (uint16) "
+                         "images")
+    if arr.dtype.kind == "f":
+        if lo >= 0 and hi <= 1:
+            return np.rint(arr.astype(np.float32) * 255.0).astype(np.uint8)
+        if lo >= 0 and hi <= 255:
+            return np.rint(arr.astype(np.float32)).astype(np.uint8)
+        raise PixelError(f"{what} are floats from {lo:.4g} to {hi:.4g}, outside [0, 1] and [0, 255] (normalised "
+                         "or high-dynamic-range data?); rtlab reads raw pixels: rescale them to [0, 1] or 0–255")
+    raise PixelError(f"{what} are of type {arr.dtype}, not pixel values; set data.image_column to the image column")
+
+
+def declared_dtype(feat: Any) -> str | None:
+    """The value type an array feature declares (uint16 for 16-bit images), None when it declares none."""
+    while feat is not None and not isinstance(getattr(feat, "dtype", None), str):
+        feat = getattr(feat, "feature", None)
+    dtype = getattr(feat, "dtype", None)
+    try:
+        return dtype if dtype is not None and np.dtype(dtype).kind in "biuf" else None
+    except TypeError:
+        return None
+
+
 def _array_batch(arr: np.ndarray) -> torch.Tensor:
-    """A batch of array images (N,H,W) | (N,H,W,C) | (N,C,H,W), uint8 or float in [0,1], as uint8 NCHW."""
+    """A batch of array images (N,H,W) | (N,H,W,C) | (N,C,H,W) as uint8 NCHW, scaled as
+    :func:`scale_to_uint8` says."""
     arr = np.asarray(arr)
-    if arr.dtype != np.uint8:
-        arr = arr.astype(np.float32)
-        if arr.size and arr.max() <= 1.0:
-            arr = arr * 255.0
-        arr = np.clip(np.rint(arr), 0, 255).astype(np.uint8)
+    if arr.dtype == object:
+        raise PixelError("image arrays of mixed shapes or types are not images; set data.image_column")
+    arr = scale_to_uint8(arr, "the image arrays")
     if arr.ndim == 3:
         arr = arr[:, None]
     elif arr.ndim == 4 and arr.shape[-1] in (1, 3, 4) and arr.shape[1] not in (1, 3, 4):
@@ -64,14 +122,35 @@ def _array_batch(arr: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(arr))
 
 
-GRAY_MODES = ("L", "1", "I", "I;16", "F", "LA")
+# Pillow modes of one channel (with alpha) whose images count as gray; the high-depth ones are scaled to 8 bits
+GRAY_MODES = ("L", "1", "LA", "La", "I", "F", "I;16", "I;16L", "I;16B", "I;16N")
+DEEP_MODES = ("I", "F", "I;16", "I;16L", "I;16B", "I;16N")
+
+
+def pixels(im: Any) -> tuple[np.ndarray, bool]:
+    """(uint8 H x W x 3 RGB array of a PIL image of any mode Pillow opens, whether the mode is gray).
+
+    8-bit modes go through Pillow's own conversion (CMYK, YCbCr, LAB, HSV and palettes to RGB; alpha dropped);
+    16-bit, 32-bit integer and float gray images are scaled by :func:`scale_to_uint8` (Pillow would clip them
+    at 255). Pixels that cannot be scaled raise :class:`PixelError`."""
+    mode = im.mode
+    if mode in DEEP_MODES:
+        gray = scale_to_uint8(np.asarray(im), f"the pixels of this mode-{mode} image", sixteen_bit=mode == "I")
+        return np.repeat(gray[..., None], 3, axis=2), True
+    try:
+        rgb = (im.convert("LA") if mode == "La" else im).convert("RGB")
+    except (ValueError, OSError) as exc:
+        raise PixelError(f"Pillow cannot convert this mode-{mode} image to RGB ({exc}); save the images as RGB or "
+                         "grayscale") from None
+    return np.asarray(rgb), mode in GRAY_MODES
 
 
 def image_tensor(im: Any, image_size: int | None) -> tuple[torch.Tensor, bool]:
-    """(uint8 3 x H x W of a PIL image as RGB, resized as ``data.image_size`` says; whether it was gray)."""
-    arr = np.asarray(im.convert("RGB"))
+    """(uint8 3 x H x W of a PIL image as RGB (:func:`pixels`), resized as ``data.image_size`` says; whether it
+    was gray)."""
+    arr, gray = pixels(im)
     t = torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
-    return (resize_center_crop(t, image_size) if image_size else t), im.mode in GRAY_MODES
+    return (resize_center_crop(t, image_size) if image_size else t), gray
 
 
 def check_size(t: torch.Tensor, size: tuple[int, int] | None, what: str) -> tuple[int, int]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -70,8 +71,10 @@ def detect_columns(features: Mapping[str, Any], opts: DataOptions, what: str) ->
     return image, label
 
 
-def class_names(features: Mapping[str, Any], label: str | None, values: np.ndarray) -> tuple[list[str], dict]:
-    """Class names and a value → index map (ClassLabel names, else the sorted distinct values)."""
+def class_names(features: Mapping[str, Any], label: str | None, values: np.ndarray,
+                what: str = "the dataset") -> tuple[list[str], dict]:
+    """Class names and a value → index map (ClassLabel names, else the sorted distinct values: numbers or strings,
+    not both)."""
     import datasets  # lazy: datasets (with pyarrow) costs ~1 s; only commands that read data pay it
 
     if label is None:
@@ -79,16 +82,83 @@ def class_names(features: Mapping[str, Any], label: str | None, values: np.ndarr
     feat = features[label]
     if isinstance(feat, datasets.ClassLabel):
         return list(feat.names), {}
-    distinct = sorted(set(values.tolist()))
+    try:
+        distinct = sorted(set(values.tolist()))
+    except TypeError:
+        kinds = sorted({type(v).__name__ for v in values.tolist()})
+        raise RtlabError(f"column '{label}' of {what} mixes label types ({', '.join(kinds)}); give every row a "
+                         "label of one type (all numbers or all strings)") from None
     if all(isinstance(v, (int, np.integer)) for v in distinct) and distinct == list(range(len(distinct))):
         return [str(v) for v in distinct], {}
     return [str(v) for v in distinct], {v: i for i, v in enumerate(distinct)}
 
 
-def _labels_of(ds: Any, label: str | None) -> np.ndarray:
+def _labels_of(ds: Any, label: str | None, what: str = "the dataset") -> np.ndarray:
+    """The label column's values (-1 everywhere without one); a row without a label (None, NaN) is refused by its
+    number, since a subset, a hold-out or a probe would have to guess its class."""
     if label is None:
         return np.full(len(ds), -1, dtype=np.int64)
-    return np.asarray(ds.with_format(None)[label])
+    values = np.asarray(ds.with_format(None)[label])
+    if values.dtype == object or values.dtype.kind == "f":
+        missing = [i for i, v in enumerate(values.tolist()) if v is None or (isinstance(v, float) and v != v)]
+        if missing:
+            more = f" (and {len(missing) - 1} more rows)" if len(missing) > 1 else ""
+            raise RtlabError(f"{what}: row {missing[0]}{more} has no label ({values[missing[0]]} in column "
+                             f"'{label}'); give every row a label, or leave those rows out of the data")
+    return values
+
+
+def label_indices(values: np.ndarray, label_map: Mapping[Any, int], classes: Sequence[str], what: str
+                  ) -> np.ndarray:
+    """Label values as class indices (int64) through ``label_map`` (identity when empty); a value the train split
+    does not have is refused with its row."""
+    if not label_map:
+        return values.astype(np.int64)
+    out = np.empty(len(values), dtype=np.int64)
+    for i, v in enumerate(values.tolist()):
+        try:
+            out[i] = label_map[v]
+        except (KeyError, TypeError):
+            shown = ", ".join(classes[:10]) + (", …" if len(classes) > 10 else "")
+            raise RtlabError(f"{what}: row {i} has label {v!r}, which no train image has (classes: {shown}); check "
+                             "data.label_column, or leave those rows out") from None
+    return out
+
+
+def is_file_column(feature: Any) -> bool:
+    """Whether an image column holds image files without ``datasets`` knowing: file paths (strings), encoded bytes
+    (binary) or ``{bytes, path}`` records written without the ``Image`` feature's metadata. Such a column is read as
+    an ``Image`` column (:func:`as_image_column`)."""
+    import datasets  # lazy: datasets (with pyarrow) costs ~1 s; only commands that read data pay it
+
+    if isinstance(feature, datasets.Value):
+        return feature.dtype in ("string", "large_string", "binary", "large_binary")
+    return isinstance(feature, dict) and "bytes" in feature and set(feature) <= {"bytes", "path"}
+
+
+def image_path(value: str, base: Path | None) -> str:
+    """A path of an image-path column: a relative one is read from ``base`` (the folder of ``data.path``) when the
+    file is there, else as given (relative to the working folder)."""
+    path = Path(value).expanduser()
+    if not path.is_absolute() and base is not None and (base / path).exists():
+        return str(base / path)
+    return str(path)
+
+
+def as_image_column(ds: Any, column: str, base: Path | None, what: str) -> Any:
+    """``ds`` with a column of image files (:func:`is_file_column`) as an ``Image`` column, relative paths resolved
+    from ``base``; a file that cannot be read is named when it is decoded, like any image file."""
+    import datasets  # lazy: datasets (with pyarrow) costs ~1 s; only commands that read data pay it
+
+    feature = ds.features[column]
+    if isinstance(feature, datasets.Value) and feature.dtype in ("string", "large_string"):
+        values = ds.with_format(None)[column]
+        missing = [i for i, v in enumerate(values) if not v]
+        if missing:
+            raise RtlabError(f"{what}: row {missing[0]} names no image file (an empty value in column '{column}'); "
+                             "give every row an image, or leave those rows out")
+        ds = ds.remove_columns([column]).add_column(column, [image_path(v, base) for v in values])
+    return ds.cast_column(column, datasets.Image())
 
 
 def _pick_split(splits: Mapping[str, Any], wanted: str, what: str, fallbacks: Sequence[str] = ()) -> str | None:
@@ -126,27 +196,46 @@ def select_splits(source: Any, opts: DataOptions, name: str) -> Selection:
     test_name = _pick_split(splits, opts.test_split, name,
                             () if opts.test_split != "test" else ("validation", "valid", "val"))
     image, label = detect_columns(train_ds.features, opts, f"dataset '{name}'")
+    train_what = f"dataset '{name}' ({train_name} split)"
+    if is_file_column(train_ds.features[image]):  # image paths or encoded bytes: read them as image files
+        base = getattr(source, "image_base", lambda: None)()
+        splits = {k: as_image_column(v, image, base, f"dataset '{name}' ({k} split)") if image in v.features else v
+                  for k, v in splits.items()}
+        train_ds = splits[train_name]
+    values = _labels_of(train_ds, label, train_what)
+    classes, label_map = class_names(train_ds.features, label, values, f"dataset '{name}'")
+    labels = label_indices(values, label_map, classes, train_what)  # stratified draws work on class indices
     if test_name is None:
         if opts.test_split != "test":
             raise RtlabError(f"dataset '{name}' has no split '{opts.test_split}' (splits: {', '.join(splits)}); "
                              "set data.test_split, or leave it at 'test' to hold out data.test_fraction")
         if not 0.0 < opts.test_fraction < 1.0:
             raise RtlabError(f"data.test_fraction must be in (0, 1), got {opts.test_fraction}")
-        labels = _labels_of(train_ds, label)
         held = stratified_subset(labels, int(round(len(labels) * opts.test_fraction)), opts.seed + 7919)
         rest = np.setdiff1d(np.arange(len(labels)), held)
         log.info("dataset '%s' has no test split: holding out %d of %d train images (data.test_fraction=%s)",
                  name, len(held), len(labels), opts.test_fraction)
         test_ds, train_ds = train_ds.select(held), train_ds.select(rest)
+        test_labels, labels = labels[held], labels[rest]
     else:
         test_ds = splits[test_name]
-    all_train_labels = _labels_of(train_ds, label)
-    classes, label_map = class_names(train_ds.features, label, all_train_labels)
+        test_what = f"dataset '{name}' ({test_name} split)"
+        test_labels = label_indices(_labels_of(test_ds, label, test_what), label_map, classes, test_what)
     for size, key in ((opts.train_size, "train_size"), (opts.test_size, "test_size")):
         if size is not None and size <= 0:
             raise RtlabError(f"data.{key} must be a positive number of images, got {size}")
     if opts.train_size is not None:
-        train_ds = train_ds.select(stratified_subset(all_train_labels, opts.train_size, opts.seed))
+        train_ds = train_ds.select(stratified_subset(labels, opts.train_size, opts.seed))
     if opts.test_size is not None:
-        test_ds = test_ds.select(stratified_subset(_labels_of(test_ds, label), opts.test_size, opts.seed + 1))
+        test_ds = test_ds.select(stratified_subset(test_labels, opts.test_size, opts.seed + 1))
     return Selection(train_ds, test_ds, image, label, label_map, classes, train_name)
+
+
+class Loaded:
+    """A source whose splits are already loaded (the label columns of a stream, for :func:`select_splits`)."""
+
+    def __init__(self, splits: dict[str, Any]) -> None:
+        self.splits = splits
+
+    def load(self) -> dict[str, Any]:
+        return self.splits

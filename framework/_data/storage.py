@@ -17,6 +17,7 @@ batch k trains. Every mode returns the same uint8 values for the same indices, s
 from __future__ import annotations
 
 import logging
+import math
 import os
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Iterable, Iterator
@@ -25,22 +26,12 @@ import torch
 
 from framework._nets import distributed
 from framework._base.errors import RtlabError
+from framework._nets.device import available_ram
 
 log = logging.getLogger(__name__)
 
 STORAGES = ("auto", "device", "host", "disk")
-
-
-def available_ram() -> int:
-    """``MemAvailable`` from ``/proc/meminfo`` (bytes), else the physical memory."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+SIZE_VARIABLES = ("RTLAB_MAX_DEVICE_BYTES", "RTLAB_MAX_HOST_BYTES", "RTLAB_MAX_DISK_BYTES")
 
 
 def env_bytes(name: str) -> int | None:
@@ -49,9 +40,11 @@ def env_bytes(name: str) -> int | None:
         return None
     units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
     try:
-        if value[-1].lower() in units:
-            return int(float(value[:-1]) * units[value[-1].lower()])
-        return int(float(value))
+        scale = units.get(value[-1].lower(), 1)
+        number = float(value[:-1] if scale > 1 else value)
+        if not math.isfinite(number) or number < 0:
+            raise ValueError(value)
+        return int(number * scale)
     except ValueError:
         raise RtlabError(f"{name}={value!r} is not a size; give bytes or a number with K/M/G/T (e.g. 8G)") from None
 

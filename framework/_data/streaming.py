@@ -25,9 +25,7 @@ from __future__ import annotations
 import io
 import json
 import logging
-import os
 import shutil
-from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
@@ -39,8 +37,10 @@ import torch
 from framework._base.errors import RtlabError
 from framework._base.files import atomic_write_json, cache_dir
 from framework._data.datacache import RowArray
-from framework._data.decoding import channel_stats, check_size, image_tensor
-from framework._data.selection import detect_columns
+from framework._data.decoding import PixelError, channel_stats, check_size, image_tensor
+from framework._data.parquet import (ParquetRows, check_parquet_files, empty_split, stream_files_of,  # noqa: F401
+                                     unreadable_parquet)
+from framework._data.selection import detect_columns, image_path
 from framework._data.storage import env_bytes
 from framework._nets import distributed
 
@@ -83,79 +83,18 @@ def buffered_order(n: int, buffer: int, gen: torch.Generator) -> torch.Tensor:
     return torch.from_numpy(out)
 
 
-# ------------------------------------------------------------------------------------------------------ parquet
-def _open(path: str):
-    import pyarrow.parquet as pq  # lazy: as datasets
+def decode_value(value: Any, what: str, row: int, base: Path | None = None) -> Any:
+    """An HF ``Image`` value ({"bytes", "path"}), encoded bytes, or a file path (a column of paths, relative ones
+    read from ``base``), as a loaded PIL image, EXIF-rotated as ``datasets`` does."""
 
-    if "://" in path:  # hf://datasets/… (huggingface_hub registers the protocol with fsspec), s3://, …
-        import fsspec  # lazy: as datasets
-
-        return pq.ParquetFile(fsspec.open(path, "rb").open())
-    return pq.ParquetFile(path)
-
-
-class ParquetRows:
-    """The rows of some parquet files, numbered across them in order; reads one column's values by row number,
-    a row group at a time (the last few kept, per process)."""
-
-    def __init__(self, files: Sequence[str], keep: int = 2) -> None:
-        self.files, self.keep = list(files), keep
-        sizes, self.groups, self.file_rows = [], [], []
-        for f, path in enumerate(self.files):
-            meta = _open(path).metadata
-            self.file_rows.append(int(meta.num_rows))
-            for g in range(meta.num_row_groups):
-                sizes.append(meta.row_group(g).num_rows)
-                self.groups.append((f, g))
-        self.starts = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)])
-        self._pid, self._handles, self._tables = None, {}, OrderedDict()
-
-    def __len__(self) -> int:
-        return int(self.starts[-1])
-
-    def __getstate__(self) -> dict:  # worker processes open the files again
-        return {**self.__dict__, "_pid": None, "_handles": {}, "_tables": OrderedDict()}
-
-    def schema(self):
-        return _open(self.files[0]).schema_arrow
-
-    def column(self, name: str) -> np.ndarray:
-        """Every row's value of a (small) column."""
-        import pyarrow as pa  # lazy: as datasets
-
-        return pa.concat_arrays([_open(p).read(columns=[name]).column(0).combine_chunks()
-                                 for p in self.files]).to_numpy(zero_copy_only=False)
-
-    def _group(self, g: int, column: str):
-        if self._pid != os.getpid():
-            self._pid, self._handles, self._tables = os.getpid(), {}, OrderedDict()
-        if g not in self._tables:
-            f, rg = self.groups[g]
-            handle = self._handles.get(f) or self._handles.setdefault(f, _open(self.files[f]))
-            self._tables[g] = handle.read_row_group(rg, columns=[column]).column(0)
-            while len(self._tables) > self.keep:
-                self._tables.popitem(last=False)
-        self._tables.move_to_end(g)
-        return self._tables[g]
-
-    def values(self, rows: np.ndarray, column: str) -> list[Any]:
-        """``column`` of ``rows`` (any order), each row group read once."""
-        groups = np.searchsorted(self.starts, rows, side="right") - 1
-        out: list[Any] = [None] * len(rows)
-        for g in np.unique(groups).tolist():
-            where = np.flatnonzero(groups == g)
-            table = self._group(g, column)
-            for i, value in zip(where.tolist(), table.take(rows[where] - self.starts[g]).to_pylist()):
-                out[i] = value
-        return out
-
-
-def decode_value(value: Any, what: str, row: int) -> Any:
-    """An HF ``Image`` value ({"bytes", "path"}) as a loaded PIL image, EXIF-rotated as ``datasets`` does."""
 
     try:
-        if not isinstance(value, dict):
-            raise ValueError(f"not an Image value: {type(value).__name__}")
+        if isinstance(value, str) and value:
+            value = {"bytes": None, "path": image_path(value, base)}
+        elif isinstance(value, (bytes, bytearray)):
+            value = {"bytes": bytes(value), "path": None}
+        if not isinstance(value, dict) or not (value.get("bytes") or value.get("path")):
+            raise ValueError("an empty value, no image" if not value else f"not an image: {type(value).__name__}")
         im = PIL.Image.open(io.BytesIO(value["bytes"]) if value.get("bytes") else value["path"])
         im.load()
     except Exception as exc:
@@ -171,15 +110,16 @@ class StreamImages(RowArray):
 
     def __init__(self, source: ParquetRows, column: str, ids: np.ndarray, shape: Sequence[int],
                  finish: Callable[..., torch.Tensor], image_size: int | None, gray: bool, what: str,
-                 start: int = 0, stop: int | None = None) -> None:
+                 start: int = 0, stop: int | None = None, base: Path | None = None) -> None:
         self.source, self.column, self.ids = source, column, np.asarray(ids, dtype=np.int64)
         self.full = tuple(int(s) for s in shape)
         self.finish, self.image_size, self.gray, self.what = finish, image_size, gray, what
         self.start, self.stop = start, self.full[0] if stop is None else stop
+        self.base = base  # the folder relative image paths are read from (a column of paths)
 
     def view(self, start: int, stop: int) -> "StreamImages":
         return StreamImages(self.source, self.column, self.ids, self.full, self.finish, self.image_size, self.gray,
-                            self.what, start, stop)
+                            self.what, start, stop, self.base)
 
     def decode(self, rows: np.ndarray) -> tuple[torch.Tensor, bool]:
         """(uint8 3 x H x W images of absolute rows ``rows`` as decoded, before the channel step; all gray)."""
@@ -187,7 +127,10 @@ class StreamImages(RowArray):
         size = tuple(self.full[2:]) if self.full[0] else None
         images, all_gray = [], True
         for row, value in zip(rows.tolist(), self.source.values(self.ids[rows], self.column)):
-            t, gray = image_tensor(decode_value(value, self.what, row), self.image_size)
+            try:
+                t, gray = image_tensor(decode_value(value, self.what, row, self.base), self.image_size)
+            except PixelError as exc:
+                raise RtlabError(f"{self.what}: row {row}: {exc}") from None
             size = check_size(t, size, self.what)
             images.append(t)
             all_gray &= gray
@@ -215,9 +158,12 @@ class _Shards(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.tasks)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor | RtlabError]:
         rows = self.tasks[i]
-        return torch.from_numpy(rows), self.images.read(rows)
+        try:
+            return torch.from_numpy(rows), self.images.read(rows)
+        except RtlabError as exc:  # handed over as it is: a worker's raise would wrap it in its traceback
+            return torch.from_numpy(rows), exc
 
 
 class StreamReader:
@@ -261,6 +207,8 @@ class StreamReader:
             for batch, index, want in zip(batches, local, rows):
                 while any(r not in held for r in want.tolist()):
                     got, block = next(shards)
+                    if isinstance(block, RtlabError):
+                        raise block
                     held.update((r, block[i].clone()) for i, r in enumerate(got.tolist()))
                     self.peak_held = max(self.peak_held, len(held))
                 images = torch.stack([held.pop(r) for r in want.tolist()])
@@ -280,10 +228,9 @@ def stream_stats(images: StreamImages, key: str | None) -> tuple[tuple[float, ..
     """Per-channel mean and std of the split: of every row up to :data:`STATS_ROWS`, else of evenly spaced shards
     (logged as an estimate); kept in ``$RTLAB_CACHE_DIR/stream/`` under ``key``."""
     path = cache_dir() / "stream" / f"{key}.json" if key else None
-    if path is not None and path.exists():
-        with open(path) as f:
-            saved = json.load(f)
-        return tuple(saved["mean"]), tuple(saved["std"])
+    saved = _saved_stats(path, images.full[1]) if path is not None else None
+    if saved is not None:
+        return saved
     if len(images) <= STATS_ROWS:
         mean, std = channel_stats(images)
     else:
@@ -293,36 +240,32 @@ def stream_stats(images: StreamImages, key: str | None) -> tuple[tuple[float, ..
         log.info("%s: channel statistics estimated from %d evenly spaced rows (set data.mean/data.std to give "
                  "them)", images.what, len(rows))
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(path, {"mean": mean, "std": std})
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(path, {"mean": mean, "std": std})
+        except OSError as exc:  # a read-only or full cache must not stop a run, as for the decoded cache
+            log.warning("could not keep the channel statistics in %s (%s); they are computed again by the next "
+                        "run", path, exc)
     return mean, std
 
 
-def stream_files_of(path: str, config_name: str | None = None, revision: str | None = None
-                    ) -> dict[str, list[str]]:
-    """Split → parquet files of a local parquet file or folder (split names from the file names, as ``datasets``
-    infers them), or of a hub dataset (its ``hf://`` data files; online)."""
-    p = Path(path).expanduser()
-    if p.is_file():
-        files = {"train": [str(p)]}
-    elif p.is_dir():
-        from datasets.data_files import DataFilesDict, get_data_patterns  # lazy: as datasets
-
-        try:
-            files = {str(k): list(v) for k, v in DataFilesDict.from_patterns(get_data_patterns(str(p)),
-                                                                             base_path=str(p)).items()}
-        except Exception as exc:
-            raise RtlabError(f"data.storage=stream found no data files in {p} ({exc})") from None
-    else:
-        import datasets  # lazy: datasets (with pyarrow) costs ~1 s; only commands that read data pay it
-
-        builder = datasets.load_dataset_builder(path, config_name, revision=revision)
-        files = {str(k): list(v) for k, v in (builder.config.data_files or {}).items()}
-    bad = sorted({Path(f.split("::")[0]).suffix or f for v in files.values() for f in v} - {".parquet"})
-    if not files or bad:
-        raise RtlabError(f"data.storage=stream reads parquet files; {path} has {', '.join(bad) or 'none'}: use "
-                         "data.storage=disk (decoded once into the cache, read from disk)")
-    return files
+def _saved_stats(path: Path, channels: int) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+    """The statistics kept at ``path``; None when there are none or the file is unreadable or damaged (an emptied
+    or cut file, another channel count): they are computed again and the file rewritten."""
+    try:
+        saved = json.loads(path.read_text())
+        mean, std = tuple(float(v) for v in saved["mean"]), tuple(float(v) for v in saved["std"])
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, TypeError, KeyError) as exc:
+        log.warning("ignoring the damaged channel statistics %s (%s: %s); computing them again", path,
+                    type(exc).__name__, exc)
+        return None
+    if len(mean) != channels or len(std) != channels or not all(np.isfinite(mean + std)):
+        log.warning("ignoring the channel statistics %s (not %d finite values per channel); computing them again",
+                    path, channels)
+        return None
+    return mean, std
 
 
 def stream_if_too_big(source: Any, opts: Any, name: str) -> str:
@@ -337,14 +280,16 @@ def stream_if_too_big(source: Any, opts: Any, name: str) -> str:
     try:
         rows = ParquetRows([f for split in files_of().values() for f in split])
         image, _ = detect_columns(datasets.Features.from_arrow_schema(rows.schema()), opts, f"dataset '{name}'")
-    except Exception:  # not parquet, no image column, a hub id that cannot be reached: the decode path says
-        return "auto"  # what is wrong, in its own words
-    n = len(rows) if opts.train_size is None else min(len(rows), opts.train_size + (opts.test_size or len(rows)))
-    if opts.image_size:
-        row = (opts.channels or 3) * opts.image_size ** 2
-    else:
-        t, _ = image_tensor(decode_value(rows.values(np.array([0]), image)[0], f"dataset '{name}'", 0), None)
-        row = (opts.channels or 3) * t.shape[1] * t.shape[2]
+        n = len(rows) if opts.train_size is None else min(len(rows), opts.train_size + (opts.test_size or len(rows)))
+        if opts.image_size:
+            row = (opts.channels or 3) * opts.image_size ** 2
+        else:
+            base = getattr(source, "image_base", lambda: None)()
+            t, _ = image_tensor(decode_value(rows.values(np.array([0]), image)[0], f"dataset '{name}'", 0, base),
+                                None)
+            row = (opts.channels or 3) * t.shape[1] * t.shape[2]
+    except Exception:  # not parquet, no image column or no image in it, a hub id that cannot be reached, no rows:
+        return "auto"  # the decode path says what is wrong, in its own words (nothing of streams the user never chose)
     budget = env_bytes("RTLAB_MAX_DISK_BYTES")
     if budget is None:
         folder = cache_dir()

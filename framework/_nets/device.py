@@ -133,3 +133,26 @@ def one_cpu_thread() -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(threads)
+
+
+def available_ram() -> int:
+    """``MemAvailable`` from ``/proc/meminfo`` (bytes), else the physical memory."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def check_parameters_fit(count: int, what: str, fix: str, copies: int = 2) -> None:
+    """Refuse, before any tensor is allocated, a network part of ``count`` float32 parameters of which ``copies``
+    (a teacher and a student) cannot fit in the memory available (``MemAvailable``): the allocation would fail
+    deep inside torch, or the kernel would kill the process while it initialises the weights."""
+    need, have = 4 * count * copies, available_ram()
+    if need > have:
+        gib = 1 << 30
+        raise RtlabError(f"{what} has {count:.3g} parameters: {copies} copies (teacher and student) need "
+                         f"{need / gib:,.1f} GiB, more than the {have / gib:,.1f} GiB of memory available; {fix}")

@@ -220,6 +220,18 @@ def broadcast(obj: Any) -> Any:
     return box[0]
 
 
+def lost_peer(exc: BaseException) -> bool:
+    """Whether ``exc`` is a collective failing because another process of the job is gone (killed, out of memory,
+    its node lost): gloo reports a closed or reset connection, NCCL an aborted communicator or a timeout."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
+        return False
+    if isinstance(exc, getattr(dist, "DistError", ())):
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and any(word in text for word in (
+        "gloo", "nccl", "connection closed", "connection reset", "broken pipe", "timed out", "peer"))
+
+
 def shutdown() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()

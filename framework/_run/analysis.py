@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
@@ -19,6 +18,7 @@ from omegaconf import DictConfig
 from framework._base import paths
 from framework._base.errors import RtlabError
 from framework._base.registry import to_options
+from framework._base.runlock import clear_unfinished
 from framework._config.compose import check_config, compose, with_values
 from framework._run.loop import Run, run_training
 from framework._run.opened import LoadedRun, load_run
@@ -86,7 +86,8 @@ class AnalysisContext:
             return json.loads(paths.summary(out).read_text())
         if out.exists():
             log.warning("restarting the unfinished run %s", out)
-            shutil.rmtree(out)
+            clear_unfinished(out, lambda who: f"run {out} of the analysis is in use by a live run ({who}); wait "
+                             "for it to finish or stop it, then run the analysis again")
         cfg = cfg if cfg is not None else self.compose(extra)
         print(f"rtlab analyze {self.name}: training {folder}", flush=True)
         return run_training(cfg, out, self.pm, prepare)

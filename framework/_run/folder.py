@@ -17,6 +17,7 @@ from framework._base import paths
 from framework._base.errors import RtlabError, RunInterrupted
 from framework._base.files import atomic_write_text
 from framework._base.runlock import RunLock
+from framework._base.signals import SignalStop
 
 
 class RunFolder:
@@ -52,7 +53,7 @@ class RunFolder:
 
     def record_crash(self, exc: BaseException, where: str) -> None:
         """``error.txt``: the traceback of what stopped the run (``where``: its step and epoch)."""
-        if not self.claimed or not self.is_main or isinstance(exc, RunInterrupted):  # nothing went wrong
+        if not self.claimed or not self.is_main or isinstance(exc, (RunInterrupted, SignalStop)):  # nothing went wrong
             return
         text = "".join(traceback.format_exception(exc))
         try:

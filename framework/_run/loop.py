@@ -148,8 +148,8 @@ class Run:
         return self.results.finish(self)
 
     def train_epoch(self) -> int:
-        """Train the open epoch's remaining batches, then end it (updater, ``rtlab_epoch_end``, the evaluation and
-        the training state when due); returns its number."""
+        """Train the open epoch's rest, then end it (updater, hooks, evaluation, state when due); its number."""
+        self.preemption.stop_if_requested(self)  # a signal during the evaluation before: stopped here, state saved
         cfg, clock = self.cfg, self.clock
         t0 = time.time()
         for index in self.batches():

@@ -14,6 +14,12 @@ tiny all-reduce on the CPU), then
 
 ``rtlab train resume=RUN_DIR`` (or ``resume=auto``; a sweep started again with the same ``hydra.sweep.dir``)
 continues from that step exactly. A second Ctrl-C stops at once (``KeyboardInterrupt``, exit code 130).
+
+Outside a run's training — while its data is decoded, its networks are built, between the jobs of a sweep, in a
+command other than ``train`` — the handlers :func:`install_early` puts in place when ``rtlab`` starts raise
+:class:`SignalStop` at once (there is no step to finish and no state to save; the data decoded so far is kept,
+the decode resumes by chunk), and ``rtlab`` exits with code 4 and the line of :func:`stop_line`. A signal during an
+evaluation inside the training loop stops the run once that evaluation is done, with the state saved there.
 """
 
 from __future__ import annotations
@@ -22,13 +28,17 @@ import contextlib
 import logging
 import signal
 import threading
+from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import torch
 
-from framework._nets import distributed
+from framework._base import paths
 from framework._base.errors import RunInterrupted
+from framework._base.signals import SignalStop, early_handler, install_early  # noqa: F401
+from framework._nets import distributed
+from framework._nets.checkpoint import load_checkpoint
 
 if TYPE_CHECKING:
     from framework._run.internals import RunInternals as Run
@@ -36,6 +46,22 @@ if TYPE_CHECKING:
 log = logging.getLogger("rtlab")
 
 SIGNALS = ("SIGTERM", "SIGUSR1", "SIGUSR2", "SIGINT")
+
+
+def stop_line(signum: int, out_dir: str | Path) -> str:
+    """The line for a :class:`SignalStop` of the run in ``out_dir``: it finished, it has a training state to
+    continue from, or it had not started training."""
+    name = signal.Signals(signum).name
+    if paths.summary(out_dir).exists():
+        return f"{name} arrived after the run in {out_dir} finished; it is complete, the rest was not started"
+    state = paths.state(out_dir)
+    try:
+        step = int(load_checkpoint(state)[1]["step"])
+    except Exception:  # noqa: BLE001 - no state (or an unreadable one): nothing to continue from
+        return (f"{name} stopped the run in {out_dir} before training started; nothing was trained (the data decoded "
+                "so far is kept): start the same command again")
+    return (f"{name} stopped the run in {out_dir} outside a training step; its training state (step {step}) is in "
+            f"{state}; continue it with 'rtlab train resume={out_dir}'")
 
 
 class Preemption:
@@ -93,7 +119,7 @@ class Preemption:
     def chained(self) -> Callable[[int, FrameType | None], Any] | None:
         """The Python handler the signal had before the run (submitit's requeue), if any."""
         handler = self.previous.get(self.signal) if self.signal is not None else None
-        if not callable(handler) or handler is signal.default_int_handler:
+        if not callable(handler) or handler in (signal.default_int_handler, early_handler):
             return None
         return handler
 
@@ -110,6 +136,11 @@ class Preemption:
             handler(self.signal, None)
         raise RunInterrupted(message)
 
+    def stop_if_requested(self, run: "Run") -> None:
+        """After an evaluation inside the loop: a signal that came during it stops the run here, state saved."""
+        if self.requested():
+            self.stop(run)
+
     def check_after(self, run: "Run") -> None:
         """After the run: a signal that came during its last evaluation or its summary still stops the process (a
         sweep must not start its next job); the finished run is complete."""
@@ -117,3 +148,19 @@ class Preemption:
             name = signal.Signals(self.signal).name
             raise RunInterrupted(f"{name} arrived while the run in {run.out_dir} finished; it is complete, the rest "
                                  "was not started")
+
+
+def lost_peer_line(exc: BaseException, out_dir: str | Path) -> str:
+    """The line for a process whose torchrun peers are gone (:func:`framework._nets.distributed.lost_peer`): this
+    rank, what the collective said, the step of the last training state and the command that continues."""
+    detail = " ".join(str(exc).split())[:160]
+    who = f"rank {distributed.rank()} of {distributed.world_size()}"
+    state = paths.state(out_dir)
+    try:
+        step = int(load_checkpoint(state)[1]["step"])
+    except Exception:  # noqa: BLE001 - no state yet
+        return (f"{who} lost the other processes of this job ({type(exc).__name__}: {detail}): one of them stopped "
+                f"or its node was lost, before a training state was saved in {out_dir}; start the job again")
+    return (f"{who} lost the other processes of this job ({type(exc).__name__}: {detail}): one of them stopped or "
+            f"its node was lost; the last training state (step {step}) is in {state}: continue with the same launch "
+            f"command and 'rtlab train resume={out_dir}'")

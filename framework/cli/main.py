@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import sys
+from pathlib import Path
 from typing import Any, Sequence
 
 from framework import __version__
@@ -19,7 +20,9 @@ from framework._base import paths
 # Lazy imports: every import inside a function of this module is deferred so that `rtlab --help`, `--version` and a
 # cached `rtlab plugins` answer without importing torch, Hydra, timm or the plugins (tests/test_quick_cli.py).
 from framework._base.commands import CommandSet
-from framework._base.errors import PluginError, RtlabError, RunInterrupted
+from framework._base.errors import PluginError, RtlabError, RunInterrupted, log_level
+from framework._base.files import cache_dir
+from framework._base.signals import SignalStop, install_early
 
 _HYDRA_VALUE_FLAGS = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn",
                       "--config-dir", "-cd", "--info", "--experimental-rerun"}
@@ -30,6 +33,32 @@ _HYDRA_FLAGS = {"--multirun", "-m", "--resolve", "--help", "-h", "--hydra-help",
 def fail(message: str, code: int = 2) -> int:
     print(f"rtlab: error: {' '.join(str(message).split())}", file=sys.stderr)
     return code
+
+
+def internal_error(exc: BaseException, out_dir: str | None = None, since: float = 0.0) -> str:
+    """The line for an exception no rtlab code turned into a message — a bug, in rtlab or a plugin — naming the
+    file with its traceback to attach to a report: the run's ``error.txt`` when the run wrote one (after
+    ``since``), else a crash report in rtlab's cache folder (or the temporary folder)."""
+    import tempfile  # lazy: see the module note
+    import time
+    import traceback
+
+    report = paths.error(out_dir) if out_dir is not None else None
+    if report is None or not report.exists() or report.stat().st_mtime < since:
+        text = "".join(traceback.format_exception(exc))
+        report = None
+        for folder in (cache_dir() / "crashes", Path(tempfile.gettempdir())):
+            path = folder / f"rtlab-crash-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.txt"
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+                path.write_text(f"rtlab {__version__}, Python {sys.version.split()[0]}\nargv: {sys.argv}\n\n{text}")
+            except OSError:
+                continue
+            report = path
+            break
+    detail = " ".join(str(exc).split())[:200]
+    where = f"please report it with {report} attached (the traceback)" if report else "please report it"
+    return f"internal error: {type(exc).__name__}: {detail}; this is a bug in rtlab or a plugin, not in your input: {where}"
 
 
 # ------------------------------------------------------------------------------------------------------- train
@@ -112,9 +141,15 @@ def train_command(argv: Sequence[str]) -> int:
 
     @hydra.main(config_path=str(config_dir()), config_name="config", version_base=None)
     def app(cfg: Any) -> Any:
+        import time
+
         from hydra.types import RunMode
 
+        from framework._run.preemption import lost_peer_line, stop_line
         from framework.cli import sweeps
+
+        started = time.time()
+        install_early()  # also in a launcher's worker process (joblib, submitit), which never ran main()
 
         hydra_cfg = HydraConfig.get()
         out_dir, resume_job = hydra_cfg.runtime.output_dir, resuming
@@ -135,11 +170,15 @@ def train_command(argv: Sequence[str]) -> int:
         except (RtlabError, PluginError, RunInterrupted) as exc:
             line = os_error_line(exc.error, out_dir) if isinstance(exc, PluginError) else None
             raise SystemExit(fail(line or str(exc), 2 if line else exc.exit_code))
-        except OSError as exc:
+        except SignalStop as exc:  # outside a training step: before training, between jobs, after the run
+            raise SystemExit(fail(stop_line(exc.signum, out_dir), exc.exit_code))
+        except Exception as exc:  # one line each, never a traceback: a file-system fix, a lost peer, or a bug
             line = os_error_line(exc, out_dir)
-            if line is None:
-                raise
-            raise SystemExit(fail(line))
+            if line is not None:
+                raise SystemExit(fail(line))
+            if distributed.lost_peer(exc):
+                raise SystemExit(fail(lost_peer_line(exc, out_dir), 4))
+            raise SystemExit(fail(internal_error(exc, out_dir, started), 1))
         finally:
             folder.close()
         errors = summary.get("errors") or []
@@ -289,37 +328,58 @@ def quick_answer(argv: list[str]) -> int | None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """``rtlab ARGV``; every way it ends is an exit code and at most one line on stderr (the error boundary)."""
+    install_early()  # a scheduler's signal at any time ends with exit code 4 and one line (framework._base.signals)
     argv = list(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(level=os.environ.get("RTLAB_LOG_LEVEL", "WARNING"), format="%(levelname)s %(message)s")
     try:
-        if argv and argv[0] == "train":
-            return train_command(argv[1:])
-        answered = quick_answer(argv)
-        if answered is not None:
-            return answered
-        from framework._contract.plugin_manager import get_plugin_manager
-        from framework.cli import listing_cache
-
-        pm = get_plugin_manager()
-        commands = CommandSet()
-        builtin = {"plugins": plugins_command, "backbones": backbones_command}
-        pm.hook.rtlab_add_commands(commands=commands)
-        listing = plugin_listing(pm)
-        if pm.standard:  # not a manager a test or a script filled with plugins of its own
-            listing_cache.store(listing, {n: c.help for n, c in commands.commands.items()})
-        args = build_parser(commands).parse_args(argv)
-        if args.command is None:
-            build_parser(commands).print_help()
-            return 0
-        if args.command == "plugins":
-            return plugins_command(args, listing)
-        if args.command in builtin:
-            return builtin[args.command](args)
-        return commands.commands[args.command].run(args) or 0
+        logging.basicConfig(level=log_level(os.environ.get("RTLAB_LOG_LEVEL", "")),
+                            format="%(levelname)s %(message)s")
+        code = _command(argv)
+        sys.stdout.flush()  # inside the boundary: a reader that closed the pipe early (| head) ends it quietly
+        return code
     except (RtlabError, PluginError, RunInterrupted) as exc:
         return fail(str(exc), exc.exit_code)
+    except SignalStop as exc:
+        return fail(f"{exc} stopped 'rtlab {' '.join(argv[:1])}' before it finished; what it finished is kept: "
+                    "start the same command again", exc.exit_code)
     except KeyboardInterrupt:
         return fail("interrupted", 130)
+    except BrokenPipeError:  # `rtlab backbones | head`: the reader has what it wanted
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit's own flush finds no pipe
+        except (OSError, ValueError):  # a stdout without a file descriptor (captured)
+            pass
+        return 0
+    except Exception as exc:  # noqa: BLE001 - the boundary: a bug, reported as one line with a file to attach
+        return fail(internal_error(exc), 1)
+
+
+def _command(argv: list[str]) -> int:
+    """The command ``argv`` names (see :func:`main`)."""
+    if argv and argv[0] == "train":
+        return train_command(argv[1:])
+    answered = quick_answer(argv)
+    if answered is not None:
+        return answered
+    from framework._contract.plugin_manager import get_plugin_manager
+    from framework.cli import listing_cache
+
+    pm = get_plugin_manager()
+    commands = CommandSet()
+    builtin = {"plugins": plugins_command, "backbones": backbones_command}
+    pm.hook.rtlab_add_commands(commands=commands)
+    listing = plugin_listing(pm)
+    if pm.standard:  # not a manager a test or a script filled with plugins of its own
+        listing_cache.store(listing, {n: c.help for n, c in commands.commands.items()})
+    args = build_parser(commands).parse_args(argv)
+    if args.command is None:
+        build_parser(commands).print_help()
+        return 0
+    if args.command == "plugins":
+        return plugins_command(args, listing)
+    if args.command in builtin:
+        return builtin[args.command](args)
+    return commands.commands[args.command].run(args) or 0
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from framework._base.errors import RtlabError
 from framework._base.provenance import check_recorded_plugins
 from framework._base.registry import Registry
 from framework._config.compose import compose
+from framework._base.runlock import refuse_if_live
 
 RESUME_ARG = "resume="
 AUTO = "auto"
@@ -119,6 +120,8 @@ def _plan_dir(run_dir: Path, overrides: Sequence[str], registry: Registry, confi
     if not run_dir.is_dir():
         raise RtlabError(f"resume={run_dir}: no such run folder; give the folder of an earlier run (it holds "
                          "config.yaml) or resume=auto")
+    refuse_if_live(run_dir, lambda who: f"the run in {run_dir} is still going ({who}); it cannot be resumed "
+                   "while it runs: wait for it to finish, or stop it (it saves its state) and resume it then")
     saved_overrides = run_dir / ".hydra" / "overrides.yaml"
     if not paths.config(run_dir).is_file() or not saved_overrides.is_file():
         raise RtlabError(f"{run_dir} is not the folder of an rtlab run (config.yaml and .hydra/overrides.yaml "
@@ -173,4 +176,7 @@ def _plan_auto(overrides: Sequence[str], registry: Registry, config_dirs: Sequen
     matches = [d for d in _candidates(target) if not paths.summary(d).exists() and _same_config(d, wanted)]
     if not matches:
         return ResumePlan(None, list(overrides))
-    return ResumePlan(max(matches, key=_last_active), list(overrides))
+    chosen = max(matches, key=_last_active)
+    refuse_if_live(chosen, lambda who: f"resume=auto: the unfinished run of this configuration in {chosen} is "
+                   f"still going ({who}); wait for it to finish, or stop it (it saves its state) and resume it then")
+    return ResumePlan(chosen, list(overrides))

@@ -15,6 +15,7 @@ line that names the file and the fix.
 from __future__ import annotations
 
 import copy
+import errno
 import logging
 import os
 from pathlib import Path
@@ -25,7 +26,7 @@ from omegaconf import OmegaConf, open_dict, read_write
 
 from framework._base import paths
 from framework._base.errors import RtlabError
-from framework._base.files import NO_SPACE, READ_ONLY, atomic_write_text
+from framework._base.files import NO_SPACE, READ_ONLY, atomic_write_text, cache_dir
 from framework._config.compose import compose
 
 SUBDIR_KEY = "hydra.output_subdir"
@@ -165,7 +166,9 @@ def check_writable(run_dir: str | Path) -> None:
 
 
 def os_error_line(exc: BaseException, out_dir: str | Path) -> str | None:
-    """One line for a file-system failure a user can fix (None for any other error)."""
+    """One line for a file-system failure a user can fix (None for any other error): what could not be done
+    (read or write), the path, and the fix for that path — the run folder, the Hugging Face cache, rtlab's cache,
+    or a file of the data."""
     if not isinstance(exc, OSError) or exc.errno is None:
         return None
     where = exc.filename or out_dir
@@ -173,6 +176,37 @@ def os_error_line(exc: BaseException, out_dir: str | Path) -> str | None:
         return (f"no space left on device while writing {where}; the training state saved before is kept: free "
                 f"some space, then continue with 'rtlab train resume={out_dir}'")
     if exc.errno in READ_ONLY:
-        return (f"cannot write {where} ({os.strerror(exc.errno).lower()}); choose a writable run folder with "
-                "hydra.run.dir=DIR")
+        return access_line(where, os.strerror(exc.errno).lower(), out_dir, exc.errno == errno.EROFS)
     return None
+
+
+def _hf_caches() -> list[Path]:
+    """The folders the Hugging Face libraries write to (``HF_HOME``, its ``datasets`` and ``hub`` caches)."""
+    env = os.environ
+    home = Path(env.get("HF_HOME") or Path(env.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "huggingface")
+    return [home, Path(env.get("HF_DATASETS_CACHE") or home / "datasets"),
+            Path(env.get("HF_HUB_CACHE") or env.get("HUGGINGFACE_HUB_CACHE") or home / "hub")]
+
+
+def _related(path: Path, folders: Sequence[Path]) -> bool:
+    """Whether ``path`` is one of ``folders``, inside one, or a folder above one (made on the way to it)."""
+    for folder in folders:
+        folder = folder.expanduser().absolute()
+        if path == folder or path.is_relative_to(folder) or folder.is_relative_to(path):
+            return True
+    return False
+
+
+def access_line(where: str | Path, why: str, out_dir: str | Path, write: bool = False) -> str:
+    """The line for a path that could not be read or written (``why``: "permission denied", …)."""
+    path = Path(where).expanduser().absolute()
+    if _related(path, _hf_caches()):
+        return (f"cannot write the Hugging Face cache {path} ({why}); set HF_HOME (or HF_DATASETS_CACHE) to a "
+                "writable folder")
+    if _related(path, [cache_dir()]):
+        return f"cannot write rtlab's cache {path} ({why}); set RTLAB_CACHE_DIR to a writable folder"
+    if path.is_relative_to(Path(out_dir).expanduser().absolute()):
+        return f"cannot write {path} ({why}); choose a writable run folder with hydra.run.dir=DIR"
+    if not write and path.exists() and not os.access(path, os.R_OK | (os.X_OK if path.is_dir() else 0)):
+        return f"cannot read {path} ({why}); make it readable for your user (chmod), or leave it out of data.path"
+    return f"cannot write {path} ({why}); it is outside the run folder: make it writable for your user"

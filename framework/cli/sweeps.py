@@ -28,6 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from framework._base import paths
 from framework.cli.resume import config_differences
+from framework._base.runlock import refuse_if_live
 
 log = logging.getLogger("rtlab")
 
@@ -37,8 +38,12 @@ NEW, SKIP, RESUME = "new", "skip", "resume"
 def job_plan(run_dir: str | Path, cfg: DictConfig) -> str:
     """:data:`NEW`, :data:`SKIP` (finished with this configuration) or :data:`RESUME` (unfinished, same
     configuration) for a multirun job writing to ``run_dir``. A folder with another configuration's run is
-    :data:`NEW`: the run then refuses to write into it."""
+    :data:`NEW`: the run then refuses to write into it. A folder a live process holds is refused before anything
+    is read (the run's own lock refuses it again, should one start meanwhile)."""
     folder = Path(run_dir)
+    refuse_if_live(folder, lambda who: f"the sweep's job folder {folder} is in use by a live run ({who}): another "
+                   "sweep (or rtlab train) is training it; wait for it to finish or stop it, then start the sweep "
+                   "again")
     if not paths.config(folder).is_file():
         return NEW
     try:

@@ -46,9 +46,11 @@ from framework.api import (
     check_recorded_plugins,
     compose,
     hookimpl,
+    LOCK_NAME,
     load_run,
     paths,
     RtlabError,
+    RunLock,
     with_values,
 )
 
@@ -206,9 +208,28 @@ def run_analysis(name: str, arguments: Sequence[str], out: str | None = None, pm
     runs, overrides = split_arguments(arguments)
     cfg, full = compose_analysis(name, overrides, pm.registry, runs)
     analysis = pm.registry.build(KIND, cfg[KIND])  # validates the options before anything is written
-    target = Path(out) if out else None
-    fresh = not (target or default_folder(name, cfg)).exists()
-    folder = prepare_folder(name, cfg, out)
+    target = Path(out) if out else default_folder(name, cfg)
+    fresh = not target.exists()
+    # one process per analysis folder: a second one would restart the runs the first is training
+    guard = RunLock(target, lambda who: f"analysis folder {target} is in use by a live process ({who}); wait for it "
+                    "to finish, or stop it and run this command again")
+    guard.acquire()
+    try:
+        folder = prepare_folder(name, cfg, out)
+    except BaseException:
+        guard.release(discard=True)  # refused: the folder is left as it was
+        if fresh:
+            shutil.rmtree(target, ignore_errors=True)
+        raise
+    try:
+        return _run_in(folder, name, analysis, cfg, full, runs, pm, fresh)
+    finally:
+        guard.release()
+
+
+def _run_in(folder: Path, name: str, analysis: Any, cfg: DictConfig, full: list[str], runs: list, pm,
+            fresh: bool) -> Path:
+    """Run, record and render the analysis in ``folder``, which this process holds (see :func:`run_analysis`)."""
     atomic_write_text(folder / "plugins.json", json.dumps(pm.listing(), indent=2))
     ctx = AnalysisContext(name, cfg, full, folder, pm, runs)
     try:
@@ -244,7 +265,7 @@ def default_folder(name: str, cfg: DictConfig) -> Path:
 def _record_failure(folder: Path, name: str, pm, exc: BaseException, fresh: bool) -> None:
     import traceback
 
-    own = {"config.yaml", RESULTS_FILE, "plugins.json"}
+    own = {"config.yaml", RESULTS_FILE, "plugins.json", LOCK_NAME}
     if fresh and isinstance(exc, RtlabError) and {p.name for p in folder.iterdir()} <= own:
         shutil.rmtree(folder, ignore_errors=True)  # refused before computing anything: leave no trace
         return

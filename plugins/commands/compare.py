@@ -19,8 +19,10 @@ cells share: data, budget, optimiser, probes. The ``compare`` section says what 
 
 Every (method, backbone) pair is one Hydra multirun (``rtlab train -m … train.seed=0,1,2``) into
 ``OUT/cells/<method>/<backbone>/seed_<seed>``. A cell whose ``summary.json`` exists is finished and is never
-trained again, so re-running the command (or adding a method or a seed) trains only what is missing; a cell folder
-without one (an interrupted or failed cell) is trained again from the start. ``OUT`` is
+trained again, so re-running the command (or adding a method or a seed) trains only what is missing; a cell stopped
+with its training state saved (a signal, a kill, a lost node: ``checkpoints/last`` and no ``error.txt``) continues
+from it, and a failed cell is trained again from the start — never while a live run holds it. One comparison runs
+per ``OUT`` at a time; a signal ends it with exit code 4 after the cell in training saved its state. ``OUT`` is
 ``runs/<name>/compare-<hash of the shared configuration>`` unless ``--out`` is given.
 
 Results: ``compare.md`` and ``compare.csv`` (per method and backbone: every compared metric of the student, mean ±
@@ -41,7 +43,6 @@ import io
 import json
 import logging
 import math
-import shutil
 import statistics
 import sys
 from dataclasses import dataclass, field
@@ -60,6 +61,8 @@ from framework.api import (
     MetricKind,
     paths,
     RtlabError,
+    RunInterrupted,
+    RunLock,
 )
 
 log = logging.getLogger("rtlab")
@@ -172,6 +175,12 @@ def check_cell(folder: Path, want: Any) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------- running
+def interrupted(cell_dir: Path) -> bool:
+    """Whether a cell stopped with its training state saved and without an error (a signal, a kill)."""
+    return (paths.state(cell_dir).with_suffix(".json").exists() and not paths.error(cell_dir).exists()
+            and not paths.summary(cell_dir).exists())
+
+
 def train_cells(method: str, backbone: str, seeds: list[int], overrides: list[str], out: Path, settings: Any
                 ) -> int:
     """One Hydra multirun over ``seeds`` for a (method, backbone) pair; returns the exit code of ``rtlab train``
@@ -202,14 +211,28 @@ def run_comparison(overrides: list[str], out: str | None = None, pm: Any = None)
     check_config(cfg, pm.registry)
     settings = cfg[SECTION]
     methods, backbones, seeds = grid(cfg, pm.registry)
-    folder = Path(out or settings.out or Path("runs") / str(cfg.name) / f"compare-{shared_hash(cfg)}")
-    folder.mkdir(parents=True, exist_ok=True)
-    cells = [Cell(m, b, s) for m in methods for b in backbones for s in seeds]
-    trained = reused = 0
-    refused: dict[Cell, str] = {}
     if not list(settings.metrics) or len(set(settings.metrics)) != len(settings.metrics):
         raise RtlabError(f"compare.metrics must list distinct metric names (compare.metrics=[knn,linear]), got "
                          f"{list(settings.metrics)}")
+    folder = Path(out or settings.out or Path("runs") / str(cfg.name) / f"compare-{shared_hash(cfg)}")
+    folder.mkdir(parents=True, exist_ok=True)
+    # one comparison per folder at a time: a second one would restart the cells the first is training
+    guard = RunLock(folder, lambda who: f"comparison folder {folder} is in use by another rtlab compare ({who}); "
+                    "wait for it to finish (it trains these cells), or stop it and run this command again").acquire()
+    try:
+        return _compare_in(folder, cfg, overrides, settings, methods, backbones, seeds, pm)
+    finally:
+        guard.release()
+
+
+def _compare_in(folder: Path, cfg: Any, overrides: list[str], settings: Any, methods: list[str],
+                backbones: list[str], seeds: list[int], pm: Any) -> dict:
+    """The comparison in ``folder``, which this process holds (see :func:`run_comparison`)."""
+    from framework.api import check_config, clear_unfinished, compose, refuse_if_live
+
+    cells = [Cell(m, b, s) for m in methods for b in backbones for s in seeds]
+    trained = reused = 0
+    refused: dict[Cell, str] = {}
     for m in methods:
         extra = list(settings.overrides.get(m, []))
         for b in backbones:
@@ -227,12 +250,19 @@ def run_comparison(overrides: list[str], out: str | None = None, pm: Any = None)
                     check_cell(cell_dir, compose([*want, f"train.seed={s}"], pm.registry))
                     reused += 1
                     continue
-                if cell_dir.exists():  # what an interrupted or failed cell left behind: it starts over
+                in_use = (lambda who, d=cell_dir: f"cell {d} is in use by a live run ({who}); wait for it to finish "
+                          "or stop it, then run the comparison again")
+                if interrupted(cell_dir):  # stopped with its state saved: the sweep continues it from there
+                    refuse_if_live(cell_dir, in_use)
+                    log.warning("continuing the interrupted cell %s", cell_dir)
+                elif cell_dir.exists():  # what a failed cell left behind: it starts over
                     log.warning("restarting the unfinished cell %s", cell_dir)
-                    shutil.rmtree(cell_dir)
+                    clear_unfinished(cell_dir, in_use)
                 todo.append(s)
-            if todo:
-                train_cells(m, b, todo, want, folder, settings)  # failures are read from the cells below
+            if todo and train_cells(m, b, todo, want, folder, settings) == RunInterrupted.exit_code:
+                raise RunInterrupted(f"a signal stopped the comparison in {folder} while it trained {m} on {b}; what "
+                                     "the cell saved is kept: run the same command again to go on")
+            if todo:  # failures are read from the cells below
                 trained += sum((Cell(m, b, s).folder(folder) / "summary.json").exists() for s in todo)
     metrics = [str(m) for m in settings.metrics]
     results = [cell_result(c, c.folder(folder), metrics, refused.get(c)) for c in cells]

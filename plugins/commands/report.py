@@ -15,6 +15,7 @@ import argparse
 import functools
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +79,65 @@ def expand(paths: list[str]) -> list[Path]:
     return found
 
 
+# ------------------------------------------------------------------------------------------------- progress
+@dataclass
+class Progress:
+    """Where a run stands: ``finished`` (it wrote ``summary.json``), ``in progress`` (a live process holds its
+    lock: ``owner``) or ``unfinished`` (stopped by a signal, an error or a lost node; it can be resumed)."""
+
+    status: str
+    where: str = ""  # "epoch N of M"
+    owner: dict | None = None
+
+    def line(self, folder: Path) -> str | None:
+        """What the report says about an unfinished run (None for a finished one)."""
+        if self.status == "in progress":
+            return f"in progress, {self.where} (PID {self.owner.get('pid', '?')}): these are not final results"
+        if self.status == "unfinished":
+            return (f"unfinished: stopped in {self.where} without a summary; continue it with 'rtlab train "
+                    f"resume={folder}'")
+        return None
+
+
+def progress(folder: Path, rows: list[dict]) -> Progress:
+    """The :class:`Progress` of the run in ``folder`` whose ``metrics.jsonl`` rows are ``rows``."""
+    import math
+
+    from framework.api import live_owner
+
+    if (folder / "summary.json").exists():
+        return Progress("finished")
+    epochs = [r["epoch"] for r in rows if isinstance(r.get("epoch"), (int, float))]
+    total = _planned_epochs(folder)
+    where = f"epoch {max(1, math.ceil(max(epochs, default=0)))}" + (f" of {total}" if total else "")
+    owner = live_owner(folder)
+    return Progress("in progress" if owner is not None else "unfinished", where, owner)
+
+
+def _planned_epochs(folder: Path) -> int | None:
+    """``train.epochs`` of the run's ``config.yaml`` (None under a sample budget, or without the file)."""
+    try:
+        from omegaconf import OmegaConf
+
+        train = OmegaConf.load(folder / "config.yaml").get("train") or {}
+        return None if train.get("sample_budget") is not None else int(train.get("epochs"))
+    except Exception:  # noqa: BLE001 - a missing or hand-edited config only loses the "of M"
+        return None
+
+
+def check_live(runs: list[Path], force: bool) -> None:
+    """Refuse, before anything is written, to report a run that is still training (``--force`` reports it as it
+    stands, marked in progress)."""
+    if force:
+        return
+    for folder in runs:
+        state = progress(folder, [r for rows in read_metrics(folder) for r in rows])
+        if state.status == "in progress":
+            raise RtlabError(f"the run in {folder} is in progress ({state.where}, PID {state.owner.get('pid', '?')}); "
+                             "its report would not be final: wait for it to finish, or report it as it stands with "
+                             "--force")
+
+
 # ------------------------------------------------------------------------------------------------- one run
 def report_run(folder: Path, registry: Any = None) -> str:
     """Fig. 1-style plots of one training run and its Markdown summary (also written to ``report.md``); with a
@@ -90,6 +150,9 @@ def report_run(folder: Path, registry: Any = None) -> str:
     summary = _summary(folder)
     kinds = from_summary(summary)
     lines = [f"# Run {summary.get('name', name)} ({folder})", ""]
+    status = progress(folder, evals + train).line(folder)
+    if status:
+        lines += [f"**{status[0].upper()}{status[1:]}.**", ""]
     for metric, targets in series.items():
         fig, ax = plt.subplots(figsize=(5.6, 3.8))
         scale = 100.0 if kind_of(metric, kinds).accuracy else 1.0  # accuracies in %, as the tables print them
@@ -255,6 +318,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("paths", nargs="+", metavar="PATH", help="run folders, analysis folders or multirun folders")
     parser.add_argument("--out", help="folder of the comparison of several runs (default: comparison/ beside them)")
     parser.add_argument("--target", default="student", help="the target compared across runs (default: student)")
+    parser.add_argument("--force", action="store_true", help="report runs that are still training, as they stand "
+                        "(marked in progress)")
     parser.add_argument("--no-embedding", action="store_true",
                         help="skip the PCA / t-SNE panel of the teacher's and student's embeddings (its slowest part)")
     parser.add_argument("--threads", type=int, metavar="N",
@@ -290,6 +355,7 @@ def command(args: argparse.Namespace) -> int:
     folders = expand(args.paths)
     runs = [f for f in folders if is_run(f)]
     check_target(runs, args.target)
+    check_live(runs, getattr(args, "force", False))
     with limited_threads(args.threads):
         for f in folders:
             if is_analysis(f):

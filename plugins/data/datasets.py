@@ -53,9 +53,9 @@ def load_hf(path: str, config_name: Optional[str] = None, revision: Optional[str
             if kind is None:
                 raise RtlabError(f"data.path {p} is a {p.suffix or 'suffix-less'} file; give a parquet or arrow "
                                  "file, an image folder or a save_to_disk folder")
-            return _as_dict(datasets.load_dataset(kind, data_files=str(p)))
+            return _as_dict(_named_failure(lambda: datasets.load_dataset(kind, data_files=str(p)), p))
         try:
-            return _as_dict(datasets.load_dataset(str(p)))
+            return _as_dict(_named_failure(lambda: datasets.load_dataset(str(p)), p))
         except (FileNotFoundError, ValueError) as exc:
             raise RtlabError(f"no dataset found in {p} ({' '.join(str(exc).split())[:120]}); it should hold "
                              "class folders of images, parquet/arrow files or a save_to_disk dataset") from None
@@ -74,6 +74,20 @@ def load_hf(path: str, config_name: Optional[str] = None, revision: Optional[str
         if type(exc).__name__ in ("DatasetNotFoundError", "FileNotFoundError", "HfHubHTTPError"):
             raise RtlabError(f"dataset '{path}' was not found on the Hugging Face Hub; check the id or "
                              f"{OFFLINE_HINT}") from None
+        raise
+
+
+def _named_failure(load: Any, path: Path) -> Any:
+    """``load()``; when ``datasets`` fails on local files without naming one (a truncated parquet shard, a split
+    with no rows: "An error occurred while generating the dataset"), the file or split it failed on is named."""
+    try:
+        return load()
+    except RtlabError:
+        raise
+    except Exception:
+        from framework.api import check_parquet_files
+
+        check_parquet_files(path)  # raises the named problem, when it is one of these
         raise
 
 
@@ -127,6 +141,11 @@ class HFSource:
             return None
         return f"hub:{self.opts.path}:{self.opts.config_name}@{sha}" if sha else None
 
+    def image_base(self) -> Optional[Path]:
+        """The folder relative paths of a column of image file paths are read from: ``data.path``'s folder."""
+        p = Path(self.opts.path).expanduser()
+        return (p.parent if p.is_file() else p).resolve() if p.exists() else None
+
     def stream_files(self) -> dict[str, list[str]]:
         """Split → parquet files, for ``data.storage=stream`` (local files, or a hub dataset's when online)."""
         from framework.api import stream_files_of
@@ -168,6 +187,7 @@ class ImageFolderSource:
     def load(self) -> Mapping[str, Any]:
         import datasets
 
+        listing_key(self.path)  # refuses by name what the loader would fail on without one (a symlink loop, …)
         try:
             # labels from the class folders even when there is only one (datasets would drop them), so that a
             # one-class folder is reported as such and not as a dataset without labels

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from framework.api import hookimpl, RtlabError
+from framework.api import hookimpl, RtlabError, check_parameters_fit
 
 
 @dataclass
@@ -80,6 +80,11 @@ def activation_layer(name: str) -> type[nn.Module]:
     return nn.GELU if name == "gelu" else nn.ReLU
 
 
+def _linear_parameters(widths: list[int]) -> int:
+    """Weights and biases of a chain of linear layers through ``widths``."""
+    return sum(a * b + b for a, b in zip(widths, widths[1:]))
+
+
 class NormalizedLinear(nn.Linear):
     """A linear layer whose weight rows are optionally normalised to unit length in the forward pass."""
 
@@ -100,6 +105,9 @@ class DinoHead(nn.Module):
         opts = apply_layout(opts)
         if opts.out_dim <= 0:
             raise RtlabError(f"head.out_dim must be positive, got {opts.out_dim}")
+        widths = [in_dim, *opts.hidden_dims, *([opts.bottleneck_dim] if opts.bottleneck_dim else []), opts.out_dim]
+        check_parameters_fit(_linear_parameters(widths), f"the DINO head (head.out_dim={opts.out_dim})",
+                             "lower head.out_dim (or head.bottleneck_dim, head.hidden_dims)")
         act = activation_layer(opts.activation)
         layers: list[nn.Module] = []
         dim = in_dim
@@ -174,6 +182,9 @@ class MLP(nn.Sequential):
         if opts.out_dim <= 0 or any(w <= 0 for w in opts.hidden_dims):
             raise RtlabError(f"head.out_dim and head.hidden_dims must be positive, got {opts.out_dim} and "
                              f"{list(opts.hidden_dims)}")
+        check_parameters_fit(_linear_parameters([in_dim, *opts.hidden_dims, opts.out_dim]),
+                             f"the MLP head (head.out_dim={opts.out_dim}, head.hidden_dims={list(opts.hidden_dims)})",
+                             "lower head.out_dim or head.hidden_dims")
         act = activation_layer(opts.activation)
         layers: list[nn.Module] = []
         dim = in_dim
