@@ -10,6 +10,7 @@ from typing import List, Mapping
 
 import torch
 
+from plugins.distill.losses import wide
 from plugins.networks.heads import MLPHeadOptions
 from plugins.methods.prediction import needs_two_views
 
@@ -39,9 +40,9 @@ class JointEmbedding:
     def loss(self, run, views, index):
         needs_two_views(self.name, len(views))
         if self.together and len({v.shape for v in views}) == 1:
-            embeddings = list(run.student(torch.cat(views)).float().chunk(len(views)))
+            embeddings = list(wide(run.student(torch.cat(views))).chunk(len(views)))
         else:
-            embeddings = [run.student(v).float() for v in views]
+            embeddings = [wide(run.student(v)) for v in views]
         pairs = [(i, j) for i in range(len(views)) for j in range(i + 1, len(views))]
         total, logs = None, {}
         for i, j in pairs:
