@@ -147,10 +147,11 @@ class SwAV(nn.Module):
         if use_queue:
             for i in range(n_global):
                 self.queues[i].push(z[i])
-        with torch.no_grad():  # prototypes that are some image's strongest code (no host synchronisation)
+        with torch.no_grad():  # prototypes that are some image's strongest code in the global batch
             best = torch.cat(codes).argmax(1)
-            used = torch.zeros(codes[0].shape[1], device=best.device).index_fill_(0, best, 1.0).sum()
-        return loss, {"prototypes_used": used}
+            used = torch.zeros(codes[0].shape[1], device=best.device).index_fill_(0, best, 1.0)
+            distributed.all_reduce_([used])
+        return loss, {"prototypes_used": (used > 0).sum().float()}
 
 
 @hookimpl
