@@ -57,7 +57,7 @@ def linear(seed: int, dim: int = D) -> nn.Module:
 def built(method: str, *overrides: str, student: nn.Module | None = None, global_views: int = 2):
     """(objective, stand-in run) for ``method=NAME`` with ``overrides``, set up as a run would."""
     pm = plugin_manager()
-    from framework.config import compose
+    from framework._config.compose import compose
 
     cfg = compose([f"method={method}", "train.seed=7", *overrides], pm.registry)
     run = SimpleNamespace(cfg=cfg, student=student or Net(), teacher=Net(linear(99)), device=torch.device("cpu"),

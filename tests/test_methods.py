@@ -97,7 +97,7 @@ for _m in ("byol", "simsiam", "moco_v3"):
 
 def _packed(component) -> dict:
     """A component's state as the training state holds it: tensors by name, and the rest as JSON."""
-    from framework.state import pack
+    from framework._run.state import pack
 
     tensors: dict = {}
     meta = pack(component.state_dict(), "state", tensors)
@@ -142,7 +142,7 @@ def test_method_resumes_exactly(method, tmp_path):
 @pytest.mark.parametrize("preset", ["compare_cpu", "compare_cifar10", "compare_cifar10_cpu"])
 def test_compare_presets_compose_for_every_method(preset):
     """Each method of a comparison preset composes with the preset and its per-method overrides."""
-    from framework.config import check_config, compose
+    from framework._config.compose import check_config, compose
 
     registry = plugin_manager().registry
     cfg = compose([f"experiment={preset}"], registry)
