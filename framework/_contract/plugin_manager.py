@@ -46,6 +46,7 @@ DEFAULT_PLUGINS = (
     "plugins.training.collapse_guard",
     "plugins.probes.knn",
     "plugins.probes.linear_probe",
+    "plugins.probes.online",
     "plugins.probes.representation",
     "plugins.tracking.metrics_log",
     "plugins.tracking.tensorboard_log",

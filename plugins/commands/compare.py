@@ -22,11 +22,14 @@ without one (an interrupted or failed cell) is trained again from the start. ``O
 Results: ``compare.md`` and ``compare.csv`` (per method and backbone: k-NN and linear accuracy of the student,
 mean ± sample std over seeds; the student's k-NN accuracy at its random init and the gain over it, paired per seed;
 wall time; training images/s; columns ``<number>_mean`` and ``<number>_sd``), the student's k-NN and linear
-accuracy as gains over its controls (random-init teacher, BN control, input pixels), paired per seed with a seeded
-bootstrap 95 % interval (``*``: the interval excludes 0; :func:`framework.api.gain`),
-``plots/compare.png`` and ``compare.json`` (every cell). A failed cell is reported (the last line of its
-``error.txt``; the seeds after it in its multirun are not trained) and the command exits with code 1 after writing
-everything else.
+accuracy as gains over its controls (its own random init: k-NN − init; random-init teacher, BN control, input
+pixels), paired per seed with a seeded bootstrap 95 % interval (``*``: the interval excludes 0;
+:func:`framework.api.gain`), ``plots/compare.png`` and ``compare.json`` (every cell). Under the table: the protocol of each tabulated metric
+(offline or online, k, vote, recipe, lr choice, which split fitted the probe, last epoch), recorded by the cells
+(older cells: declared by their saved configuration's evaluators); cells whose protocols differ are refused with a
+one-line message unless ``--mixed-protocols`` is given (then each cell's protocol is listed). A failed cell is
+reported (the last line of its ``error.txt``; the seeds after it in its multirun are not trained) and the command
+exits with code 1 after writing everything else.
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from framework.api import atomic_write_text, CONTROLS, format_gain, gain, hookimpl, RtlabError
+from framework.api import atomic_write_text, CONTROLS, format_gain, gain, hookimpl, protocols, RtlabError
 
 log = logging.getLogger("rtlab")
 
@@ -56,8 +59,12 @@ LAUNCHERS = ("basic", "joblib")
 # per cell: the student's k-NN and linear accuracy, its k-NN accuracy before training and the gain over it (paired
 # per seed), wall time, training images/s
 NUMBERS = ("knn", "linear", "knn_init", "knn_gain", "wall_time_s", "images_per_s")
-# the student's gains over its controls (the same run's teacher, BN control and pixels), per cell
-GAINS = tuple(f"{m}_minus_{c}" for m in ("knn", "linear") for c in CONTROLS)
+# the student's gains over its controls, per cell: its own random init (the evaluation before training), the same
+# run's teacher, BN control and pixels
+GAINS = ("knn_minus_init", *(f"{m}_minus_{c}" for m in ("knn", "linear") for c in CONTROLS))
+GAIN_LABELS = ("k-NN − init", *(f"{m} − {c}" for m in ("k-NN", "linear") for c in CONTROLS))
+# the evaluator metrics the table shows, whose protocols it states and must agree across cells
+TABULATED = {"knn": "k-NN", "linear": "linear"}
 
 
 @dataclass
@@ -144,9 +151,11 @@ def train_cells(method: str, backbone: str, seeds: list[int], overrides: list[st
     return train_command(argv)
 
 
-def run_comparison(overrides: list[str], out: str | None = None, pm: Any = None) -> dict:
+def run_comparison(overrides: list[str], out: str | None = None, pm: Any = None, mixed_protocols: bool = False
+                   ) -> dict:
     """``rtlab compare OVERRIDES``: train the missing cells, then write the table and plot; returns the record.
-    ``pm`` resolves names here; the cells are trained by ``rtlab train`` with the process-wide plugin manager."""
+    ``pm`` resolves names here; the cells are trained by ``rtlab train`` with the process-wide plugin manager.
+    Cells whose numbers come from different protocols are refused unless ``mixed_protocols``."""
     from framework.api import check_config, compose, get_plugin_manager, register_configs
 
     pm = pm or get_plugin_manager()
@@ -182,12 +191,13 @@ def run_comparison(overrides: list[str], out: str | None = None, pm: Any = None)
             if todo:
                 train_cells(m, b, todo, want, folder, settings)  # failures are read from the cells below
                 trained += sum((Cell(m, b, s).folder(folder) / "summary.json").exists() for s in todo)
-    results = [cell_result(c, c.folder(folder)) for c in cells]
+    results = [cell_result(c, c.folder(folder), pm.registry) for c in cells]
+    notes = protocol_notes(results, mixed_protocols)
     rows = summarise(results, methods, backbones)
     record = {"methods": methods, "backbones": backbones, "seeds": seeds, "overrides": overrides,
-              "trained": trained, "reused": reused, "cells": results, "rows": rows}
+              "trained": trained, "reused": reused, "cells": results, "rows": rows, "protocols": notes}
     write_results(folder, record)
-    print(markdown(rows))
+    print(markdown(rows, notes))
     print(f"rtlab compare: {trained} cell(s) trained, {reused} reused; results in {folder}", flush=True)
     failed = [r for r in results if r["status"] != "done"]
     if failed:
@@ -217,7 +227,39 @@ def _eval_at_init(folder: Path) -> dict:
     return {}
 
 
-def cell_result(cell: Cell, folder: Path) -> dict:
+def cell_protocols(folder: Path, registry: Any) -> dict[str, Any] | None:
+    """How a cell's metrics were measured, by metric name (recorded, or declared by its configuration's evaluators
+    for cells from before protocols were recorded); None: unknown."""
+    from framework.api import load_run
+
+    try:
+        return load_run(folder, registry=registry).metric_protocols
+    except RtlabError:
+        return None
+
+
+def protocol_notes(results: list[dict], mixed: bool) -> list[str]:
+    """One line per tabulated metric stating its protocol; refused (unless ``mixed``) when cells differ."""
+    done = [r for r in results if r["status"] == "done"]
+    lines = []
+    for metric, label in TABULATED.items():
+        by_cell = {f"{r['method']}/{r['backbone']}/seed_{r['seed']}": r["protocols"].get(metric) for r in done
+                   if r.get(metric) is not None}
+        if not by_cell:
+            continue
+        clash = protocols.first_difference(by_cell)
+        if clash is None:
+            lines.append(f"{label}: {protocols.describe(next(iter(by_cell.values())))}")
+            continue
+        if not mixed:
+            raise RtlabError(f"rtlab compare: the cells' {metric} numbers come from different protocols ({clash}); "
+                             "train them alike, or pass --mixed-protocols to tabulate them anyway")
+        for who, protocol in by_cell.items():
+            lines.append(f"{label} of {who}: {protocols.describe(protocol)}")
+    return lines
+
+
+def cell_result(cell: Cell, folder: Path, registry: Any = None) -> dict:
     """One cell's numbers (status ``done``), or its failure (``failed``: the last line of ``error.txt``)."""
     base = {"method": cell.method, "backbone": cell.backbone, "seed": cell.seed, "folder": str(folder)}
     summary_file = folder / "summary.json"
@@ -227,6 +269,9 @@ def cell_result(cell: Cell, folder: Path) -> dict:
         return {**base, "status": "failed", "error": why}
     summary = json.loads(summary_file.read_text())
     metrics = summary.get("metrics", {})
+    declared = cell_protocols(folder, registry)
+    protocol = {m: (None if declared is None else {**protocols.protocol_of(m, declared), "epoch": "last"})
+                for m in TABULATED}
     init = _eval_at_init(folder)
     knn, knn_init = metrics.get("knn/student"), init.get("knn/student")
     gains = {}
@@ -234,11 +279,11 @@ def cell_result(cell: Cell, folder: Path) -> dict:
         for c in CONTROLS:
             own, control = metrics.get(f"{m}/student"), metrics.get(f"{m}/{c}")
             gains[f"{m}_minus_{c}"] = own - control if own is not None and control is not None else None
+    gains["knn_minus_init"] = knn - knn_init if knn is not None and knn_init is not None else None
     return {**base, "status": "done", **gains, "knn": knn, "linear": metrics.get("linear/student"),
-            "knn_init": knn_init,
-            "knn_gain": knn - knn_init if knn is not None and knn_init is not None else None,
+            "knn_init": knn_init, "knn_gain": gains["knn_minus_init"],
             "wall_time_s": summary.get("wall_time_s"),
-            "images_per_s": summary.get("images_per_s"), "steps": summary.get("steps"),
+            "images_per_s": summary.get("images_per_s"), "steps": summary.get("steps"), "protocols": protocol,
             "errors": [e["error"] for e in summary.get("errors", [])]}
 
 
@@ -274,7 +319,7 @@ def _num(stat: tuple | None, digits: int = 0) -> str:
     return "–" if stat is None else f"{stat[0]:.{digits}f}"
 
 
-def markdown(rows: list[dict]) -> str:
+def markdown(rows: list[dict], notes: list[str] = ()) -> str:
     lines = ["| method | backbone | seeds | k-NN (%) | linear (%) | k-NN at init (%) | k-NN gain (points) | "
              "wall time (s) | images/s |",
              "|---|---|---|---|---|---|---|---|---|"]
@@ -285,11 +330,13 @@ def markdown(rows: list[dict]) -> str:
                      f"{_num(r['images_per_s'])} |")
     lines += ["", "Student gains over its controls (points, paired per seed): mean [bootstrap 95 % interval], "
               "* the interval excludes 0.", "",
-              "| method | backbone | " + " | ".join(f"{m} − {c}" for m in ("k-NN", "linear") for c in CONTROLS) + " |",
+              "| method | backbone | " + " | ".join(GAIN_LABELS) + " |",
               "|---|---|" + "---|" * len(GAINS)]
     for r in rows:
         lines.append(f"| {r['method']} | {r['backbone']} | "
                      + " | ".join(format_gain(r["gains"][k], True) for k in GAINS) + " |")
+    if notes:  # how the numbers were measured (k-NN at init: the same protocol before training)
+        lines += ["", "Protocols:", *(f"- {n}" for n in notes)]
     return "\n".join(lines)
 
 
@@ -345,7 +392,7 @@ def plot(rows: list[dict], path: Path) -> Path:
 def write_results(folder: Path, record: dict) -> None:
     rows = record["rows"]
     atomic_write_text(folder / "compare.json", json.dumps(record, indent=2, default=str))
-    atomic_write_text(folder / "compare.md", markdown(rows) + "\n")
+    atomic_write_text(folder / "compare.md", markdown(rows, record.get("protocols", [])) + "\n")
     atomic_write_text(folder / "compare.csv", csv_text(rows))
     if any(r["runs"] for r in rows):
         plot(rows, folder / "plots" / "compare.png")
@@ -357,11 +404,13 @@ def _configure(parser: argparse.ArgumentParser) -> None:
                         "compare.methods=[dino,byol] compare.seeds=[0,1] data.train_size=5000 …")
     parser.add_argument("--out", help="comparison folder (default: runs/NAME/compare-HASH; the same folder reuses "
                         "finished cells)")
+    parser.add_argument("--mixed-protocols", action="store_true", help="tabulate cells whose probe protocols "
+                        "differ (each cell's protocol is listed under the table) instead of refusing them")
 
 
 def _run(args: argparse.Namespace) -> int:
     try:
-        run_comparison(list(args.overrides), args.out)
+        run_comparison(list(args.overrides), args.out, mixed_protocols=args.mixed_protocols)
     except CellsFailed as exc:
         print(f"rtlab: error: {exc}", file=sys.stderr)
         return 1
