@@ -36,4 +36,6 @@ CASES = {
     "dclw": ["method=dclw", *_PROJECTOR],
     "tico": ["method=tico", *_PROJECTOR],  # the running covariance of the global batch
     "wmse": ["method=wmse", "head.hidden_dims=[32]", "head.out_dim=4", "objective.w_size=8"],  # whitened globally
+    # the online probe trains on the global batch's embeddings: its logged loss and accuracy follow one process
+    "online_probe": ["method=simclr", *_PROJECTOR, "evaluator=[online_linear]"],
 }

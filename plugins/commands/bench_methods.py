@@ -217,7 +217,7 @@ class BareMethod:
 
 def method_overrides(method: str, batch: int, steps: int, repeats: int, device: str) -> list[str]:
     """The compared configuration of ``method`` (``experiment=compare_cifar10_cpu`` and its per-method overrides)
-    on random images, timed without probes."""
+    on random images; the probes run once, after the timed segments, on the student only."""
     from framework.api import compose, create_plugin_manager
 
     pm = create_plugin_manager(autoload=False)
@@ -227,7 +227,7 @@ def method_overrides(method: str, batch: int, steps: int, repeats: int, device: 
             "data=random_images", f"data.num_train={batch * steps}", "data.num_test=8", "data.cache=false",
             f"train.batch_size={batch}", f"train.epochs={repeats + 1}", f"train.device={device}",
             "train.precision=fp32", f"train.log_every={10 ** 9}", "eval.before=false", "eval.every=0",
-            "evaluator=[]", "checkpoint.final=false", "tensorboard.enabled=false", "progress.enabled=false",
+            "eval.targets=[student]", "checkpoint.final=false", "tensorboard.enabled=false", "progress.enabled=false",
             "train.drop_last=true", "train.state_every=0"]
 
 

@@ -27,12 +27,10 @@ import torch
 import torch.nn.functional as F
 
 from framework.api import RtlabError, distributed, hookimpl, stream_seed
-from plugins.distill.losses import wide
 from plugins.data.augmentations import MultiCrop, TwoViewOptions
 from plugins.networks.heads import MLPHeadOptions, mlp_head
 from plugins.methods import add_method
 from plugins.methods.joint_embedding import JointEmbedding
-from plugins.methods.prediction import needs_two_views
 
 
 @dataclass
@@ -105,11 +103,7 @@ class WMSE(JointEmbedding):
         self.generator.set_state(state["generator"])
 
     def loss(self, run, views, index):
-        needs_two_views(self.name, len(views))
-        if self.together and len({v.shape for v in views}) == 1:
-            embeddings = list(wide(run.student(torch.cat(views))).chunk(len(views)))
-        else:
-            embeddings = [wide(run.student(v)) for v in views]
+        embeddings = self.embeddings(run, views)
         if distributed.active():  # the global batch
             embeddings = list(distributed.gather_with_grad(torch.cat(embeddings, 1))[0].chunk(len(views), 1))
         n = len(embeddings[0])
