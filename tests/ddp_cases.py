@@ -36,6 +36,7 @@ CASES = {
     "dclw": ["method=dclw", *_PROJECTOR],
     "tico": ["method=tico", *_PROJECTOR],  # the running covariance of the global batch
     "wmse": ["method=wmse", "head.hidden_dims=[32]", "head.out_dim=4", "objective.w_size=8"],  # whitened globally
+    "mmcr": ["method=mmcr", *_PROJECTOR, "augment.global_views=3"],  # nuclear norm of the global centroids
     # the online probe trains on the global batch's embeddings: its logged loss and accuracy follow one process
     "online_probe": ["method=simclr", *_PROJECTOR, "evaluator=[online_linear]"],
 }

@@ -11,7 +11,7 @@ import pytest
 from test_external_plugin import installed  # noqa: F401  (the example plugin, installed through its entry point)
 
 BUILTIN = ["random_teacher", "dino", "byol", "simsiam", "simclr", "barlow_twins", "vicreg", "moco_v2", "moco_v3",
-           "nnclr", "swav", "dcl", "dclw", "tico", "wmse"]
+           "nnclr", "swav", "dcl", "dclw", "tico", "wmse", "mmcr"]
 EXTERNAL = "cosine_teacher"  # tests/external_plugin registers it
 # one seed, one epoch of 128 digits, tiny heads; DINO and SwAV with two 4-px local crops
 TINY_GRID = [

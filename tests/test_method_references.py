@@ -332,3 +332,18 @@ def test_wmse_equals_lightly_with_the_same_split():
     got = ours(objective, run, vs)
     torch.manual_seed(123)
     assert_same(got, theirs(lambda a, b: ref(torch.cat([a, b])), vs))
+
+
+def test_mmcr_equals_lightly():
+    """Three views per image, online and momentum: lightly's MMCRLoss on the L2-normalised embeddings (the paper
+    normalises them; lightly's loss leaves that to the caller), stacked (images, views, dim)."""
+    objective, run = built("mmcr", global_views=3)
+    vs = views(3)
+    ref = lightly_loss.MMCRLoss(lmda=0.005)
+
+    def reference(*online):
+        z_o = torch.stack([F.normalize(v, dim=1) for v in online], 1)
+        z_m = torch.stack([F.normalize(run.teacher(v), dim=1).detach() for v in online], 1)
+        return ref(z_o, z_m)
+
+    assert_same(ours(objective, run, vs), theirs(reference, vs))

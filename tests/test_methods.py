@@ -43,6 +43,7 @@ SIZED = {
     "dclw": SMALL_VIEWS,
     "tico": SMALL_VIEWS,
     "wmse": [*SMALL_VIEWS, "head.out_dim=16", "objective.w_size=64"],
+    "mmcr": [*SMALL_VIEWS, "augment.global_views=4", "head.hidden_dims=[512]", "head.out_dim=128"],
 }
 ALL_METHODS = list(SIZED)
 
@@ -55,7 +56,7 @@ def test_every_builtin_method_is_registered():
 
 # the methods added with the reference checks: their 96-step runs are slow tests (each also has a reference, a
 # resume and, where it has global statistics, a two-process test in the default suite)
-NEWER = {"moco_v2", "moco_v3", "nnclr", "swav", "dcl", "dclw", "tico", "wmse"}
+NEWER = {"moco_v2", "moco_v3", "nnclr", "swav", "dcl", "dclw", "tico", "wmse", "mmcr"}
 
 
 @pytest.mark.parametrize("method", [pytest.param(m, marks=pytest.mark.slow) if m in NEWER else m
@@ -89,6 +90,7 @@ TINY = {
     "moco_v2": ["objective.queue_size=100"],
     "nnclr": ["objective.support_size=100", "objective.predictor_hidden_dims=[32]"],
     "wmse": ["head.out_dim=8", "objective.w_size=32"],
+    "mmcr": ["augment.global_views=3"],
 }
 PREDICTOR = ["objective.predictor_hidden_dims=[32]"]
 for _m in ("byol", "simsiam", "moco_v3"):
@@ -119,7 +121,7 @@ def test_method_resumes_exactly(method, tmp_path):
                                                                                 "head.out_dim=16"]
     overrides = [f"method={method}", *head, *TINY.get(method, []), "train.epochs=2", "train.state_steps=1",
                  "train.log_every=1", "evaluator=[]", "train.seed=5", "train.deterministic=true", "train.threads=1"]
-    if method in ("byol", "moco_v3", "tico", "moco_v2", "dino"):
+    if method in ("byol", "moco_v3", "tico", "moco_v2", "dino", "mmcr"):
         overrides.append("updater.momentum=0.9")  # the target moves visibly within 8 steps
     base = [o for o in FAST if not o.startswith("head.")]
     ref = compose_run(tmp_path / "ref", *overrides, base=base)

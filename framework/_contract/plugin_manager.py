@@ -67,6 +67,7 @@ DEFAULT_PLUGINS = (
     "plugins.methods.dcl",
     "plugins.methods.tico",
     "plugins.methods.wmse",
+    "plugins.methods.mmcr",
     "plugins.analysis",
     "plugins.analysis.imp",
     "plugins.analysis.barrier",

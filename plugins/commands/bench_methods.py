@@ -6,7 +6,7 @@ written as lightly's examples are: the same networks (copies of the run's studen
 initial weights), the same views (the method's augmentation object, its own generator), the same optimiser (AdamW
 with the run's settings and kernel; gradient clipping where the method clips), the same EMA update (the run's
 momentum schedule, multi-tensor ``lerp``) and **lightly's loss module** for the method (``NTXentLoss``,
-``DINOLoss``, ``SwaVLoss``, ``DCLLoss``, …; plain PyTorch for the three losses lightly lacks or implements otherwise:
+``DINOLoss``, ``SwaVLoss``, ``DCLLoss``, ``MMCRLoss``, …; plain PyTorch for the three losses lightly lacks or implements otherwise:
 the random teacher's cross-entropy, MoCo v3's ctr and NNCLR's Eq. 2 with lightly's ``NNMemoryBankModule``).
 
 The two loops alternate segment by segment in one process (the bare loop runs at every rtlab epoch end, as in
@@ -183,6 +183,14 @@ class BareMethod:
                 with torch.no_grad():
                     key = t(views[1])
                 return crit(s(views[0]), key)
+        elif m == "mmcr":
+            crit = L.MMCRLoss(lmda=float(o.lmbda))
+
+            def fn(views):
+                online = F.normalize(s(torch.cat(views)), dim=-1).chunk(len(views))
+                with torch.no_grad():
+                    momentum = F.normalize(t(torch.cat(views)), dim=-1).chunk(len(views))
+                return crit(torch.stack(online, 1), torch.stack(momentum, 1))
         elif m == "wmse":
             crit = L.WMSELoss(embedding_dim=int(cfg.head.out_dim), w_size=int(o.w_size), num_samples=2,
                               eps=float(o.eps)).to(device)

@@ -8,7 +8,7 @@ compared under one harness; an ``experiment`` preset and command-line overrides 
 
 Every method trains a student ``Network`` (encoder + the method's head); its teacher is the run's teacher network:
 the frozen random teacher (``random_teacher``), an EMA of the student — DINO's teacher, the target of ``byol``,
-the key / momentum encoder of ``moco_v2``, ``moco_v3`` and ``tico`` — or, for methods without a target network
+the key / momentum encoder of ``moco_v2``, ``moco_v3``, ``tico`` and ``mmcr`` — or, for methods without a target network
 (``simsiam``, ``simclr``, ``barlow_twins``, ``vicreg``, ``nnclr``, ``swav``, ``dcl``, ``dclw``, ``wmse``), the
 untouched copy the student started from, which the probes then measure as the random-init baseline of the same
 architecture. Predictors belong to their objective (trained with the student, saved with the training state), as do
@@ -22,7 +22,8 @@ Plugins (one method each, ``dcl`` two): ``random_teacher``, ``dino``, ``byol``, 
 ``barlow_twins``, ``vicreg``, ``moco_v2`` (momentum encoder + queue of negatives), ``moco_v3`` (momentum encoder +
 predictor, in-batch keys), ``nnclr`` (nearest neighbours from a support set as positives), ``swav`` (Sinkhorn-Knopp
 codes over prototypes, multi-crop), ``dcl`` (decoupled contrastive loss: ``dcl`` and the weighted ``dclw``), ``tico``
-(invariance + covariance contrast with a running covariance), ``wmse`` (normalised MSE after whitening). Helpers
+(invariance + covariance contrast with a running covariance), ``wmse`` (normalised MSE after whitening), ``mmcr``
+(nuclear norm of the views' centroids, many views per image). Helpers
 (not plugins): ``prediction`` (the predictor and objective BYOL, SimSiam, MoCo v3 and NNCLR share),
 ``joint_embedding`` (the objective SimCLR, Barlow Twins, VICReg, DCL and W-MSE share) and ``memory`` (the queue of
 past embeddings MoCo v2, NNCLR and SwAV keep, and the InfoNCE forms MoCo and NNCLR use).
