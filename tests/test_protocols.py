@@ -108,7 +108,7 @@ def test_compare_refuses_cells_measured_with_different_protocols(tmp_path):
     record = run_comparison(grid, str(out), mixed_protocols=True)  # the cells are reused, not trained again
     assert record["trained"] == 0 and record["reused"] == 2
     table = (out / "compare.md").read_text()
-    assert "- k-NN of simclr/test_resnet/seed_0: offline k-NN: k 5" in table
+    assert "- knn of simclr/test_resnet/seed_0: offline k-NN: k 5" in table
     assert "- linear: offline linear: features raw" in table  # agreed by both cells: one line
 
 
