@@ -10,7 +10,7 @@ change without notice. docs/api.md documents every name, grouped as below.
 from __future__ import annotations
 
 from framework import __version__
-from framework._base import paths
+from framework._base import paths, protocols
 from framework._base.clock import Clock
 from framework._base.commands import CommandSet
 from framework._base.errors import PluginError, RtlabError, RunInterrupted, unknown_name
@@ -154,5 +154,5 @@ __all__ = [
     # results: metric kinds, result keys, gains over controls
     "MetricKind", "ACCURACY", "kind_of", "from_summary", "merged", "ResultKey", "format_key", "format_point",
     "parse_key", "parse_point", "layer_suffix", "metric_of", "CONTROLS", "control_key", "gain", "format_gain",
-    "bootstrap_interval",
+    "bootstrap_interval", "protocols",
 ]

@@ -2,7 +2,9 @@
 
 117 digits in batches of 32: three shards of 16 + 16 and a last batch of 21 shared 11 + 10 (unequal shards);
 float64, so that the comparison is tight; ``train.sync_bn=true`` (BatchNorm of the global batch: the
-projectors of SimCLR, Barlow Twins, VICReg and BYOL have BatchNorm; one process ignores the setting).
+projectors of SimCLR, Barlow Twins, VICReg, BYOL and most newer methods have BatchNorm; one process ignores the
+setting). Every method with a global statistic has a case: negatives, queues and support sets of the global batch,
+Sinkhorn codes, whitening, running covariances.
 """
 
 from __future__ import annotations
@@ -23,4 +25,18 @@ CASES = {
     "barlow_twins": ["method=barlow_twins", *_PROJECTOR],
     "vicreg": ["method=vicreg", *_PROJECTOR],
     "byol": ["method=byol", *_PROJECTOR, "objective.predictor_hidden_dims=[32]"],
+    # queues and support sets receive the global batch's rows on every process (40: wraps within the run)
+    "moco_v2": ["method=moco_v2", *_PROJECTOR, "objective.queue_size=40"],
+    "moco_v3": ["method=moco_v3", *_PROJECTOR, "objective.predictor_hidden_dims=[32]"],
+    "nnclr": ["method=nnclr", *_PROJECTOR, "objective.predictor_hidden_dims=[32]", "objective.support_size=40"],
+    # Sinkhorn over the global batch and the queue (full after the first step), prototypes trained from the start
+    "swav": ["method=swav", *_DINO_HEAD, "augment.local_views=2", "augment.local_size=4",
+             "objective.queue_length=32", "objective.queue_start_epoch=0", "optimizer.freeze_last_layer_epochs=0"],
+    "dcl": ["method=dcl", *_PROJECTOR],
+    "dclw": ["method=dclw", *_PROJECTOR],
+    "tico": ["method=tico", *_PROJECTOR],  # the running covariance of the global batch
+    "wmse": ["method=wmse", "head.hidden_dims=[32]", "head.out_dim=4", "objective.w_size=8"],  # whitened globally
+    "mmcr": ["method=mmcr", *_PROJECTOR, "augment.global_views=3"],  # nuclear norm of the global centroids
+    # the online probe trains on the global batch's embeddings: its logged loss and accuracy follow one process
+    "online_probe": ["method=simclr", *_PROJECTOR, "evaluator=[online_linear]"],
 }

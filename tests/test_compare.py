@@ -10,15 +10,17 @@ import pytest
 
 from test_external_plugin import installed  # noqa: F401  (the example plugin, installed through its entry point)
 
-BUILTIN = ["random_teacher", "dino", "byol", "simsiam", "simclr", "barlow_twins", "vicreg"]
+BUILTIN = ["random_teacher", "dino", "byol", "simsiam", "simclr", "barlow_twins", "vicreg", "moco_v2", "moco_v3",
+           "nnclr", "swav", "dcl", "dclw", "tico", "wmse", "mmcr"]
 EXTERNAL = "cosine_teacher"  # tests/external_plugin registers it
-# one seed, one epoch of 128 digits, tiny heads; DINO with two 4-px local crops
+# one seed, one epoch of 128 digits, tiny heads; DINO and SwAV with two 4-px local crops
 TINY_GRID = [
     "compare.backbones=[test_resnet]", "compare.seeds=[0]", "data=digits", "data.train_size=128",
     "data.test_size=64", "train.epochs=1", "train.batch_size=64", "train.threads=1", "head.hidden_dims=[32]",
     "head.out_dim=32", "evaluator.linear.epochs=1", "eval.every=0", "eval.targets=[student]",
     "progress.enabled=false", "tensorboard.enabled=false", "checkpoint.final=false",
     '+compare.overrides.dino=["augment.local_views=2","augment.local_size=4"]',
+    '+compare.overrides.swav=["augment.local_views=2","augment.local_size=4"]',
 ]
 
 

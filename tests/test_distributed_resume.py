@@ -1,6 +1,6 @@
 """A resumed torchrun run restores component state on every rank, not only on the rank that fires hooks.
 
-Two gloo processes train a DINO-centred distillation run and a supervised run; once straight through and once
+Two gloo processes train a DINO-centred distillation run, a supervised run and MoCo v2 (its queue); once straight through and once
 stopped after 3 steps (its state saved there) and resumed from ``checkpoints/last``. Each rank dumps its own objective state (the centre,
 the classifier) and student weights at the end: the resumed run must equal the uninterrupted one on both ranks.
 """
@@ -27,7 +27,12 @@ CASES = {
     "dino_centre": ["backbone=test_vit", "head.hidden_dims=[64]", "head.bottleneck_dim=32", "head.out_dim=128",
                     "objective.center_momentum=0.9", "objective.cache_teacher=false"],
     "supervised": ["experiment=supervised_fashion_mnist_cpu", "backbone=test_vit"],
+    # a queue of the global batch's keys (MoCo v2's head has no BatchNorm): 100 rows wrap within the 8 steps
+    "moco_queue": ["backbone=test_vit", "method=moco_v2", "head.hidden_dims=[32]", "head.out_dim=16",
+                   "objective.queue_size=100"],
 }
+COMPONENT = {"dino_centre": "objective.center", "supervised": "objective.classifier.weight",
+             "moco_queue": "objective.queue.rows"}
 
 SCRIPT = textwrap.dedent("""
     import sys
@@ -83,7 +88,7 @@ def test_resumed_torchrun_run_restores_component_state_on_every_rank(tmp_path, c
     overrides = [*COMMON, *CASES[case]]
     straight = _torchrun(tmp_path, tmp_path / "straight", 0, overrides)
     resumed = _torchrun(tmp_path, tmp_path / "resumed", 3, overrides)
-    component = "objective.center" if case == "dino_centre" else "objective.classifier.weight"
+    component = COMPONENT[case]
     for rank in range(2):
         a, b = straight[rank], resumed[rank]
         assert component in a and a.keys() == b.keys()

@@ -143,6 +143,13 @@ class Evaluator(Protocol):
     # optional: {metric name: framework.api.MetricKind} for metrics that are not accuracies in [0, 1] (an
     # effective rank, a CKA, a loss): tables print them as numbers and ``best`` follows their direction
     metric_kinds: Mapping[str, "MetricKind"]
+    # optional: {metric name: protocol}, how each metric is measured, a flat dict of JSON values
+    # ({"probe": "offline", "classifier": "k-NN", "k": 20, "fit": "train split"}; framework._base.protocols)
+    metric_protocols: Mapping[str, Mapping[str, Any]]
+
+    # optional: ``observe(run, embeddings, labels) -> logs`` learns alongside training (an online probe): called
+    # after every optimiser step on every process with the student's detached embeddings of the step's global
+    # views and their labels (framework._run.tap); the returned detached tensors are logged as ``train/<name>``
 
     def evaluate(self, features: "Features", run: "Run") -> Mapping[str, float]:
         """Metrics (e.g. ``{"knn": 0.81}``) for one target's train/test embeddings; rtlab appends ``/target``."""

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from framework._base.protocols import declared_protocols
 from framework._base import metrics
 from framework._base.errors import RtlabError
 from framework._base.metrics import declared_kinds
@@ -23,6 +24,7 @@ from framework._data.data import load_image_data
 from framework._nets.device import cpu_bf16_hazards, cpu_load, enable_determinism, safe_cpu_threads
 from framework._nets.models import Network, build_network, parameter_distance
 from framework._base.clock import Clock
+from framework._run.tap import embedding_tap
 from framework._run.evaluation import BUILTIN_TARGETS, load_probe_datasets
 from framework._run.guards import check_parameters
 from framework._run.parallel import convert_batchnorm
@@ -64,6 +66,7 @@ def setup(run: "Run") -> None:
     _networks(run)
     _training(run)
     _evaluators(run)
+    run.tap = embedding_tap(run)
     _precision(run)
     if cfg.train.compile:  # in place: parameter names (and so checkpoints) stay those of the plain modules
         for net in (run.student, run.teacher):
@@ -150,6 +153,8 @@ def _evaluators(run: "Run") -> None:
     run.evaluators = {name: run.registry.build("evaluator", node) for name, node in cfg.evaluator.items()}
     run.results.metric_kinds = declared_kinds(run.evaluators)
     run.summary["metric_kinds"] = metrics.to_json(run.metric_kinds)
+    run.results.metric_protocols = declared_protocols(run.evaluators)
+    run.summary["metric_protocols"] = run.results.metric_protocols  # how each metric is measured, by name
     if run.evaluators and not cfg.eval.train_data and not run.probe_data:
         raise RtlabError("eval.train_data=false leaves nothing to probe; name datasets with eval.datasets=[NAME]")
     needs_labels = [n for n, e in run.evaluators.items() if getattr(e, "needs_labels", True)]

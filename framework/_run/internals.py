@@ -31,6 +31,7 @@ class RunInternals(RunView, Protocol):
     order_gen: "torch.Generator"
     perm: "torch.Tensor | None"  # the open epoch's data order (None between epochs)
     init_student: dict[str, "torch.Tensor"]  # the student's parameters before training
+    tap: Any  # framework._run.tap.EmbeddingTap for online probes, or None
 
     def call_each(self, hook_name: str, **kwargs: Any) -> list[Exception]:
         """Every implementation of an after-training hook, failures collected (rank 0 only)."""

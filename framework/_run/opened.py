@@ -22,7 +22,7 @@ from typing import Any, Optional, Sequence, Union
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from framework._base import paths
+from framework._base import paths, protocols
 from framework._base.errors import RtlabError
 from framework._base.keys import EMBEDDING, Layer
 from framework._base.provenance import check_recorded_plugins
@@ -61,6 +61,20 @@ class LoadedRun:
         path = paths.summary(self.folder)
         return json.loads(path.read_text()) if path.exists() else None
 
+    @functools.cached_property
+    def metric_protocols(self) -> Optional[dict[str, dict[str, Any]]]:
+        """How each metric was measured, by metric name (:mod:`framework._base.protocols`): as ``summary.json``
+        records it, else — a run from before protocols were recorded, or one still running — as the evaluators of
+        its configuration declare them; None when this installation cannot build them."""
+        recorded = protocols.from_summary(self.summary)
+        if recorded is not None:
+            return recorded
+        try:
+            return protocols.declared_protocols({name: self.registry.build("evaluator", node)
+                                                 for name, node in self.cfg.evaluator.items()})
+        except Exception:  # an evaluator this installation lacks: the protocol stays unknown
+            return None
+
     @property
     def finished(self) -> bool:
         return self.summary is not None
@@ -85,7 +99,7 @@ class LoadedRun:
             return dict(self.summary.get("metrics", {}))
         out: dict[str, float] = {}
         for row in self.history():
-            out.update({k: v for k, v in row.items() if k not in ("kind", "epoch", "step")})
+            out.update({k: v for k, v in row.items() if k not in ("kind", "epoch", "step", "protocols")})
         return out
 
     # ------------------------------------------------------------------------------------------------- data

@@ -103,7 +103,13 @@ class TrainedNets(nn.Module):
 
 def loss_forward(run: "Run") -> Callable[[list[torch.Tensor], torch.Tensor], Any]:
     """``(views, index) -> (loss, logs)`` for the loop: the objective's loss, through DDP when several processes
-    train (built once per run, after setup and ``prepare``)."""
+    train (built once per run, after setup and ``prepare``); online probes learn from the step's embeddings on the
+    way (:mod:`framework._run.tap`)."""
+    forward = _loss_forward(run)
+    return run.tap.around(forward, run) if getattr(run, "tap", None) is not None else forward
+
+
+def _loss_forward(run: "Run") -> Callable[[list[torch.Tensor], torch.Tensor], Any]:
     if not distributed.active():
         return lambda views, index: run.objective.loss(run, views, index)
     nets = TrainedNets(run)

@@ -21,7 +21,7 @@ import torch
 from omegaconf import OmegaConf
 
 from framework import __version__
-from framework._base import paths
+from framework._base import paths, protocols
 from framework._base.errors import PluginError, RtlabError
 from framework._base.files import atomic_write_text
 from framework._base.keys import parse_key
@@ -41,6 +41,7 @@ class Results:
         self.history: list[dict[str, Any]] = []  # every evaluation with its epoch and step
         self.summary: dict[str, Any] = {}  # what summary.json will hold
         self.metric_kinds: dict[str, MetricKind] = {}  # declared by the evaluators, by metric name
+        self.metric_protocols: dict[str, dict[str, Any]] = {}  # likewise: how each metric is measured
         self.started = time.time()
         self.train_time = 0.0
         self.images_seen = 0
@@ -122,6 +123,9 @@ class Results:
             "versions": {"rtlab": __version__, "torch": torch.__version__, "timm": _version("timm"),
                          "python": platform.python_version()},
         })
+        # a protocol on every number: each result key with how it was measured and at which epoch
+        self.summary["protocols"] = {section: protocols.keyed(self.summary[section], self.metric_protocols, epoch)
+                                     for section, epoch in (("metrics", "last"), ("best", "best"))}
         if run.clock.step > 0 and moved == 0.0:
             log.warning("the student did not move from its initialisation in %d steps", run.clock.step)
             self.summary.setdefault("warnings", []).append("student did not move")

@@ -10,5 +10,6 @@ Plugins (each registered by its module name):
 * ``report`` — ``rtlab report``: plots and a Markdown summary of runs and analyses;
 * ``verify`` — ``rtlab verify``: train a preset and check the results it expects.
 
-Helpers (not plugins): ``bench_data`` — the data-path case of ``rtlab bench`` (``--data``).
+Helpers (not plugins): ``bench_data`` — the data-path case of ``rtlab bench`` (``--data``); ``bench_methods`` —
+every SSL method's step against a bare loop with lightly's loss (``rtlab bench --methods``).
 """

@@ -9,6 +9,11 @@ max-over-epochs) instead of its final one. Accuracies are printed in %; a group 
 Below it, every selected student metric as a gain over its controls (the random-init teacher, the BN control,
 the input pixels: :data:`framework.api.CONTROLS`), paired run by run (same seed), with a seeded bootstrap 95 %
 interval of the mean gain (10,000 resamples); ``*`` marks a gain whose interval excludes 0.
+
+Below that, how each metric was measured (its protocol: offline or online probe, k, vote, recipe, lr choice, which
+split fitted it, last or best epoch; :mod:`framework.api` ``protocols``). Runs pooled in one group must share the
+protocol of every metric: a group that mixes them is refused with a one-line message unless ``--mixed-protocols``
+(groups may differ: ``--by evaluator.knn.k`` compares protocols on purpose).
 """
 
 from __future__ import annotations
@@ -20,7 +25,8 @@ import statistics
 from pathlib import Path
 from typing import Any, Iterable
 
-from framework.api import control_key, CONTROLS, format_gain, gain, hookimpl, kind_of, merged, MetricKind, RtlabError
+from framework.api import (control_key, CONTROLS, format_gain, gain, hookimpl, kind_of, load_run, merged, metric_of,
+                           MetricKind, protocols, RtlabError)
 
 
 def find_runs(folders: Iterable[str]) -> list[Path]:
@@ -46,12 +52,23 @@ def config_value(config: Any, key: str) -> Any:
     return node
 
 
-def aggregate(runs: list[Path], by: list[str], patterns: list[str], best: bool = False
+def run_protocols(run: Path) -> dict[str, Any] | None:
+    """How a run's metrics were measured, by metric name (None: unknown)."""
+    try:
+        return load_run(run).metric_protocols
+    except RtlabError:
+        return None
+
+
+def aggregate(runs: list[Path], by: list[str], patterns: list[str], best: bool = False, mixed: bool = False
               ) -> tuple[list[str], list[dict[str, Any]]]:
-    """(metric names, one row per group: the ``by`` values, ``runs`` and ``{metric: (mean, std, n)}``)."""
+    """(metric names, one row per group: the ``by`` values, ``runs``, ``{metric: (mean, std, n)}`` and
+    ``{metric name: protocol}``). A group whose runs measured a metric with different protocols is refused
+    unless ``mixed``."""
     from omegaconf import OmegaConf
 
     groups: dict[tuple, list[dict[str, float]]] = {}
+    declared: dict[tuple, dict[str, Any]] = {}
     for run in runs:
         config = OmegaConf.to_container(OmegaConf.load(run / "config.yaml"))
         summary = json.loads((run / "summary.json").read_text())
@@ -60,11 +77,25 @@ def aggregate(runs: list[Path], by: list[str], patterns: list[str], best: bool =
             values.update(summary.get("best", {}))
         key = tuple(config_value(config, k) for k in by)
         groups.setdefault(key, []).append({k: v for k, v in values.items() if isinstance(v, (int, float))})
+        declared.setdefault(key, {})[str(run)] = run_protocols(run)
     names = sorted({m for rows in groups.values() for r in rows for m in r
                     if any(fnmatch.fnmatch(m, p) for p in patterns)})
     table = []
     for key in sorted(groups, key=lambda k: tuple((str(type(v)), v) for v in k)):
         rows = groups[key]
+        measured = {}
+        for metric in sorted({metric_of(m) for m in names}):
+            by_run = {who: None if p is None else {**protocols.protocol_of(metric, p), "epoch": "best" if best
+                                                   else "last"}
+                      for (who, p), r in zip(declared[key].items(), rows) if any(metric_of(m) == metric for m in r)}
+            clash = protocols.first_difference(by_run)
+            if clash and not mixed:
+                group = ", ".join(f"{k}={v}" for k, v in zip(by, key)) or "all runs"
+                raise RtlabError(f"rtlab aggregate: the runs pooled in group {group} measured {metric} with different "
+                                 f"protocols ({clash}); group them apart (--by the setting that differs) or pass "
+                                 "--mixed-protocols")
+            if by_run:
+                measured[metric] = "mixed" if clash else next(iter(by_run.values()))
         stats = {}
         for m in names:
             vals = [r[m] for r in rows if m in r and math.isfinite(r[m])]
@@ -77,8 +108,27 @@ def aggregate(runs: list[Path], by: list[str], patterns: list[str], best: bool =
                 pairs = [r[m] - r[ck] for r in rows if ck and m in r and ck in r]
                 if pairs:
                     gains.setdefault(m, {})[control] = gain(pairs)
-        table.append({"by": dict(zip(by, key)), "runs": len(rows), "stats": stats, "gains": gains})
+        table.append({"by": dict(zip(by, key)), "runs": len(rows), "stats": stats, "gains": gains,
+                      "protocols": measured})
     return names, table
+
+
+def protocol_lines(by: list[str], table: list[dict[str, Any]]) -> list[str]:
+    """How each metric was measured: one line per metric, or one per group where the groups differ."""
+    lines = []
+    for metric in sorted({m for row in table for m in row["protocols"]}):
+        per_group = [(row, row["protocols"].get(metric)) for row in table if metric in row["protocols"]]
+        if all(p == per_group[0][1] for _, p in per_group):
+            lines.append(f"{metric}: {_describe(per_group[0][1])}")
+            continue
+        for row, p in per_group:
+            group = ", ".join(f"{k}={row['by'][k]}" for k in by) or "all runs"
+            lines.append(f"{metric} ({group}): {_describe(p)}")
+    return lines
+
+
+def _describe(protocol: Any) -> str:
+    return "mixed (--mixed-protocols)" if protocol == "mixed" else protocols.describe(protocol)
 
 
 def gains_markdown(by: list[str], table: list[dict[str, Any]], kinds: dict[str, MetricKind] | None = None) -> str:
@@ -120,12 +170,14 @@ def _configure(parser) -> None:
                         help="comma-separated glob patterns of metric names (default: knn/*,linear/*)")
     parser.add_argument("--best", action="store_true", help="best evaluation over epochs instead of the final one")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
+    parser.add_argument("--mixed-protocols", action="store_true", help="pool runs whose probe protocols differ "
+                        "instead of refusing them")
 
 
 def _run(args) -> int:
     runs = find_runs(args.folders)
     patterns = [p.strip() for p in args.metrics.split(",") if p.strip()]
-    names, table = aggregate(runs, args.by, patterns, args.best)
+    names, table = aggregate(runs, args.by, patterns, args.best, args.mixed_protocols)
     if not names:
         raise RtlabError(f"no metric matches {args.metrics}; the runs have e.g. "
                          f"{', '.join(list(json.loads((runs[0] / 'summary.json').read_text())['metrics'])[:5])}")
@@ -134,6 +186,7 @@ def _run(args) -> int:
     else:
         kinds = merged(json.loads((run / "summary.json").read_text()) for run in runs)
         print(markdown(args.by, names, table, kinds))
+        print("\nprotocols:\n" + "\n".join(f"- {line}" for line in protocol_lines(args.by, table)))
         gains = gains_markdown(args.by, table, kinds)
         if gains:
             print("\ngain over each control, paired per seed: mean [bootstrap 95 % interval] (* excludes 0)\n")

@@ -479,6 +479,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         "cores; 1 measures reliably on a machine shared with other jobs)")
     parser.add_argument("--data", action="store_true", help="measure the data path instead: steps/s with "
                         "data.storage=device, host, disk and stream, interleaved (first case, or --backbone)")
+    parser.add_argument("--methods", nargs="*", metavar="METHOD",
+                        help="measure SSL methods instead: each method's step (experiment=compare_cifar10_cpu with "
+                        "its per-method overrides, random images) against a bare loop with lightly's loss; no names: "
+                        "every registered method")
     parser.add_argument("--out", type=Path, help="write the results as JSON to this file")
 
 
@@ -510,6 +514,11 @@ def run_bench(args: argparse.Namespace) -> int:
                               "versions": {"rtlab": __version__, "torch": torch.__version__,
                                            "timm": timm.__version__, "python": platform.python_version()},
                               "threads": torch.get_num_threads(), "machine": platform.machine()}
+    if args.methods is not None:
+        from plugins.commands.bench_methods import bench_methods
+
+        report["methods"] = bench_methods(list(args.methods), batch, steps, repeats, args.device)
+        return _write(report, args.out)
     if args.data:
         from plugins.commands.bench_data import bench_data_path, print_data_path
 

@@ -27,12 +27,15 @@ per ``OUT`` at a time; a signal ends it with exit code 4 after the cell in train
 
 Results: ``compare.md`` and ``compare.csv`` (per method and backbone: every compared metric of the student, mean ±
 sample std over seeds; its value at the random init and the gain over it, paired per seed; wall time; training
-images/s; columns ``<number>_mean`` and ``<number>_sd``), each metric as gains over the student's controls
-(random-init teacher, BN control, input pixels), paired per seed with a seeded bootstrap 95 % interval (``*``: the
-interval excludes 0; :func:`framework.api.gain`),
-``plots/compare.png`` and ``compare.json`` (every cell). A failed cell is reported (the last line of its
-``error.txt``; the seeds after it in its multirun are not trained) and the command exits with code 1 after writing
-everything else.
+images/s; columns ``<number>_mean`` and ``<number>_sd``), each metric as gains over the student's controls (its
+own random init — the evaluation before training —, the random-init teacher, the BN control, the input pixels),
+paired per seed with a seeded bootstrap 95 % interval (``*``: the interval excludes 0; :func:`framework.api.gain`),
+``plots/compare.png`` and ``compare.json`` (every cell). Under the tables, each compared metric's protocol (offline
+or online, k, vote, recipe, lr choice, which split fitted the probe, the last epoch), as the cells recorded it
+(older cells: as their configuration's evaluators declare it); cells whose protocols differ are refused with a
+one-line message unless ``--mixed-protocols`` is given (then each cell's protocol is listed). A failed cell is
+reported (the last line of its ``error.txt``; the seeds after it in its multirun are not trained) and the command
+exits with code 1 after writing everything else.
 """
 
 from __future__ import annotations
@@ -60,6 +63,7 @@ from framework.api import (
     kind_of,
     MetricKind,
     paths,
+    protocols,
     RtlabError,
     RunInterrupted,
     RunLock,
@@ -83,9 +87,14 @@ def numbers(metrics: list[str]) -> tuple[str, ...]:
     return (*metrics, *(f"{m}_{x}" for m in metrics for x in ("init", "gain")), *RUN_NUMBERS)
 
 
+# the student's controls in the gains table: its own random init (the evaluation before training), then the same
+# run's teacher, BN control and pixels
+GAIN_CONTROLS = ("init", *CONTROLS)
+
+
 def gain_names(metrics: list[str]) -> tuple[str, ...]:
-    """The student's gains over its controls (the same run's teacher, BN control and pixels), per cell."""
-    return tuple(f"{m}_minus_{c}" for m in metrics for c in CONTROLS)
+    """The student's gains over its controls, per cell."""
+    return tuple(f"{m}_minus_{c}" for m in metrics for c in GAIN_CONTROLS)
 
 
 @dataclass
@@ -195,9 +204,11 @@ def train_cells(method: str, backbone: str, seeds: list[int], overrides: list[st
     return train_command(argv)
 
 
-def run_comparison(overrides: list[str], out: str | None = None, pm: Any = None) -> dict:
+def run_comparison(overrides: list[str], out: str | None = None, pm: Any = None, mixed_protocols: bool = False
+                   ) -> dict:
     """``rtlab compare OVERRIDES``: train the missing cells, then write the table and plot; returns the record.
-    ``pm`` resolves names here; the cells are trained by ``rtlab train`` with the process-wide plugin manager."""
+    ``pm`` resolves names here; the cells are trained by ``rtlab train`` with the process-wide plugin manager.
+    Cells whose numbers come from different protocols are refused unless ``mixed_protocols``."""
     from framework.api import check_config, compose, get_plugin_manager, register_configs
 
     pm = pm or get_plugin_manager()
@@ -265,12 +276,13 @@ def _compare_in(folder: Path, cfg: Any, overrides: list[str], settings: Any, met
             if todo:  # failures are read from the cells below
                 trained += sum((Cell(m, b, s).folder(folder) / "summary.json").exists() for s in todo)
     metrics = [str(m) for m in settings.metrics]
-    results = [cell_result(c, c.folder(folder), metrics, refused.get(c)) for c in cells]
+    results = [cell_result(c, c.folder(folder), metrics, refused.get(c), pm.registry) for c in cells]
+    notes = protocol_notes(results, metrics, mixed_protocols)
     rows = summarise(results, methods, backbones, metrics)
     record = {"methods": methods, "backbones": backbones, "seeds": seeds, "overrides": overrides,
-              "trained": trained, "reused": reused, "cells": results, "rows": rows}
+              "trained": trained, "reused": reused, "cells": results, "rows": rows, "protocols": notes}
     write_results(folder, record)
-    print(markdown(rows))
+    print(markdown(rows, notes))
     print(f"rtlab compare: {trained} cell(s) trained, {reused} reused; results in {folder}", flush=True)
     failed = [r for r in results if r["status"] != "done"]
     if failed:
@@ -300,7 +312,39 @@ def _eval_at_init(folder: Path) -> dict:
     return {}
 
 
-def cell_result(cell: Cell, folder: Path, metrics: list[str], refused: str | None = None) -> dict:
+def cell_protocols(folder: Path, registry: Any) -> dict[str, Any] | None:
+    """How a cell's metrics were measured, by metric name (recorded, or declared by its configuration's evaluators
+    for cells from before protocols were recorded); None: unknown."""
+    from framework.api import load_run
+
+    try:
+        return load_run(folder, registry=registry).metric_protocols
+    except RtlabError:
+        return None
+
+
+def protocol_notes(results: list[dict], metrics: list[str], mixed: bool) -> list[str]:
+    """One line per compared metric stating its protocol; refused (unless ``mixed``) when cells differ."""
+    done = [r for r in results if r["status"] == "done"]
+    lines = []
+    for metric in metrics:
+        by_cell = {f"{r['method']}/{r['backbone']}/seed_{r['seed']}": r["protocols"].get(metric) for r in done
+                   if r.get(metric) is not None}
+        if not by_cell:
+            continue
+        clash = protocols.first_difference(by_cell)
+        if clash is None:
+            lines.append(f"{metric}: {protocols.describe(next(iter(by_cell.values())))}")
+            continue
+        if not mixed:
+            raise RtlabError(f"rtlab compare: the cells' {metric} numbers come from different protocols ({clash}); "
+                             "train them alike, or pass --mixed-protocols to tabulate them anyway")
+        lines += [f"{metric} of {who}: {protocols.describe(protocol)}" for who, protocol in by_cell.items()]
+    return lines
+
+
+def cell_result(cell: Cell, folder: Path, metrics: list[str], refused: str | None = None, registry: Any = None
+                ) -> dict:
     """One cell's numbers (status ``done``), or its failure (``failed``: why its settings were refused, or the last
     line of ``error.txt``)."""
     base = {"method": cell.method, "backbone": cell.backbone, "seed": cell.seed, "folder": str(folder)}
@@ -319,11 +363,15 @@ def cell_result(cell: Cell, folder: Path, metrics: list[str], refused: str | Non
         own, before = final.get(key), init.get(key)
         values.update({m: own, f"{m}_init": before,
                        f"{m}_gain": own - before if own is not None and before is not None else None})
+        values[f"{m}_minus_init"] = values[f"{m}_gain"]
         for c in CONTROLS:
             control = final.get(control_key(key, c) or "")
             values[f"{m}_minus_{c}"] = own - control if own is not None and control is not None else None
+    declared = cell_protocols(folder, registry)
+    measured = {m: None if declared is None else {**protocols.protocol_of(m, declared), "epoch": "last"}
+                for m in metrics}
     return {**base, "status": "done", **values, "wall_time_s": summary.get("wall_time_s"),
-            "images_per_s": summary.get("images_per_s"), "steps": summary.get("steps"),
+            "images_per_s": summary.get("images_per_s"), "steps": summary.get("steps"), "protocols": measured,
             "kinds": summary.get("metric_kinds", {}), "errors": [e["error"] for e in summary.get("errors", [])]}
 
 
@@ -375,7 +423,7 @@ def _title(metric: str, kinds: dict[str, MetricKind]) -> str:
     return f"{label} (%)" if kind_of(metric, kinds).accuracy else label
 
 
-def markdown(rows: list[dict]) -> str:
+def markdown(rows: list[dict], notes: list[str] = ()) -> str:
     metrics = rows[0].get("metrics", list(METRICS)) if rows else list(METRICS)
     kinds = _kinds(rows)
     heads = [_title(m, kinds) for m in metrics]
@@ -394,12 +442,14 @@ def markdown(rows: list[dict]) -> str:
     lines += ["", "Student gains over its controls (points for accuracies, paired per seed): mean [bootstrap 95 % "
               "interval], * the interval excludes 0.", "",
               "| method | backbone | " + " | ".join(f"{_title(m, kinds).replace(' (%)', '')} − {c}"
-                                                  for m in metrics for c in CONTROLS) + " |",
+                                                  for m in metrics for c in GAIN_CONTROLS) + " |",
               "|---|---|" + "---|" * len(gains)]
     for r in rows:
         lines.append(f"| {r['method']} | {r['backbone']} | "
                      + " | ".join(format_gain(r["gains"][k], kind_of(k.rsplit("_minus_", 1)[0], kinds).accuracy)
                                   for k in gains) + " |")
+    if notes:  # how the numbers were measured (at init: the same protocol before training)
+        lines += ["", "Protocols:", *(f"- {n}" for n in notes)]
     return "\n".join(lines)
 
 
@@ -461,7 +511,7 @@ def plot(rows: list[dict], path: Path) -> Path:
 def write_results(folder: Path, record: dict) -> None:
     rows = record["rows"]
     atomic_write_text(folder / "compare.json", json.dumps(record, indent=2, default=str))
-    atomic_write_text(folder / "compare.md", markdown(rows) + "\n")
+    atomic_write_text(folder / "compare.md", markdown(rows, record.get("protocols", [])) + "\n")
     atomic_write_text(folder / "compare.csv", csv_text(rows))
     if any(r["runs"] for r in rows):
         plot(rows, folder / "plots" / "compare.png")
@@ -473,11 +523,13 @@ def _configure(parser: argparse.ArgumentParser) -> None:
                         "compare.methods=[dino,byol] compare.seeds=[0,1] data.train_size=5000 …")
     parser.add_argument("--out", help="comparison folder (default: runs/NAME/compare-HASH; the same folder reuses "
                         "finished cells)")
+    parser.add_argument("--mixed-protocols", action="store_true", help="tabulate cells whose probe protocols "
+                        "differ (each cell's protocol is listed under the table) instead of refusing them")
 
 
 def _run(args: argparse.Namespace) -> int:
     try:
-        run_comparison(list(args.overrides), args.out)
+        run_comparison(list(args.overrides), args.out, mixed_protocols=args.mixed_protocols)
     except CellsFailed as exc:
         print(f"rtlab: error: {exc}", file=sys.stderr)
         return 1

@@ -27,6 +27,7 @@ from typing import Optional
 import torch
 
 from framework.api import distributed, forward_views, hookimpl, RtlabError
+from plugins.distill.losses import wide
 
 PAIRINGS = ("same", "opposite", "all")
 
@@ -65,12 +66,12 @@ class Centering:
     def __call__(self, outputs: list[torch.Tensor]) -> list[torch.Tensor]:
         """The centred outputs (with the centre before this step's update)."""
         if self.center is None:
-            self.center = torch.zeros(outputs[0].shape[-1], device=outputs[0].device, dtype=torch.float32)
-        return [o.float() - self.center for o in outputs]
+            self.center = torch.zeros(outputs[0].shape[-1], device=outputs[0].device, dtype=wide(outputs[0]).dtype)
+        return [wide(o) - self.center for o in outputs]
 
     @torch.no_grad()
     def update(self, outputs: list[torch.Tensor]) -> None:
-        batch = torch.cat(outputs).float()
+        batch = wide(torch.cat(outputs))
         if distributed.active():
             sums = torch.stack([batch.sum(0), torch.full_like(batch[0], len(batch))])
             distributed.all_reduce_([sums])
@@ -171,7 +172,7 @@ class Distillation:
 
     def load_state_dict(self, state):
         if self.centering is not None and state.get("center") is not None:
-            self.centering.center = state["center"].to(self.device, torch.float32).clone()
+            self.centering.center = state["center"].to(self.device).clone()
         if self.cache is not None and "filled" in state:
             self.cache.store = [None if t is None else t.to(self.device) for t in state["store"]]
             self.cache.filled = [t.to(self.device) for t in state["filled"]]

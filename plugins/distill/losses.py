@@ -26,6 +26,12 @@ import torch.nn.functional as F
 from framework.api import hookimpl, RtlabError
 
 
+def wide(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in at least float32: bf16/fp16 autocast outputs are widened, float32 and float64 (``precision=fp64``
+    runs) stay as they are."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
 @dataclass
 class TemperatureOptions:
     teacher_temp: float = 1.0  # τ_t (the paper: 1; DINO: 0.04 → 0.07)
@@ -59,7 +65,7 @@ class Tempered:
 
     @staticmethod
     def _tempered(x: torch.Tensor, temperature: float) -> torch.Tensor:
-        x = x.float()
+        x = wide(x)
         return x if temperature == 1.0 else x / temperature  # τ = 1 (the paper): no extra pass over the outputs
 
     def student_log_probs(self, student: torch.Tensor) -> torch.Tensor:

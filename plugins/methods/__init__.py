@@ -7,18 +7,26 @@ backbone, the data, the budget, the optimiser and its schedule, the probes) stay
 compared under one harness; an ``experiment`` preset and command-line overrides are applied after the method.
 
 Every method trains a student ``Network`` (encoder + the method's head); its teacher is the run's teacher network:
-the frozen random teacher (``random_teacher``), an EMA of the student (``dino``, ``byol``), or, for methods without
-a target network (``simsiam``, ``simclr``, ``barlow_twins``, ``vicreg``), the untouched copy the student started
-from, which the probes then measure as the random-init baseline of the same architecture. Predictors belong to
-their objective (trained with the student, saved with the training state).
+the frozen random teacher (``random_teacher``), an EMA of the student — DINO's teacher, the target of ``byol``,
+the key / momentum encoder of ``moco_v2``, ``moco_v3``, ``tico`` and ``mmcr`` — or, for methods without a target network
+(``simsiam``, ``simclr``, ``barlow_twins``, ``vicreg``, ``nnclr``, ``swav``, ``dcl``, ``dclw``, ``wmse``), the
+untouched copy the student started from, which the probes then measure as the random-init baseline of the same
+architecture. Predictors belong to their objective (trained with the student, saved with the training state), as do
+the banks of past embeddings (queues, support sets) and running statistics, which are buffers of the objective.
 
 ``rtlab compare`` (:mod:`plugins.commands.compare`) finds every registered method, so a plugin that calls
 :func:`add_method` in its ``rtlab_register`` hook is compared with the built-in ones. docs/methods.md describes
 each method, its options and its reference.
 
-Plugins (one method each): ``random_teacher``, ``dino``, ``byol``, ``simsiam``, ``simclr``, ``barlow_twins``,
-``vicreg``. Helpers (not plugins): ``prediction`` (the predictor and objective BYOL and SimSiam share) and
-``joint_embedding`` (the objective SimCLR, Barlow Twins and VICReg share).
+Plugins (one method each, ``dcl`` two): ``random_teacher``, ``dino``, ``byol``, ``simsiam``, ``simclr``,
+``barlow_twins``, ``vicreg``, ``moco_v2`` (momentum encoder + queue of negatives), ``moco_v3`` (momentum encoder +
+predictor, in-batch keys), ``nnclr`` (nearest neighbours from a support set as positives), ``swav`` (Sinkhorn-Knopp
+codes over prototypes, multi-crop), ``dcl`` (decoupled contrastive loss: ``dcl`` and the weighted ``dclw``), ``tico``
+(invariance + covariance contrast with a running covariance), ``wmse`` (normalised MSE after whitening), ``mmcr``
+(nuclear norm of the views' centroids, many views per image). Helpers
+(not plugins): ``prediction`` (the predictor and objective BYOL, SimSiam, MoCo v3 and NNCLR share),
+``joint_embedding`` (the objective SimCLR, Barlow Twins, VICReg, DCL and W-MSE share) and ``memory`` (the queue of
+past embeddings MoCo v2, NNCLR and SwAV keep, and the InfoNCE forms MoCo and NNCLR use).
 """
 
 from __future__ import annotations

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from framework.api import hookimpl
 from plugins.data.augmentations import MultiCrop, TwoViewOptions
+from plugins.distill.losses import wide
 from plugins.networks.heads import MLPHeadOptions, mlp_head
 from plugins.methods import add_method
 from plugins.methods.prediction import PredictionObjective, PredictionOptions
@@ -58,7 +59,7 @@ class BYOL(PredictionObjective):
             return [run.teacher(v) for v in views]
 
     def distance(self, prediction, target):
-        p, z = F.normalize(prediction.float(), dim=-1), F.normalize(target.float(), dim=-1)
+        p, z = F.normalize(wide(prediction), dim=-1), F.normalize(wide(target), dim=-1)
         return 2.0 * (2.0 - 2.0 * (p * z).sum(-1)).mean()  # times 2: BYOL sums the two directions
 
 

@@ -10,6 +10,7 @@ from typing import List, Mapping
 
 import torch
 
+from plugins.distill.losses import wide
 from plugins.networks.heads import MLPHeadOptions
 from plugins.methods.prediction import needs_two_views
 
@@ -36,12 +37,15 @@ class JointEmbedding:
         """The loss of two views' embeddings (rows are the same images) and detached parts to log."""
         raise NotImplementedError
 
-    def loss(self, run, views, index):
+    def embeddings(self, run, views: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The student's embedding of every view (as one batch with ``together`` and views of one shape)."""
         needs_two_views(self.name, len(views))
         if self.together and len({v.shape for v in views}) == 1:
-            embeddings = list(run.student(torch.cat(views)).float().chunk(len(views)))
-        else:
-            embeddings = [run.student(v).float() for v in views]
+            return list(wide(run.student(torch.cat(views))).chunk(len(views)))
+        return [wide(run.student(v)) for v in views]
+
+    def loss(self, run, views, index):
+        embeddings = self.embeddings(run, views)
         pairs = [(i, j) for i in range(len(views)) for j in range(i + 1, len(views))]
         total, logs = None, {}
         for i, j in pairs:

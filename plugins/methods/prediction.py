@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from framework.api import RtlabError
+from plugins.distill.losses import wide
 from plugins.networks.heads import MLP, MLPHeadOptions
 
 
@@ -85,6 +86,6 @@ class PredictionObjective(nn.Module):
         pairs = [(i, j) for i in range(len(views)) for j in range(len(views)) if i != j]
         total = sum(self.distance(predictions[i], targets[j]) for i, j in pairs) / len(pairs)
         with torch.no_grad():
-            cos = sum(nn.functional.cosine_similarity(predictions[i].float(), targets[j].float(), dim=-1).mean()
+            cos = sum(nn.functional.cosine_similarity(wide(predictions[i]), wide(targets[j]), dim=-1).mean()
                       for i, j in pairs) / len(pairs)
         return total, {"cosine": cos}

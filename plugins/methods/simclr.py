@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from framework.api import distributed, hookimpl, RtlabError
 from plugins.data.augmentations import MultiCrop, TwoViewOptions
+from plugins.distill.losses import wide
 from plugins.networks.heads import MLPHeadOptions, mlp_head
 from plugins.methods import add_method
 from plugins.methods.joint_embedding import JointEmbedding
@@ -38,7 +39,7 @@ def nt_xent(a: torch.Tensor, b: torch.Tensor, temperature: float) -> tuple[torch
     its anchors are scored against the embeddings of every process (the global batch's negatives), and the loss is
     the mean over its anchors (the loop weights it by the process's share of the batch)."""
     n = len(a)
-    za, zb = F.normalize(a.float(), dim=-1), F.normalize(b.float(), dim=-1)
+    za, zb = F.normalize(wide(a), dim=-1), F.normalize(wide(b), dim=-1)
     anchors = torch.cat([za, zb])
     if distributed.active():
         pairs, start = distributed.gather_with_grad(torch.cat([za, zb], 1))  # (N, 2·dim): [a | b] of every image

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from framework.api import hookimpl
 from plugins.data.augmentations import MultiCrop, TwoViewOptions
+from plugins.distill.losses import wide
 from plugins.networks.heads import MLPHeadOptions, mlp_head
 from plugins.methods import add_method
 from plugins.methods.prediction import PredictionObjective, PredictionOptions
@@ -57,7 +58,7 @@ class SimSiam(PredictionObjective):
         return [z.detach() for z in projections]
 
     def distance(self, prediction, target):
-        return -F.cosine_similarity(prediction.float(), target.float(), dim=-1).mean()
+        return -F.cosine_similarity(wide(prediction), wide(target), dim=-1).mean()
 
 
 @hookimpl

@@ -541,6 +541,17 @@ class KNNProbe:
             raise RtlabError(f"evaluator.knn.temperature must be positive, got {opts.temperature}")
         self.many = not isinstance(opts.k, int)
         self.opts = opts
+        self.metric_protocols = {"knn": self.protocol(self.ks[0])}
+        if self.many:
+            self.metric_protocols.update({f"knn_k{k}": self.protocol(k) for k in self.ks})
+
+    def protocol(self, k: int) -> dict:
+        """How ``knn`` (or ``knn_k<k>``) is measured: every train embedding votes, none is held out."""
+        o = self.opts
+        p = {"probe": "offline", "classifier": "k-NN", "k": k, "distance": o.metric, "vote": o.vote}
+        if o.vote == "weighted":
+            p["temperature"] = o.temperature
+        return {**p, "fit": "train split"}
 
     def evaluate(self, features, run):
         if features.train_labels.min() < 0:

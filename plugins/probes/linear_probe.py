@@ -229,6 +229,21 @@ class LinearProbe:
         self.metric_kinds = ({"linear_lr": MetricKind.number(), "linear_std_lr": MetricKind.number()}
                              if self.grid else {})
         self.opts = opts
+        self.metric_protocols = {}
+        for name, features in (("linear", "raw"), ("linear_std", "standardised")):
+            recipe = {"probe": "offline", "classifier": "linear", "features": features, "optimizer": "AdamW",
+                      "epochs": opts.epochs, "batch": opts.batch_size, "weight_decay": opts.weight_decay}
+            if self.grid is None:
+                self.metric_protocols[name] = {**recipe, "lr": opts.lr, "lr_choice": "fixed", "fit": "train split"}
+                continue
+            chosen = {**recipe, "lr": self.grid, "lr_choice": f"best validation accuracy ({opts.val_fraction:g} of "
+                      "the train split held out)", "fit": "train split minus the validation images"}
+            self.metric_protocols[name] = chosen
+            self.metric_protocols[f"{name}_lr"] = chosen
+            self.metric_protocols.update({f"{name}_val_lr{lr:g}": {**recipe, "lr": lr, "lr_choice": "fixed",
+                                                                   "fit": "train split minus the validation images",
+                                                                   "scored_on": "the validation images"}
+                                          for lr in self.grid})
 
     def evaluate(self, features, run):
         _needs_labels(features, "linear probe")
@@ -275,6 +290,11 @@ class LogRegProbe:
         if opts.max_iter <= 0 or not 0 < opts.val_fraction < 1:
             raise RtlabError("evaluator.logreg.max_iter must be positive and val_fraction lie in (0, 1)")
         self.opts = opts
+        protocol = {"probe": "offline", "classifier": "logistic regression (L-BFGS)",
+                    "features": "standardised" if opts.standardized else "raw", "C": self.cs,
+                    "C_choice": f"best validation accuracy ({opts.val_fraction:g} of the train split held out)",
+                    "max_iter": opts.max_iter, "fit": "train split minus the validation images"}
+        self.metric_protocols = {"logreg": protocol, "logreg_c": protocol}
 
     def evaluate(self, features, run):
         _needs_labels(features, "logistic-regression probe")
@@ -307,6 +327,13 @@ class FewShotProbe:
             raise RtlabError("evaluator.fewshot.shots must be positive ints, draws and C positive")
         self.metric_kinds = {f"fewshot_n{int(n)}_std": MetricKind.number(higher_is_better=False) for n in opts.shots}
         self.opts = opts
+        self.metric_protocols = {}
+        for n in (int(v) for v in opts.shots):
+            protocol = {"probe": "offline", "classifier": "logistic regression (L-BFGS)",
+                        "features": "standardised" if opts.standardized else "raw", "C": opts.C,
+                        "max_iter": opts.max_iter, "shots": n, "draws": opts.draws,
+                        "fit": f"{n} train images per class, drawn {opts.draws} times"}
+            self.metric_protocols[f"fewshot_n{n}"] = self.metric_protocols[f"fewshot_n{n}_std"] = protocol
 
     def evaluate(self, features, run):
         _needs_labels(features, "few-shot probe")

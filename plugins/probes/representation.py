@@ -64,6 +64,8 @@ def uniformity(x: torch.Tensor, t: float = 2.0) -> float:
 
 class RankMe:
     metric_kinds = {"rankme": MetricKind.number(higher_is_better=True)}
+    metric_protocols = {"rankme": {"probe": "offline", "classifier": "none (effective rank)",
+                                   "fit": f"first {RANKME_ROWS} rows of the train split"}}
 
     def __init__(self, opts: NoOptions) -> None:
         self.opts = opts
@@ -75,6 +77,8 @@ class RankMe:
 class CKA:
     metric_kinds = {"cka_teacher": MetricKind.number(higher_is_better=True),
                     "cka_init": MetricKind.number(higher_is_better=True)}
+    metric_protocols = {name: {"probe": "offline", "classifier": "none (linear CKA)", "fit": "test split"}
+                        for name in ("cka_teacher", "cka_init")}
 
     def __init__(self, opts: NoOptions) -> None:
         self.opts = opts
@@ -91,6 +95,8 @@ class CKA:
 class AlignmentUniformity:
     metric_kinds = {"alignment": MetricKind.number(higher_is_better=False),
                     "uniformity": MetricKind.number(higher_is_better=False)}
+    metric_protocols = {name: {"probe": "offline", "classifier": "none", "fit": "test split"}
+                        for name in ("alignment", "uniformity")}
 
     def __init__(self, opts: NoOptions) -> None:
         self.opts = opts

@@ -1,4 +1,5 @@
-"""``metrics.jsonl``: one JSON object per logged training step and per evaluation, appended and flushed.
+"""``metrics.jsonl``: one JSON object per logged training step and per evaluation, appended and flushed. An
+evaluation's object holds its results and ``protocols``: how each of its metrics was measured (by metric name).
 
 A resumed run continues the file where its training state was saved: every training state records the file's
 length, and records written after it (by the attempt that crashed) are cut off before the run goes on, so the
@@ -11,7 +12,7 @@ import json
 import os
 import time
 
-from framework.api import hookimpl
+from framework.api import hookimpl, metric_of
 from plugins.tracking.per_run import PerRun
 
 
@@ -61,8 +62,11 @@ def train_record(metrics: dict) -> dict:
 
 
 def eval_record(run, epoch: int, results: dict) -> dict:
-    """The ``metrics.jsonl`` record of an evaluation (without its ``time``)."""
-    return {"kind": "eval", "epoch": epoch, "step": run.step, **results}
+    """The ``metrics.jsonl`` record of an evaluation (without its ``time``), with how each of its metrics was
+    measured (by metric name; the row's epoch is the evaluation's)."""
+    measured = {metric_of(k) for k in results if "/" in k}
+    protocols = {m: p for m, p in run.summary.get("metric_protocols", {}).items() if m in measured}
+    return {"kind": "eval", "epoch": epoch, "step": run.step, **results, "protocols": protocols}
 
 
 @hookimpl

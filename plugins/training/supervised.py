@@ -125,6 +125,9 @@ class ClassifierEvalOptions:
 class ClassifierAccuracy:
     """Test accuracy of the supervised objective's classifier on the target's embeddings (metric ``classifier``)."""
 
+    metric_protocols = {"classifier": {"probe": "online", "classifier": "the supervised objective's head",
+                                       "fit": "training batches (augmented views), with the network"}}
+
     def __init__(self, opts: ClassifierEvalOptions) -> None:
         self.opts = opts
 
