@@ -10,18 +10,45 @@ change without notice. docs/api.md documents every name, grouped as below.
 from __future__ import annotations
 
 from framework import __version__
-from framework import distributed
-from framework.checkpoint import (
+from framework._base import paths
+from framework._base.commands import CommandSet
+from framework._base.errors import PluginError, RtlabError, unknown_name
+from framework._base.files import (
     atomic_write_bytes,
+    atomic_write_json,
     atomic_write_text,
-    load_checkpoint,
-    load_weights,
-    prefixed,
-    save_checkpoint,
-    strip_prefix,
+    cache_dir,
 )
-from framework.cli import CommandSet, train_command
-from framework.components import (
+from framework._base.intervals import (
+    CONTROLS,
+    bootstrap_interval,
+    control_key,
+    format_gain,
+    gain,
+)
+from framework._base.keys import (
+    ResultKey,
+    format_key,
+    format_point,
+    layer_suffix,
+    metric_of,
+    parse_key,
+    parse_point,
+)
+from framework._base.markers import hookimpl
+from framework._base.metrics import ACCURACY, MetricKind, from_summary, kind_of, merged
+from framework._base.options import AnalysisOptions, BackboneOptions, DataOptions
+from framework._base.provenance import check_recorded_plugins
+from framework._base.registry import (
+    NoOptions,
+    Registry,
+    describe_options,
+    option_help,
+    to_options,
+)
+from framework._base.seeding import stream_seed
+from framework._config.compose import check_config, compose, register_configs, with_values
+from framework._contract.components import (
     Augment,
     DatasetSource,
     Evaluator,
@@ -34,16 +61,38 @@ from framework.components import (
     TeacherInit,
     Updater,
 )
-from framework.config import check_config, compose, register_configs
-from framework.data import ImageData, load_image_data
-from framework.datacache import listing_key
-from framework.device import cpu_has_bf16_units, one_cpu_thread, resolve_device, resolve_dtype
-from framework.errors import PluginError, RtlabError, unknown_name
-from framework.evaluation import BUILTIN_TARGETS, Features, bn_control, extract, features
-from framework.hookspecs import hookimpl
-from framework.intervals import CONTROLS, bootstrap_interval, control_key, format_gain, gain
-from framework.metrics import ACCURACY, MetricKind, from_summary, kind_of, merged
-from framework.models import (
+from framework._contract.features import (
+    Features,
+    bn_control,
+    embed,
+    eval_mode,
+    extract,
+    layer_embedder,
+)
+from framework._contract.plugin_manager import (
+    PluginManager,
+    create_plugin_manager,
+    get_plugin_manager,
+)
+from framework._contract.runview import RunView
+from framework._data.data import ImageData, load_image_data
+from framework._data.datacache import listing_key
+from framework._data.streaming import stream_files_of
+from framework._nets import distributed
+from framework._nets.checkpoint import (
+    load_checkpoint,
+    load_weights,
+    prefixed,
+    save_checkpoint,
+    strip_prefix,
+)
+from framework._nets.device import (
+    cpu_has_bf16_units,
+    one_cpu_thread,
+    resolve_device,
+    resolve_dtype,
+)
+from framework._nets.models import (
     BackboneAdapter,
     Network,
     clone,
@@ -54,14 +103,12 @@ from framework.models import (
     load_network_state,
     network_from_checkpoint,
 )
-from framework.options import BackboneOptions, DataOptions
-from framework.plugin_manager import PluginManager, create_plugin_manager, get_plugin_manager
-from framework.provenance import check_recorded_plugins
-from framework.registry import NoOptions, Registry, describe_options, option_help, to_options
-from framework.run import Run, run_training
-from framework.runview import RunView
-from framework.seeding import stream_seed
-from framework.streaming import stream_files_of
+from framework._nets.placement import Placement
+from framework._run.evaluation import BUILTIN_TARGETS, features
+from framework._run.analysis import AnalysisContext
+from framework._run.loop import Run, run_training
+from framework._run.opened import LoadedRun, load_run
+from framework.cli.main import train_command
 
 __all__ = [
     "__version__",
@@ -75,17 +122,20 @@ __all__ = [
     # errors
     "RtlabError", "PluginError", "unknown_name",
     # the run
-    "RunView", "Run", "run_training", "train_command", "compose", "check_config", "register_configs",
+    "RunView", "Run", "run_training", "train_command", "compose", "check_config", "register_configs", "with_values",
+    # studying runs: open a finished run, analyses
+    "load_run", "LoadedRun", "AnalysisContext", "AnalysisOptions",
     "stream_seed",
     # networks and checkpoints
     "Network", "clone", "freeze", "has_batchnorm", "forward_views", "load_network_state",
     "load_network_checkpoint", "network_from_checkpoint", "load_checkpoint", "save_checkpoint", "load_weights",
-    "prefixed", "strip_prefix", "atomic_write_text", "atomic_write_bytes",
+    "prefixed", "strip_prefix", "paths", "atomic_write_text", "atomic_write_bytes", "atomic_write_json", "cache_dir",
     # data
     "ImageData", "load_image_data", "listing_key", "stream_files_of",
     # devices and processes
-    "resolve_device", "resolve_dtype", "cpu_has_bf16_units", "one_cpu_thread", "distributed",
+    "Placement", "resolve_device", "resolve_dtype", "cpu_has_bf16_units", "one_cpu_thread", "distributed",
     # evaluation and results
-    "Features", "BUILTIN_TARGETS", "features", "extract", "bn_control", "MetricKind", "ACCURACY", "kind_of",
-    "from_summary", "merged", "CONTROLS", "control_key", "gain", "format_gain", "bootstrap_interval",
+    "Features", "BUILTIN_TARGETS", "features", "embed", "extract", "bn_control", "eval_mode", "layer_embedder", "MetricKind", "ACCURACY", "kind_of",
+    "from_summary", "merged", "ResultKey", "format_key", "format_point", "parse_key", "parse_point",
+    "layer_suffix", "metric_of", "CONTROLS", "control_key", "gain", "format_gain", "bootstrap_interval",
 ]

@@ -1,5 +1,5 @@
 """rtlab's built-in plugins, grouped by concern. Each plugin module is registered through the same path as a
-third-party plugin (``framework.plugin_manager.DEFAULT_PLUGINS``), under its module's short name.
+third-party plugin (``DEFAULT_PLUGINS`` of the plugin manager), under its module's short name.
 
 ==============  ====================================================================================
 folder          provides

@@ -64,7 +64,7 @@ def restore_logging():
 @pytest.fixture
 def pm():
     """A fresh plugin manager with the built-in plugins (entry points not loaded)."""
-    from framework.plugin_manager import create_plugin_manager
+    from framework._contract.plugin_manager import create_plugin_manager
 
     return create_plugin_manager(autoload=False)
 

@@ -11,7 +11,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ddp_cases import BASE, CASES  # noqa: E402
 from tiny_runs import fit  # noqa: E402
 
-from framework import distributed  # noqa: E402
+from framework._nets import distributed  # noqa: E402
 
 if __name__ == "__main__":
     distributed.init(prefer_cuda=False)

@@ -7,7 +7,7 @@ import json
 import pytest
 import yaml
 
-from framework.errors import RtlabError
+from framework._base.errors import RtlabError
 from plugins.commands.aggregate import aggregate, find_runs, markdown
 
 
@@ -34,7 +34,7 @@ def test_groups_and_statistics(tmp_path):
 
 
 def test_command(tmp_path, capsys):
-    from framework.cli import main
+    from framework.cli.main import main
 
     write_run(tmp_path / "r0", 0.5, 0, 0.7)
     assert main(["aggregate", str(tmp_path), "--by", "student.alpha", "--json"]) == 0
@@ -48,8 +48,8 @@ def test_command(tmp_path, capsys):
 
 
 def test_gains_over_controls_are_paired_per_seed_with_bootstrap_intervals(tmp_path, capsys):
-    from framework.cli import main
-    from framework.intervals import bootstrap_interval
+    from framework.cli.main import main
+    from framework._base.intervals import bootstrap_interval
 
     student, bn = [0.70, 0.74, 0.72], [0.60, 0.61, 0.63]
     for seed in range(3):
@@ -77,7 +77,7 @@ def test_gains_over_controls_are_paired_per_seed_with_bootstrap_intervals(tmp_pa
 
 
 def test_one_run_prints_the_value_alone(tmp_path, capsys):
-    from framework.cli import main
+    from framework.cli.main import main
 
     write_run(tmp_path / "r0", 0.5, 0, 0.7)
     assert main(["aggregate", str(tmp_path), "--by", "student.alpha"]) == 0

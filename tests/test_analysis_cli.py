@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from framework.cli import main
-from framework.errors import RtlabError
+from framework.cli.main import main
+from framework._base.errors import RtlabError
 from plugins.analysis.imp import parse_target
 from plugins.analysis.sources import parse_spec, start_overrides
 

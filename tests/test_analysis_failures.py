@@ -9,10 +9,11 @@ from dataclasses import dataclass, field
 import pytest
 
 from framework import hookimpl
-from framework.cli import main
-from framework.errors import PluginError, RtlabError
-from framework.plugin_manager import create_plugin_manager
-from plugins.analysis import AnalysisOptions, declare_kind, render_folder, run_analysis
+from framework.cli.main import main
+from framework._base.errors import PluginError, RtlabError
+from framework._contract.plugin_manager import create_plugin_manager
+from framework.api import AnalysisOptions
+from plugins.analysis import declare_kind, render_folder, run_analysis
 
 
 @dataclass

@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from framework.config import compose
-from framework.errors import RtlabError
-from framework.models import create_backbone
+from framework._config.compose import compose
+from framework._base.errors import RtlabError
+from framework._nets.models import create_backbone
 
 FAMILIES = ["test_resnet", "test_vit", "test_convnext", "test_efficientnet", "mobilenetv3_small_050",
             "regnetx_002", "vgg11_nobn"]
@@ -39,7 +39,7 @@ def test_resnet_cifar_stem_and_paper_init(pm):
 
 
 def test_same_seed_same_network_without_touching_global_rng(pm):
-    from framework.models import build_network
+    from framework._nets.models import build_network
 
     cfg = compose(["backbone=test_resnet", "head.out_dim=16", "head.hidden_dims=[8]", "head.bottleneck_dim=4"],
                   pm.registry)
@@ -150,7 +150,7 @@ class _ScaledResNet:
 
 def _plugin(scale):
     from framework import hookimpl
-    from framework.options import BackboneOptions
+    from framework._base.options import BackboneOptions
 
     class Degenerate:
         @hookimpl
@@ -161,9 +161,9 @@ def _plugin(scale):
 
 
 def _setup(tmp_path, *plugins, overrides=()):
-    from framework.config import check_config
-    from framework.plugin_manager import create_plugin_manager
-    from framework.run import Run
+    from framework._config.compose import check_config
+    from framework._contract.plugin_manager import create_plugin_manager
+    from framework._run.loop import Run
     from tests.tiny_runs import FAST
 
     pm = create_plugin_manager(extra_plugins=plugins, autoload=False)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from conftest import TINY, write_class_images
-from framework.cli import main
+from framework.cli.main import main
 
 FAST = [*TINY, "data=digits", "data.train_size=100", "data.test_size=50", "evaluator=[knn]",
         "tensorboard.enabled=false", "train.threads=1"]
@@ -141,7 +141,7 @@ def test_folder_of_another_run_is_not_overwritten(capsys, tmp_path):
 
 
 def test_run_folder_in_use_by_a_live_run(capsys, tmp_path):
-    from framework.runlock import RunLock
+    from framework._base.runlock import RunLock
 
     run_dir = tmp_path / "run"
     with RunLock(run_dir):  # this very process holds it, as a live run would

@@ -9,12 +9,13 @@ import pytest
 import torch
 from analysis_helpers import SUP, RunRecorder
 
-from framework.checkpoint import load_checkpoint
-from framework.config import compose
-from framework.errors import RtlabError
-from framework.evaluation import bn_control
-from framework.plugin_manager import create_plugin_manager
-from plugins.analysis import AnalysisContext, run_analysis
+from framework._nets.checkpoint import load_checkpoint
+from framework._config.compose import compose
+from framework._base.errors import RtlabError
+from framework._contract.features import bn_control
+from framework._contract.plugin_manager import create_plugin_manager
+from framework.api import AnalysisContext
+from plugins.analysis import run_analysis
 from plugins.analysis.barrier import BarrierOptions
 from plugins.analysis.interpolation import barrier, classifier_metrics, combine
 from plugins.training.supervised import classifier_state
@@ -69,7 +70,7 @@ def test_endpoints_reproduce_the_runs_accuracy_exactly(tmp_path):
     net = run.objective.net
     for end, k in ((0, 0), (-1, 1)):
         net.load_state_dict(classifier_state(load_checkpoint(reest / "random" / f"run_{k}")[0], "run"))
-        fresh = bn_control(net, run)
+        fresh = bn_control(net, run.data.train.images, run.placement, run.cfg.eval.batch_size)
         m = classifier_metrics(fresh, run.data.test.images, run.data.test.labels, run)
         assert pair["test_error"][end] == m["error"] and pair["test_loss"][end] == m["loss"]
     assert (reest / "plots" / "barrier_test.png").stat().st_size > 10_000

@@ -14,7 +14,7 @@ def test_bench_writes_the_documented_keys(cli, tmp_path):
               env={"OMP_NUM_THREADS": "1"})
     assert res.returncode == 0, res.stderr[-2000:]
     report = json.loads(out.read_text())
-    from framework.device import cpu_has_bf16_units
+    from framework._nets.device import cpu_has_bf16_units
 
     precisions = ["fp32", "auto"] if cpu_has_bf16_units() else ["fp32"]  # auto = fp32 elsewhere: measured once
     assert [(r["out_dim"], r["precision"]) for r in report["results"]] == [(d, p) for d in (64, 128)

@@ -8,7 +8,7 @@ import logging
 import torch
 
 from framework import hookimpl
-from framework.device import safe_cpu_threads
+from framework._nets.device import safe_cpu_threads
 from plugins.tracking import progress
 
 
@@ -23,7 +23,7 @@ def test_threads_shrink_to_the_free_cores_of_a_busy_cpu():
 def test_setup_on_a_busy_cpu_trains_with_one_thread_and_says_so(tmp_path, monkeypatch, caplog):
     from tests.tiny_runs import compose_run
 
-    monkeypatch.setattr("framework.building.cpu_load", lambda: (2, 9.2))
+    monkeypatch.setattr("framework._run.build.cpu_load", lambda: (2, 9.2))
     monkeypatch.delenv("RTLAB_KEEP_THREADS", raising=False)
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
@@ -67,9 +67,9 @@ class _PeekPlugin:
 
 
 def test_the_bar_says_evaluating_while_the_probes_run(tmp_path):
-    from framework.config import check_config, compose
-    from framework.plugin_manager import create_plugin_manager
-    from framework.run import Run
+    from framework._config.compose import check_config, compose
+    from framework._contract.plugin_manager import create_plugin_manager
+    from framework._run.loop import Run
     from tests.tiny_runs import FAST
 
     pm = create_plugin_manager(extra_plugins=[_PeekPlugin()], autoload=False)

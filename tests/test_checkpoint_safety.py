@@ -10,8 +10,8 @@ import pickle
 import pytest
 import torch
 
-from framework.checkpoint import (load_checkpoint, load_weights, pending_paths, save_checkpoint)
-from framework.errors import RtlabError
+from framework._nets.checkpoint import (load_checkpoint, load_weights, pending_paths, save_checkpoint)
+from framework._base.errors import RtlabError
 
 
 def _tensors(value: float) -> dict[str, torch.Tensor]:
@@ -65,7 +65,7 @@ def test_bare_truncated_safetensors_is_refused(tmp_path):
 
 
 def test_old_checkpoint_survives_a_crash_before_the_switch(tmp_path, monkeypatch):
-    import framework.checkpoint as ck
+    import framework._nets.checkpoint as ck
 
     save_checkpoint(tmp_path / "ck", _tensors(1.0), {"v": 1})
 
@@ -81,7 +81,7 @@ def test_old_checkpoint_survives_a_crash_before_the_switch(tmp_path, monkeypatch
 
 
 def test_crash_between_the_renames_completes_the_new_checkpoint(tmp_path, monkeypatch):
-    import framework.checkpoint as ck
+    import framework._nets.checkpoint as ck
 
     save_checkpoint(tmp_path / "ck", _tensors(1.0), {"v": 1})
     real_replace = os.replace
@@ -137,7 +137,7 @@ def test_plain_state_dict_file_loads(tmp_path):
 
 
 def test_checkpoint_command(tmp_path, capsys):
-    from framework.cli import main
+    from framework.cli.main import main
 
     marker = tmp_path / "code_ran"
     evil = tmp_path / "evil.pt"
@@ -164,7 +164,7 @@ def test_checkpoint_command(tmp_path, capsys):
 def test_load_network_state_names_the_differing_keys():
     from torch import nn
 
-    from framework.models import load_network_state
+    from framework._nets.models import load_network_state
 
     small, big = nn.Sequential(nn.Linear(4, 8)), nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 2))
     tensors = {f"student.{k}": v for k, v in big.state_dict().items()}

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 import torch
 
-from framework.config import compose
-from framework.data import load_image_data
-from framework.errors import RtlabError
+from framework._config.compose import compose
+from framework._data.data import load_image_data
+from framework._base.errors import RtlabError
 from tiny_runs import compose_run
 
 from conftest import ROOT

@@ -9,8 +9,8 @@ import pytest
 from omegaconf import OmegaConf
 
 from framework import hookimpl
-from framework.config import compose, config_dir
-from framework.errors import RtlabError
+from framework._config.compose import compose, config_dir
+from framework._base.errors import RtlabError
 
 
 def test_default_job_composes_to_the_documented_setting(pm):

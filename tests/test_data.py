@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from conftest import write_class_images
-from framework.config import compose
-from framework.data import load_image_data, stratified_subset
-from framework.errors import RtlabError
+from framework._config.compose import compose
+from framework._data.data import load_image_data, stratified_subset
+from framework._base.errors import RtlabError
 
 
 def load(pm, *overrides):
@@ -98,7 +98,7 @@ def test_builtin_digits_and_fashion_mnist_subsets(pm):
 
 def test_decoded_tensors_are_cached_by_fingerprint(pm, imagefolder, monkeypatch):
     first = load(pm, "data=imagefolder", f"data.path={imagefolder}")
-    import framework.data as data_module
+    import framework._data.data as data_module
 
     def no_decoding(*args, **kwargs):
         raise AssertionError("decoded again although cached")

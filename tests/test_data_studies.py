@@ -8,8 +8,8 @@ import json
 import pytest
 from omegaconf import OmegaConf
 
-from framework.config import config_dir, dataset_node
-from framework.errors import RtlabError
+from framework._config.compose import config_dir, dataset_node
+from framework._base.errors import RtlabError
 from plugins.data.gaussian_inputs import GaussianOptions, GaussianSource
 from tiny_runs import compose_run, fit, plugin_manager
 
@@ -18,7 +18,7 @@ def test_gaussian_inputs_are_normal_after_normalisation():
     import numpy as np
     import torch
 
-    from framework.data import load_image_data
+    from framework._data.data import load_image_data
 
     opts = GaussianOptions(sigma=2.0, channels=1, image_size=12, train_size=600, test_size=50, seed=3)
     _, node = dataset_node(plugin_manager().registry, {"name": "gaussian", "sigma": 2.0, "channels": 1,
@@ -93,7 +93,7 @@ def test_hub_presets(preset, path, classes, label, size):
 
 
 def test_class_count_is_checked(imagefolder, tmp_path):
-    from framework.data import load_image_data
+    from framework._data.data import load_image_data
 
     _, node = dataset_node(plugin_manager().registry, {"name": "hf", "path": str(imagefolder), "classes": 4})
     with pytest.raises(RtlabError, match="has 3 classes, not the expected data.classes=4"):

@@ -178,7 +178,7 @@ def test_two_processes_equal_one_process_on_the_global_batch(method_runs, method
 
 
 def test_slurm_variables_and_node_lists():
-    from framework.distributed import first_host, slurm_env
+    from framework._nets.distributed import first_host, slurm_env
 
     assert first_host("gpu[07-09,12],cpu1") == "gpu07"
     assert first_host("node3,node4") == "node3" and first_host("localhost") == "localhost"
@@ -195,13 +195,13 @@ def test_slurm_variables_and_node_lists():
 def test_a_batch_too_small_for_every_process_is_refused():
     from types import SimpleNamespace
 
-    from framework.building import RunBuild
-    from framework.errors import RtlabError
+    from framework._run.build import _check_shards
+    from framework._base.errors import RtlabError
 
     def check(n, batch_size, drop_last, world_size=2):
         run = SimpleNamespace(data=SimpleNamespace(train=range(n)), world_size=world_size,
                               cfg=SimpleNamespace(train=SimpleNamespace(batch_size=batch_size, drop_last=drop_last)))
-        RunBuild._check_shards(run)
+        _check_shards(run)
 
     check(117, 32, False)  # last batch 21: shards of 11 and 10
     check(65, 64, True)  # the last image is dropped

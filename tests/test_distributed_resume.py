@@ -34,10 +34,10 @@ SCRIPT = textwrap.dedent("""
     import torch
     from omegaconf import open_dict
     from safetensors.torch import save_file
-    from framework import distributed
-    from framework.config import compose
-    from framework.run import Run
-    from framework.state import pack
+    from framework._nets import distributed
+    from framework._config.compose import compose
+    from framework._run.loop import Run
+    from framework._run.state import pack
 
     distributed.init(prefer_cuda=False)
     out, stop, *overrides = sys.argv[1:]

@@ -6,7 +6,7 @@ import inspect
 import re
 from pathlib import Path
 
-from framework import hookspecs
+from framework._contract import hookspecs
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -10,11 +10,11 @@ import types
 import torch
 
 from conftest import ROOT, TINY
-from framework.config import compose
-from framework.evaluation import Features
-from framework.plugin_manager import create_plugin_manager
-from framework.run import Run, run_training
-from framework.runview import PUBLIC
+from framework._config.compose import compose
+from framework._contract.features import Features
+from framework._contract.plugin_manager import create_plugin_manager
+from framework._run.loop import Run, run_training
+from framework._contract.runview import PUBLIC
 
 GUIDE = (ROOT / "docs" / "plugins.md").read_text()
 
@@ -39,18 +39,28 @@ def test_the_drift_analysis_example_studies_a_finished_run(tmp_path):
                                     "train.threads=1"], pm.registry), run_dir, pm)
     from plugins.analysis import run_analysis
 
-    folder = run_analysis("drift", [f"analysis.runs=[{run_dir}]"], str(tmp_path / "drift"), pm)
+    folder = run_analysis("drift", [str(run_dir)], pm=pm)
+    assert folder.parent == run_dir / "analyses" and folder.name.startswith("drift-")
     record = json.loads((folder / "analysis.json").read_text())
     result = record["results"][str(run_dir)]
-    assert record["status"] == "done" and result["step"] == summary["steps"] == 2 and result["knn"] is not None
+    assert record["status"] == "done" and result["step"] == summary["steps"] == 2
+    assert result["knn"] == summary["metrics"]["knn/student"]
+    assert result["dataset"] == "digits" and result["test_images"] == 64  # the studied run's data, not the default
     assert result["drift"] and all(v > 0 for v in result["drift"].values())  # the student moved from the teacher
     assert "| relative drift |" in (folder / "report.md").read_text()
+    import yaml
+
+    config = yaml.safe_load((folder / "config.yaml").read_text())
+    assert config["analysed"] == [str(run_dir.resolve())] and config["data"]["name"] == "digits"
+    again = run_analysis("drift", [str(run_dir), "analysis.per_block=false"], pm=pm)  # options: another folder
+    assert again != folder and list(json.loads((again / "analysis.json").read_text())["results"].values())[0][
+        "drift"].keys() == {"encoder"}
 
 
 def test_the_effective_rank_example_is_a_number_metric():
     code = _block("class EffectiveRank:")
     module = _module("erank_example", code)
-    from framework.metrics import MetricKind
+    from framework._base.metrics import MetricKind
 
     assert module.EffectiveRank.metric_kinds["erank"] == MetricKind.number(higher_is_better=True)
     feats = torch.randn(64, 8)

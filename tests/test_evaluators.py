@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 import pytest
 
-from framework.errors import RtlabError
+from framework._base.errors import RtlabError
 from plugins.probes.knn import knn_neighbours, knn_predict
 from plugins.probes.linear_probe import standardize, train_linear_probe
 
@@ -189,7 +189,7 @@ def test_linear_lr_grid_chooses_on_held_out_train_images_never_the_test_split():
 def test_linear_probe_with_an_lr_grid_reports_the_choice_and_every_validation_accuracy():
     from types import SimpleNamespace
 
-    from framework.metrics import MetricKind
+    from framework._base.metrics import MetricKind
     from plugins.probes.linear_probe import LinearProbe, LinearProbeOptions
 
     x, y, xt, yt = _planted(1)
@@ -256,7 +256,7 @@ def test_one_run_with_every_protocol_writes_the_documented_keys(tmp_path):
     """The acceptance run, tiny: a k list, an lr grid, two layers and the representation metrics."""
     import json
 
-    from framework.metrics import from_summary
+    from framework._base.metrics import from_summary
     from tiny_runs import fit
 
     s = fit(tmp_path, "evaluator=[knn,linear,rankme,cka,alignment]", "evaluator.knn.k=[10,20,200]",
@@ -279,8 +279,8 @@ def test_bad_layers_name_the_problem():
     import timm
     from torch import nn
 
-    from framework.evaluation import check_layers, layer_embedder
-    from framework.models import Network
+    from framework._contract.features import check_layers, layer_embedder
+    from framework._nets.models import Network
 
     with pytest.raises(RtlabError, match="without repeats"):
         check_layers([-1, -1])

@@ -15,10 +15,10 @@ import torch.nn.functional as F
 
 from conftest import TINY
 from framework import hookimpl
-from framework.cli import main
-from framework.config import compose
-from framework.plugin_manager import create_plugin_manager, get_plugin_manager, set_plugin_manager
-from framework.run import run_training
+from framework.cli.main import main
+from framework._config.compose import compose
+from framework._contract.plugin_manager import create_plugin_manager, get_plugin_manager, set_plugin_manager
+from framework._run.loop import run_training
 
 FAST = [*TINY, "data=digits", "data.train_size=100", "data.test_size=50", "evaluator=[knn]",
         "tensorboard.enabled=false", "train.threads=1"]  # one thread: immune to other processes on the cores
@@ -46,7 +46,7 @@ def _errors(err: str) -> list[str]:
 
 # ------------------------------------------------------------------------------------------------- divergence
 def test_divergence_stops_with_the_step_and_keeps_the_last_good_state(tmp_path, capsys):
-    from framework.checkpoint import load_checkpoint
+    from framework._nets.checkpoint import load_checkpoint
 
     run_dir = tmp_path / "run"
     code = main(["train", *FAST, "optimizer.lr=1e30", "train.state_steps=1", "train.log_every=5",
@@ -163,7 +163,7 @@ def test_failing_evaluator_and_analysis_keep_the_training_results(tmp_path, caps
 
 # ----------------------------------------------------------------------------------------------------- locks
 def test_stale_lock_of_a_dead_process_is_taken_over(tmp_path):
-    from framework.runlock import RunLock
+    from framework._base.runlock import RunLock
 
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     (tmp_path / ".lock").write_text(json.dumps({"pid": int(dead.stdout), "host": os.uname().nodename}))
@@ -177,8 +177,8 @@ def test_stale_lock_of_a_dead_process_is_taken_over(tmp_path):
 def test_lock_without_flock_checks_the_pid(tmp_path, monkeypatch):
     import fcntl
 
-    from framework.errors import RtlabError
-    from framework.runlock import RunLock
+    from framework._base.errors import RtlabError
+    from framework._base.runlock import RunLock
 
     def no_flock(fd, op):
         raise OSError(38, "Function not implemented")
@@ -257,7 +257,7 @@ def test_stateful_component_resumes_exactly(tmp_path):
         run(tmp_path / "run", crash_at=5)  # state at step 3; steps 4-5 are logged, then lost
     resumed, _ = run(tmp_path / "run", resume=True)
     assert resumed["metrics"] == reference["metrics"]
-    from framework.checkpoint import load_checkpoint
+    from framework._nets.checkpoint import load_checkpoint
 
     ref_state, ref_meta = load_checkpoint(tmp_path / "ref" / "checkpoints" / "last")
     run_state, run_meta = load_checkpoint(tmp_path / "run" / "checkpoints" / "last")
@@ -274,8 +274,8 @@ def test_stateful_component_resumes_exactly(tmp_path):
 def test_parameter_check_names_the_non_finite_tensor_and_passes_huge_finite_values():
     from torch import nn
 
-    from framework.errors import TrainingDiverged
-    from framework.guards import check_parameters
+    from framework._base.errors import TrainingDiverged
+    from framework._run.guards import check_parameters
 
     net = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4))
     check_parameters([("student", net)], 3, "no checkpoint")

@@ -10,9 +10,9 @@ from analysis_helpers import SUP, RunRecorder
 from torch import nn
 
 from framework import hookimpl
-from framework.checkpoint import load_checkpoint
-from framework.errors import RtlabError
-from framework.plugin_manager import create_plugin_manager
+from framework._nets.checkpoint import load_checkpoint
+from framework._base.errors import RtlabError
+from framework._contract.plugin_manager import create_plugin_manager
 from plugins.analysis import run_analysis
 from plugins.analysis.pruning import attach_masks, global_magnitude_masks, masks_of, prunable_names
 

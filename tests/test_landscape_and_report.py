@@ -7,7 +7,7 @@ import json
 
 from analysis_helpers import DISTILL, quoted
 
-from framework.plugin_manager import create_plugin_manager
+from framework._contract.plugin_manager import create_plugin_manager
 from plugins.analysis import run_analysis
 from plugins.commands.report import command as report_command
 

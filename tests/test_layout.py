@@ -8,34 +8,51 @@ import importlib
 from pathlib import Path
 
 from conftest import ROOT
-from framework.plugin_manager import DEFAULT_PLUGINS
+from framework._contract.plugin_manager import DEFAULT_PLUGINS
 
 FRAMEWORK = ROOT / "framework"
 PLUGINS = ROOT / "plugins"
 
 
-def _runtime_imports(path: Path) -> set[str]:
-    """Modules ``path`` imports when it runs (module level or inside functions), not under ``TYPE_CHECKING``."""
-    tree = ast.parse(path.read_text())
-    typing_only: set[int] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
-            typing_only |= {id(n) for child in node.body for n in ast.walk(child)}
-    found: set[str] = set()
-    for node in ast.walk(tree):
-        if id(node) in typing_only:
-            continue
-        if isinstance(node, ast.Import):
-            found |= {a.name for a in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            found.add(node.module)
-            found |= {f"{node.module}.{a.name}" for a in node.names}  # `from framework import distributed`
-    return found
+# The packages of framework/, lowest first: each imports only itself and those before it (``api``, the public
+# face, sits on top; the root package module imports only ``_base``).
+LAYERS = ("_base", "_nets", "_data", "_contract", "_config", "_run", "cli", "api")
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imports(path: Path, known: set[str]) -> dict[str, int]:
+    """Every framework module ``path`` imports, with the line: at module level, inside functions and under
+    ``TYPE_CHECKING`` alike (a typing-only import is still a dependency a reader follows)."""
+    found: dict[str, int] = {}
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            for alias in node.names:  # `from framework._nets import distributed` names a module
+                full = f"{node.module}.{alias.name}"
+                found.setdefault(full if full in known else node.module, node.lineno)
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                found.setdefault(alias.name, node.lineno)
+    return {m: line for m, line in found.items() if m in known}
+
+
+def _framework_modules() -> dict[str, Path]:
+    return {_module_name(p): p for p in FRAMEWORK.rglob("*.py")}
 
 
 def _framework_graph() -> dict[str, set[str]]:
-    modules = {f"framework.{p.stem}": p for p in FRAMEWORK.glob("*.py") if p.stem != "__init__"}
-    return {m: {i for i in _runtime_imports(p) if i in modules and i != m} for m, p in modules.items()}
+    modules = _framework_modules()
+    return {m: set(_imports(p, set(modules))) - {m} for m, p in modules.items()}
+
+
+def _layer(module: str) -> str | None:
+    """The package of a framework module; None for the root package module. ``python -m framework`` is an entry
+    point like the face, on top."""
+    parts = module.split(".")
+    return None if len(parts) == 1 else "api" if parts[1] == "__main__" else parts[1]
 
 
 def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
@@ -60,18 +77,63 @@ def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
     return None
 
 
+def _upward_imports() -> list[str]:
+    modules = _framework_modules()
+    bad = []
+    for m, p in sorted(modules.items()):
+        for dep, line in _imports(p, set(modules)).items():
+            here, there = _layer(m), _layer(dep)
+            if there is None or there == here:
+                continue
+            rank = LAYERS.index(here) if here is not None else 0  # the root module may import _base only
+            if LAYERS.index(there) > rank:
+                bad.append(f"{p.relative_to(ROOT)}:{line} imports {dep}")
+    return bad
+
+
 def test_the_cycle_finder_finds_a_cycle():
     assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert _cycle({"a": {"b"}, "b": set()}) is None
 
 
 def test_framework_has_no_import_cycle():
+    """No cycle between any two modules, counting imports inside functions and under TYPE_CHECKING."""
     assert _cycle(_framework_graph()) is None
 
 
+def test_the_layer_check_sees_typing_and_function_level_imports(tmp_path):
+    source = tmp_path / "m.py"
+    source.write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from framework._run.loop import Run\n"
+                      "def f():\n    from framework.cli import main\n")
+    assert set(_imports(source, {"framework._run.loop", "framework.cli"})) == {"framework._run.loop", "framework.cli"}
+
+
+def test_framework_packages_import_only_downwards():
+    assert LAYERS == tuple(sorted({_layer(m) for m in _framework_modules() if _layer(m)}, key=LAYERS.index))
+    assert _upward_imports() == []
+
+
+def test_plugins_import_only_the_public_face():
+    """Built-in plugins use framework.api and nothing else of framework, as a third-party plugin would."""
+    known = set(_framework_modules())
+    offenders = {}
+    for path in sorted(PLUGINS.rglob("*.py")):
+        used = sorted(m for m in _imports(path, known) if m != "framework.api")
+        if used:
+            offenders[str(path.relative_to(ROOT))] = used
+    assert offenders == {}
+
+
+def test_the_public_face_exports_what_it_lists():
+    import framework.api as api
+
+    assert len(set(api.__all__)) == len(api.__all__)
+    assert [n for n in api.__all__ if not hasattr(api, n)] == []
+
+
 def test_framework_never_imports_plugins():
-    offenders = {p.name: sorted(i for i in _runtime_imports(p) | _all_imports(p) if i.split(".")[0] == "plugins")
-                 for p in FRAMEWORK.glob("*.py")}
+    offenders = {p.name: sorted(i for i in _all_imports(p) if i.split(".")[0] == "plugins")
+                 for p in FRAMEWORK.rglob("*.py")}
     assert not {k: v for k, v in offenders.items() if v}
 
 
@@ -82,8 +144,8 @@ def _all_imports(path: Path) -> set[str]:
 
 
 def test_the_loop_is_short_and_no_core_module_is_long():
-    sizes = {p.name: len(p.read_text().splitlines()) for p in FRAMEWORK.glob("*.py")}
-    assert sizes["run.py"] <= 250, sizes["run.py"]
+    sizes = {str(p.relative_to(FRAMEWORK)): len(p.read_text().splitlines()) for p in FRAMEWORK.rglob("*.py")}
+    assert sizes["_run/loop.py"] <= 250, sizes["_run/loop.py"]
     assert not {name: n for name, n in sizes.items() if n > 400}
 
 
@@ -109,3 +171,21 @@ def test_builtin_plugins_keep_their_short_names(pm):
     names = {info.name for info in pm.plugin_infos() if info.builtin}
     assert {"knn", "linear_probe", "distillation", "backbones", "metrics_log", "compare", "dino", "analysis"} <= names
     assert names == {m.rsplit(".", 1)[-1] for m in DEFAULT_PLUGINS}
+
+
+def test_every_lazy_import_says_why():
+    """An import inside a function hides a dependency; it stays only where it keeps `rtlab --help` free of torch or
+    defers a heavy library (timm, datasets), and then says so: `# lazy: …` on its line, or a module-level
+    `# Lazy imports: …` note for a module whose functions all import lazily."""
+    unexplained = []
+    for path in sorted(FRAMEWORK.rglob("*.py")):
+        text = path.read_text()
+        lines = text.splitlines()
+        if any(line.startswith("# Lazy imports:") for line in lines):
+            continue
+        for fn in ast.walk(ast.parse(text)):
+            if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                for node in ast.walk(fn):
+                    if isinstance(node, (ast.Import, ast.ImportFrom)) and "# lazy:" not in lines[node.lineno - 1]:
+                        unexplained.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    assert unexplained == []

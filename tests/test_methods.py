@@ -93,7 +93,7 @@ def test_byol_resumes_exactly(tmp_path):
 @pytest.mark.parametrize("preset", ["compare_cpu", "compare_cifar10"])
 def test_compare_presets_compose_for_every_method(preset):
     """Each method of a comparison preset composes with the preset and its per-method overrides."""
-    from framework.config import check_config, compose
+    from framework._config.compose import check_config, compose
 
     registry = plugin_manager().registry
     cfg = compose([f"experiment={preset}"], registry)

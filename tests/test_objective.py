@@ -9,10 +9,10 @@ import torch
 import torch.nn.functional as F
 
 from conftest import TINY
-from framework.config import compose
-from framework.errors import RtlabError
-from framework.models import has_batchnorm, parameter_distance
-from framework.run import Run
+from framework._config.compose import compose
+from framework._base.errors import RtlabError
+from framework._nets.models import has_batchnorm, parameter_distance
+from framework._run.loop import Run
 from plugins.distill.losses import CrossEntropy, CrossEntropyOptions
 from plugins.distill.students import interpolate
 
@@ -76,11 +76,11 @@ def test_student_initialisers(tmp_path, student, far):
 
 
 def test_bn_control_changes_only_batchnorm_statistics(tmp_path):
-    from framework.evaluation import bn_control
+    from framework._contract.features import bn_control
 
     run = _run(tmp_path)
     assert has_batchnorm(run.teacher)
-    control = bn_control(run.teacher, run)
+    control = bn_control(run.teacher, run.data.train.images, run.placement, run.cfg.eval.batch_size)
     t_state, c_state = run.teacher.state_dict(), control.state_dict()
     params = dict(run.teacher.named_parameters())
     assert all(torch.equal(params[k], c_state[k]) for k in params)
@@ -90,7 +90,7 @@ def test_bn_control_changes_only_batchnorm_statistics(tmp_path):
 
 
 def test_a_finished_run_rebuilds_its_networks_from_the_checkpoint(tmp_path):
-    from framework.models import network_from_checkpoint
+    from framework._nets.models import network_from_checkpoint
 
     run = _run(tmp_path, "train.max_steps=2", "evaluator=[]", "backbone=resnet10t", "backbone.stem=cifar")
     run.fit()
@@ -108,8 +108,8 @@ def test_a_finished_run_rebuilds_its_networks_from_the_checkpoint(tmp_path):
 def test_a_vit_student_reloads_with_the_documented_call_and_gives_the_same_embeddings(tmp_path):
     """docs/getting-started.md: the checkpoint records the resolved patch size (7 at 28 px, not the model's 16),
     so network_from_checkpoint rebuilds the run's ViT, where a plain timm.create_model would not."""
-    from framework.models import network_from_checkpoint
-    from framework.plugin_manager import get_plugin_manager
+    from framework._nets.models import network_from_checkpoint
+    from framework._contract.plugin_manager import get_plugin_manager
 
     run = _run(tmp_path, "train.max_steps=2", "evaluator=[]", "backbone=vit_tiny_patch16_224", "data.image_size=28")
     run.fit()

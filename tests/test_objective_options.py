@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from framework.errors import RtlabError
-from framework.models import forward_views
+from framework._base.errors import RtlabError
+from framework._nets.models import forward_views
 from plugins.distill.distillation import Centering, view_pairs
 from plugins.distill.losses import CrossEntropy, MeanSquaredError, MSEOptions, PredictionEntropy, TemperatureOptions
 from plugins.training.optimizers import cosine_value
@@ -101,7 +101,7 @@ def test_last_layer_freeze_clipping_and_weight_decay_schedule(tmp_path):
     plain = [g for g in run.optimizer.param_groups if not g["decayed"]]
     assert all(p.ndim > 1 for p in decayed[0]["params"]) and all(p.ndim <= 1 for p in plain[0]["params"])
     assert plain[0]["weight_decay"] == 0.0
-    run.step = run.steps_per_epoch  # epoch 2: the last layer trains
+    run.clock.step = run.steps_per_epoch  # epoch 2: the last layer trains
     run.train_step(next(run.batches()))
     assert not torch.equal(run.student.head.last.weight, last0)
     assert decayed[0]["weight_decay"] == pytest.approx(cosine_value(0.04, 0.4, run.steps_per_epoch,
@@ -121,8 +121,8 @@ def test_clipping_bounds_the_update(tmp_path):
 def test_centre_is_saved_and_restored_with_the_training_state(tmp_path):
     """The centre is the objective's state: written to checkpoints/last and restored by the state protocol itself
     (on every rank), not by a hook."""
-    from framework.checkpoint import load_checkpoint
-    from framework.state import restore
+    from framework._nets.checkpoint import load_checkpoint
+    from framework._run.state import restore
 
     run = compose_run(tmp_path / "a", "objective.center_momentum=0.9", "evaluator=[]")
     run.train_step(next(run.batches()))

@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from framework.errors import RtlabError
-from framework.models import adapter_for, create_backbone
+from framework._base.errors import RtlabError
+from framework._nets.models import adapter_for, create_backbone
 from plugins.networks.heads import DinoHead, DinoHeadOptions
 from tiny_runs import plugin_manager
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-import framework.device as device
-from framework.device import cpuinfo_has_bf16, resolve_dtype
+import framework._nets.device as device
+from framework._nets.device import cpuinfo_has_bf16, resolve_dtype
 from tiny_runs import compose_run
 
 CPU = torch.device("cpu")

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from framework import hookimpl
-from framework.checkpoint import load_checkpoint
-from framework.errors import RunInterrupted
+from framework._nets.checkpoint import load_checkpoint
+from framework._base.errors import RunInterrupted
 from conftest import TINY
 from test_resume import _start, _train_records
 from tiny_runs import compose_run, fit

@@ -8,7 +8,7 @@ import json
 import pytest
 from omegaconf import OmegaConf
 
-from framework.config import config_dir
+from framework._config.compose import config_dir
 from tiny_runs import FAST, compose_run
 
 # the distillation presets: one per paper table and figure (the analyses' presets are run by their own tests)
@@ -54,7 +54,7 @@ def test_preset_trains_two_steps(preset, tmp_path, round1):
 
 def test_paper_preset_is_the_papers_setting():
     """PAPER.md §2.4–2.6, field by field."""
-    from framework.config import compose
+    from framework._config.compose import compose
 
     cfg = OmegaConf.to_container(compose(["experiment=paper_cifar10_resnet18"]), resolve=True)
     assert cfg["backbone"]["name"] == "resnet18" and cfg["backbone"]["stem"] == "cifar"
@@ -101,7 +101,7 @@ def test_sweep_presets_name_their_sweeps():
 
 
 def test_train_seed_seeds_teacher_and_student_of_a_sweep():
-    from framework.config import compose
+    from framework._config.compose import compose
 
     seeds = []
     for seed in (0, 1):

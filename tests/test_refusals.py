@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from conftest import TINY, write_class_images
-from framework.cli import main
+from framework.cli.main import main
 
 FAST = [*TINY, "data=digits", "data.train_size=100", "data.test_size=50", "evaluator=[knn]",
         "tensorboard.enabled=false", "train.threads=1"]
@@ -135,13 +135,13 @@ def test_skip_bad_images_leaves_them_out_and_lists_them(tmp_path):
 
 # ------------------------------------------------------------------------------------------ the file system
 def test_a_read_only_run_folder_is_refused_before_anything_runs(capsys, tmp_path, monkeypatch):
-    import framework.runfolder
+    import framework.cli.runfolder
 
     locked = tmp_path / "locked"
     locked.mkdir()
     real_access = os.access
     # as root no permission bits stop a write; emulate a read-only mount by what access(2) would say there
-    monkeypatch.setattr(framework.runfolder.os, "access",
+    monkeypatch.setattr(framework.cli.runfolder.os, "access",
                         lambda p, mode: False if Path(p) == locked else real_access(p, mode))
     code, lines, err = run_main(capsys, ["train", *FAST, f"hydra.run.dir={locked / 'run'}"])
     assert_one_line(code, lines, err, [f"cannot write the run folder {locked / 'run'}: {locked} is read-only",
@@ -150,12 +150,12 @@ def test_a_read_only_run_folder_is_refused_before_anything_runs(capsys, tmp_path
 
 
 def test_a_read_only_file_during_the_run_is_one_line(capsys, tmp_path, monkeypatch):
-    import framework.building
+    import framework._run.folder
 
     def read_only(path, text, sync_dir=True):
         raise OSError(errno.EROFS, "Read-only file system", str(path))
 
-    monkeypatch.setattr(framework.building, "atomic_write_text", read_only)
+    monkeypatch.setattr(framework._run.folder, "atomic_write_text", read_only)
     run_dir = tmp_path / "run"
     code, lines, err = run_main(capsys, ["train", *FAST, f"hydra.run.dir={run_dir}"])
     assert_one_line(code, lines, err, [f"cannot write {run_dir}/config.yaml (read-only file system)",
@@ -165,7 +165,7 @@ def test_a_read_only_file_during_the_run_is_one_line(capsys, tmp_path, monkeypat
 def test_a_full_disk_keeps_the_last_good_state_and_the_run_resumes(capsys, tmp_path, monkeypatch):
     """The disk fills up while the third training state is written: half a file, then ENOSPC. The state of step 2
     stays intact (no half file, no leftover), the error is one line, and once there is space the run resumes."""
-    import framework.checkpoint
+    import framework._nets.checkpoint
 
     run_dir = tmp_path / "run"
     state = run_dir / "checkpoints"
@@ -198,7 +198,7 @@ def test_a_full_disk_keeps_the_last_good_state_and_the_run_resumes(capsys, tmp_p
                 return FullDisk(f)
         return f
 
-    monkeypatch.setattr(framework.checkpoint.os, "fdopen", fdopen)
+    monkeypatch.setattr(framework._nets.checkpoint.os, "fdopen", fdopen)
     args = ["train", *FAST, "train.batch_size=16", "train.max_steps=4", "train.state_steps=1",
             f"hydra.run.dir={run_dir}"]
     code, lines, err = run_main(capsys, args)
@@ -235,7 +235,7 @@ class _RunsCode:
 
 
 def test_a_torch_state_dict_as_teacher_path_is_loaded_safely(finished, capsys, tmp_path):
-    from framework.checkpoint import load_checkpoint, strip_prefix
+    from framework._nets.checkpoint import load_checkpoint, strip_prefix
 
     run_dir, _ = finished
     teacher = strip_prefix(load_checkpoint(run_dir / "checkpoints" / "final")[0], "teacher.")
@@ -291,7 +291,7 @@ def test_the_new_messages_are_in_the_troubleshooting_page():
 
 
 def test_a_refused_run_removes_only_a_lock_file_it_created(tmp_path):
-    from framework.runlock import RunLock
+    from framework._base.runlock import RunLock
 
     fresh = RunLock(tmp_path / "fresh").acquire()
     fresh.release(discard=True)

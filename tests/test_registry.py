@@ -7,9 +7,9 @@ from dataclasses import dataclass
 import pytest
 
 from framework import hookimpl
-from framework.errors import RtlabError, close_matches
-from framework.plugin_manager import DEFAULT_PLUGINS, create_plugin_manager
-from framework.registry import Registry
+from framework._base.errors import RtlabError, close_matches
+from framework._contract.plugin_manager import DEFAULT_PLUGINS, create_plugin_manager
+from framework._base.registry import Registry
 
 
 def test_unknown_component_lists_close_matches(pm):
@@ -82,7 +82,7 @@ def test_late_plugin_contributes_components_immediately(pm):
 
 
 def _named(cls, name, **kwargs):
-    from framework.registry import Component, node_class
+    from framework._base.registry import Component, node_class
 
     node = node_class(Component("loss", name, None, cls, "x"))
     return node(**kwargs)

@@ -104,7 +104,7 @@ def test_sigkill_twice_then_resume_equals_uninterrupted_run(tmp_path):
     # the saved state are purged)
     assert _scalars(run_dir) == _scalars(ref_dir), why
     # and bit-identical final weights
-    from framework.checkpoint import load_checkpoint
+    from framework._nets.checkpoint import load_checkpoint
 
     a, _ = load_checkpoint(ref_dir / "checkpoints" / "final")
     b, _ = load_checkpoint(run_dir / "checkpoints" / "final")
@@ -113,8 +113,8 @@ def test_sigkill_twice_then_resume_equals_uninterrupted_run(tmp_path):
 
 
 def test_resume_auto_continues_the_unfinished_run_of_the_same_config(tmp_path, monkeypatch, capsys):
-    from framework.cli import main
-    from framework.plugin_manager import create_plugin_manager, get_plugin_manager, set_plugin_manager
+    from framework.cli.main import main
+    from framework._contract.plugin_manager import create_plugin_manager, get_plugin_manager, set_plugin_manager
 
     monkeypatch.chdir(tmp_path)  # runs/<name>/<timestamp> goes here
     job = [*TINY, "data=digits", "data.train_size=100", "data.test_size=50", "evaluator=[knn]", "train.threads=1",

@@ -14,10 +14,10 @@ import pytest
 import torch
 
 from conftest import ROOT, write_class_images
-from framework import datacache
-from framework.config import compose
-from framework.data import load_image_data
-from framework.errors import RtlabError
+from framework._data import datacache
+from framework._config.compose import compose
+from framework._data.data import load_image_data
+from framework._base.errors import RtlabError
 from tiny_runs import fit
 
 def _numbers(summary: dict) -> dict:
@@ -85,8 +85,9 @@ def test_a_cache_hit_does_not_load_the_dataset_and_a_changed_file_is_noticed(pm,
 KILLER = """
 import os, signal, sys
 sys.path.insert(0, {root!r}); sys.path.insert(0, {tests!r})
-from framework import data, datacache
-from framework.config import compose
+from framework._data import data
+from framework._data import datacache
+from framework._config.compose import compose
 from tiny_runs import plugin_manager
 datacache.DECODE_CHUNK = 8
 real = data.decode_chunks
@@ -109,7 +110,7 @@ def test_a_decode_killed_midway_resumes_at_its_first_unfinished_chunk(pm, folder
     partial = next((tmp_path / "killed" / "data").glob("*.partial"))
     assert json.loads((partial / "train.progress.json").read_text())["done"] == 24  # 3 chunks of 8 were written
 
-    import framework.data as data_module
+    import framework._data.data as data_module
 
     monkeypatch.setattr(datacache, "DECODE_CHUNK", 8)
     starts = []

@@ -7,10 +7,10 @@ import json
 import pytest
 import torch
 
-from framework import streaming
-from framework.config import compose
-from framework.data import load_image_data
-from framework.errors import RtlabError
+from framework._data import streaming
+from framework._config.compose import compose
+from framework._data.data import load_image_data
+from framework._base.errors import RtlabError
 from conftest import write_parquet
 from tiny_runs import fit, preempted_then_resumed
 

@@ -6,11 +6,11 @@ import pytest
 import torch
 from analysis_helpers import SUP
 
-from framework.checkpoint import load_checkpoint
-from framework.config import compose
-from framework.errors import RtlabError
-from framework.registry import node_class
-from framework.run import Run, run_training
+from framework._nets.checkpoint import load_checkpoint
+from framework._config.compose import compose
+from framework._base.errors import RtlabError
+from framework._base.registry import node_class
+from framework._run.loop import Run, run_training
 from plugins.training.supervised import classifier_state
 
 

@@ -60,7 +60,7 @@ def test_a_killed_sweep_started_again_trains_only_its_unfinished_jobs(tmp_path):
 
 
 def test_joblib_jobs_share_the_cores(monkeypatch):
-    from framework import sweeps
+    from framework.cli import sweeps
 
     assert sweeps.joblib_jobs(-1, 8) == 8 and sweeps.joblib_jobs(-2, 8) == 7 and sweeps.joblib_jobs(3, 8) == 3
     monkeypatch.setattr(sweeps, "available_cores", lambda: 8)
@@ -78,7 +78,7 @@ def test_joblib_jobs_share_the_cores(monkeypatch):
 
 
 def test_a_job_folder_is_skipped_when_finished_and_continued_when_not(tmp_path):
-    from framework import sweeps
+    from framework.cli import sweeps
 
     cfg = OmegaConf.create({"name": "x", "train": {"seed": 1, "threads": None}})
     folder = tmp_path / "job"
@@ -106,7 +106,7 @@ def test_the_slurm_launcher_preset_runs_one_task_per_gpu():
     from hydra.core.config_store import ConfigStore
     from hydra.core.global_hydra import GlobalHydra
 
-    from framework.config import config_dir, register_configs
+    from framework._config.compose import config_dir, register_configs
     from tiny_runs import plugin_manager
 
     if not _submitit_installed():  # submitit's own schema, reduced to the settings the preset touches

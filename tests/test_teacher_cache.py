@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from conftest import TINY
-from framework.config import compose
-from framework.run import Run
+from framework._config.compose import compose
+from framework._run.loop import Run
 
 
 def _losses(tmp_path, name, *overrides):

@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from framework.errors import RtlabError
+from framework._base.errors import RtlabError
 from tiny_runs import compose_run, fit
 
 
@@ -42,7 +42,7 @@ def test_checkpoint_teacher_from_a_plain_backbone_file(trained, tmp_path):
     """A bare timm state dict loads into the encoder; the head keeps the init of teacher.seed."""
     from safetensors.torch import save_file
 
-    from framework.checkpoint import load_checkpoint
+    from framework._nets.checkpoint import load_checkpoint
 
     out, _, _ = trained
     tensors, _ = load_checkpoint(out / "checkpoints" / "final")

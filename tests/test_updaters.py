@@ -24,7 +24,7 @@ def test_prev_epoch_teacher_is_a_copy_not_an_alias(tmp_path):
     batches = list(run.batches())
     for index in batches:  # epoch 1
         run.train_step(index)
-    run.epoch = 1
+    run.clock.epoch = 1
     assert not torch.equal(flat(run.teacher), flat(run.student))
     run.updater.epoch_end(run)
     assert torch.equal(flat(run.teacher), flat(run.student))

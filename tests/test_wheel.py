@@ -55,7 +55,7 @@ def test_the_installed_wheel_lists_plugins_and_trains_outside_the_source_tree(wh
 
     listing = _run(site, tmp_path, "-m", "framework.cli", "plugins", "--json")
     assert listing.returncode == 0, listing.stderr[-2000:]
-    from framework.plugin_manager import DEFAULT_PLUGINS
+    from framework._contract.plugin_manager import DEFAULT_PLUGINS
 
     assert {p["name"] for p in json.loads(listing.stdout)} >= {m.rsplit(".", 1)[-1] for m in DEFAULT_PLUGINS}
 

@@ -34,17 +34,17 @@ def plugin_manager():
     the built-in components keep no state between runs."""
     global _pm
     if _pm is None:
-        from framework.plugin_manager import create_plugin_manager
+        from framework._contract.plugin_manager import create_plugin_manager
 
         _pm = create_plugin_manager(autoload=False)
     return _pm
 
 
 def compose_run(out: Path, *overrides: str, base=FAST, resume: bool = False):
-    """A set-up :class:`framework.run.Run` for ``base`` + ``overrides`` writing to ``out`` (``resume``: restoring
+    """A set-up :class:`framework._run.loop.Run` for ``base`` + ``overrides`` writing to ``out`` (``resume``: restoring
     the training state saved there)."""
-    from framework.config import check_config, compose
-    from framework.run import Run
+    from framework._config.compose import check_config, compose
+    from framework._run.loop import Run
 
     pm = plugin_manager()
     cfg = compose([*base, *overrides], pm.registry)
@@ -71,7 +71,7 @@ class Preempted:
 
 def preempted_then_resumed(out: Path, step: int, *overrides: str, base=FAST):
     """A run pre-empted after optimiser step ``step`` (its training state saved before), then set up again from
-    that state: the resumed, not yet trained :class:`framework.run.Run`."""
+    that state: the resumed, not yet trained :class:`framework._run.loop.Run`."""
     import pytest
 
     first = compose_run(out, *overrides, base=base)

@@ -1,21 +1,22 @@
-"""Analyses as plugins: the ``analysis`` component kind and the ``rtlab analyze NAME [OVERRIDES]`` command.
+"""The ``rtlab analyze NAME [RUN …] [OVERRIDES]`` command, and the built-in analyses.
 
-An analysis is a component of kind ``analysis`` (config group ``analysis``): its options dataclass subclasses
-:class:`AnalysisOptions` and becomes the ``analysis`` section of the configuration, so an analysis takes Hydra
-overrides exactly like ``rtlab train`` (``rtlab analyze imp experiment=paper_fig8_imp_cpu analysis.rounds=3
-optimizer.lr=0.05``). The rest of the configuration (backbone, data, objective, optimiser, …) is the
-configuration of the training runs the analysis drives. ``factory(options)`` returns an object with
+An analysis is a component of the core kind ``analysis`` (config group ``analysis``): its options dataclass
+subclasses :class:`framework.api.AnalysisOptions` and becomes the ``analysis`` section of the configuration, so an
+analysis takes Hydra overrides exactly like ``rtlab train`` (``rtlab analyze imp experiment=paper_fig8_imp_cpu
+analysis.rounds=3 optimizer.lr=0.05``). ``factory(options)`` returns an object with
 
-* ``run(ctx: AnalysisContext) -> dict`` — do the work in ``ctx.out_dir`` and return JSON-able results; every
-  training run goes through ``ctx.train`` so finished runs are skipped when the analysis is started again;
+* ``run(ctx: framework.api.AnalysisContext) -> dict`` — do the work in ``ctx.out_dir`` and return JSON-able results;
+  every training run goes through ``ctx.train`` so finished runs are skipped when the analysis is started again;
 * ``render(out_dir: Path, results: dict) -> str`` — draw the plots (``out_dir/plots``) and return a Markdown
   summary; ``rtlab report`` calls it again later.
 
-A third-party analysis registers itself the same way (declare the kind first with :func:`declare_kind`; the
-declaration is idempotent). The output folder is ``runs/<name>/<analysis>-<hash of the configuration>`` unless
-``--out DIR`` is given: running the same command again resumes where it stopped.
+Run folders named on the command line are the runs the analysis studies (``ctx.runs``, ``ctx.open_run()``): the
+configuration is then the first run's, and the output goes to ``RUN/analyses/<analysis>-<hash>``; without runs the
+configuration is composed like ``rtlab train``'s (the rest of it configures the runs the analysis trains) and the
+output goes to ``runs/<name>/<analysis>-<hash>``. ``--out DIR`` chooses another folder; running the same command
+again resumes where it stopped.
 
-This package is itself the plugin ``analysis`` (the kind and the command). Its modules:
+This package is the plugin ``analysis`` (the command). Its modules:
 
 * plugins — ``imp`` (lottery tickets, Fig. 8), ``barrier`` (linear mode connectivity, Fig. 9), ``landscape``
   (loss and probe planes, Fig. 5);
@@ -31,16 +32,25 @@ import hashlib
 import json
 import logging
 import shutil
-from dataclasses import dataclass, field
+
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Protocol, Sequence
+from typing import Any, Protocol, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
-from framework.api import hookimpl
-from framework.api import atomic_write_text
-from framework.api import RtlabError
-from framework.api import check_recorded_plugins
+from framework.api import (
+    AnalysisContext,
+    AnalysisOptions,
+    atomic_write_text,
+    check_config,
+    check_recorded_plugins,
+    compose,
+    hookimpl,
+    load_run,
+    paths,
+    RtlabError,
+    with_values,
+)
 
 log = logging.getLogger("rtlab")
 
@@ -50,17 +60,8 @@ RESULTS_FILE = "analysis.json"
 PRESENTATION_SECTIONS = ("progress", "tensorboard")
 
 
-@dataclass
-class AnalysisOptions:
-    """Settings every analysis has."""
-
-    # Training runs the analysis needs first (e.g. a distilled student): NAME → `rtlab train` overrides. They are
-    # trained inside the analysis folder (pretrain/NAME, with an `initial` checkpoint) and named @NAME in specs.
-    pretrain: Dict[str, List[str]] = field(default_factory=dict)
-
-
 class Analysis(Protocol):
-    def run(self, ctx: "AnalysisContext") -> dict:
+    def run(self, ctx: AnalysisContext) -> dict:
         """Do the work in ``ctx.out_dir``; return JSON-able results (written to ``analysis.json``)."""
 
     def render(self, out_dir: Path, results: dict) -> str:
@@ -68,85 +69,9 @@ class Analysis(Protocol):
 
 
 def declare_kind(registry) -> None:
-    registry.add_kind(KIND, "an analysis run by `rtlab analyze NAME` (IMP, barrier, landscape, …)", group=KIND,
-                      options_base=AnalysisOptions, select_hint="(run one with: rtlab analyze NAME)")
-
-
-class AnalysisContext:
-    """What an analysis works with: its configuration, its folder, and training runs that resume."""
-
-    def __init__(self, name: str, cfg: DictConfig, overrides: Sequence[str], out_dir: Path, pm) -> None:
-        self.name = name
-        self.cfg = cfg
-        self.overrides = list(overrides)
-        self.out_dir = out_dir
-        self.pm = pm
-        self.registry = pm.registry
-        self.open_runs: list = []  # evaluation runs: their run-folder locks are released when the analysis ends
-
-    def close(self) -> None:
-        for run in self.open_runs:
-            run.release()
-        self.open_runs.clear()
-
-    @property
-    def options(self) -> Any:
-        from framework.api import to_options
-
-        return to_options(self.cfg[KIND])
-
-    def compose(self, extra: Sequence[str] = ()) -> DictConfig:
-        """The analysis's configuration with ``extra`` overrides applied after the user's."""
-        from framework.api import check_config, compose
-
-        cfg = compose([*self.overrides, *extra], self.registry)
-        check_config(cfg, self.registry)
-        return cfg
-
-    def train(self, folder: str, extra: Sequence[str] = (), prepare: Callable[[Any], None] | None = None,
-              cfg: DictConfig | None = None) -> dict:
-        """Train one run into ``out_dir/folder`` (the analysis's configuration + ``extra``) and return its summary.
-
-        A run whose ``summary.json`` exists is finished and is not trained again; a folder without one is what an
-        interrupted run left behind and is started over.
-        """
-        from framework.api import run_training
-
-        out = self.out_dir / folder
-        summary_file = out / "summary.json"
-        if summary_file.exists():
-            return json.loads(summary_file.read_text())
-        if out.exists():
-            log.warning("restarting the unfinished run %s", out)
-            shutil.rmtree(out)
-        cfg = cfg if cfg is not None else self.compose(extra)
-        print(f"rtlab analyze {self.name}: training {folder}", flush=True)
-        return run_training(cfg, out, self.pm, prepare)
-
-    def evaluation_run(self, folder: str = "eval"):
-        """A run built from the analysis's configuration and never trained: data on its device, networks of the
-        analysed architecture, evaluators. Analyses load the weights they study into it."""
-        from framework.api import Run
-
-        run = Run(self.cfg, self.out_dir / folder, self.pm)
-        self.open_runs.append(run)
-        return run.setup()
-
-    def pretrained(self, name: str) -> Path:
-        """The folder of pretrain run ``name`` (``analysis.pretrain.NAME``), trained first when missing."""
-        from framework.api import check_config, compose
-
-        runs = self.cfg[KIND].get("pretrain") or {}
-        if name not in runs:
-            known = ", ".join(runs) or "none"
-            raise RtlabError(f"@{name} names no run of analysis.pretrain (defined: {known}); add "
-                             f"+analysis.pretrain.{name}=[OVERRIDES] or name a checkpoint path")
-        folder = f"pretrain/{name}"
-        if not (self.out_dir / folder / "summary.json").exists():
-            cfg = compose(list(runs[name]), self.registry)
-            check_config(cfg, self.registry)
-            self.train(folder, cfg=cfg, prepare=lambda run: run.save_checkpoint("initial"))
-        return self.out_dir / folder
+    """The ``analysis`` kind is one of the core's kinds now; kept so plugins written for older versions load."""
+    registry.add_kind(KIND, registry.kind(KIND).doc, group=KIND, options_base=AnalysisOptions,
+                      select_hint="(run one with: rtlab analyze NAME)")
 
 
 def config_hash(cfg: DictConfig) -> str:
@@ -157,15 +82,26 @@ def config_hash(cfg: DictConfig) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 
-def compose_analysis(name: str, overrides: Sequence[str], registry) -> tuple[DictConfig, list[str]]:
-    """The configuration of ``rtlab analyze NAME OVERRIDES`` and the full override list that composes it."""
-    from framework.api import check_config, compose
+def compose_analysis(name: str, overrides: Sequence[str], registry, runs: Sequence[Path] = ()
+                     ) -> tuple[DictConfig, list[str]]:
+    """The configuration of ``rtlab analyze NAME [RUN …] OVERRIDES`` and the override list that composes it.
 
+    Without runs it is composed like ``rtlab train``'s; with runs it is the first run's ``config.yaml`` with the
+    analysis's options and the ``key=value`` overrides on top, and it records the runs under ``analysed``."""
     registry.get(KIND, name)
     overrides = list(overrides)
     if any(o.split("=", 1)[0].lstrip("+~") == KIND for o in overrides):
         raise RtlabError(f"the analysis is chosen by the command (rtlab analyze {name}); drop the analysis= "
                          "override")
+    if runs:
+        own = [o for o in overrides if o.lstrip("+~").startswith(f"{KIND}.")]
+        node = compose([f"+{KIND}={name}", *own], registry)[KIND]
+        cfg = with_values(load_run(runs[0], registry, device="cpu").cfg, [o for o in overrides if o not in own],
+                          registry)
+        cfg[KIND] = node
+        cfg["analysed"] = [str(Path(r).resolve()) for r in runs]
+        check_config(cfg, registry)
+        return cfg, [f"+{KIND}={name}", *own]
     # a preset may already select an analysis; see which one (without the analysis's own settings)
     chosen = compose([o for o in overrides if not o.lstrip("+~").startswith(f"{KIND}.")], registry).get(KIND)
     if chosen is not None and chosen.get("name") != name:
@@ -175,6 +111,25 @@ def compose_analysis(name: str, overrides: Sequence[str], registry) -> tuple[Dic
     cfg = compose(full, registry)
     check_config(cfg, registry)
     return cfg, full
+
+
+def split_arguments(args: Sequence[str]) -> tuple[list[Path], list[str]]:
+    """(run folders, Hydra overrides) of ``rtlab analyze NAME ARGS``: a folder holding ``config.yaml`` is a run to
+    study, an argument with ``=`` an override; anything else is refused with what it should be."""
+    runs, overrides = [], []
+    for arg in args:
+        path = Path(arg).expanduser()
+        if path.is_dir() and paths.config(path).is_file():
+            runs.append(path)
+        elif "=" in arg:
+            overrides.append(arg)
+        elif path.is_dir():
+            raise RtlabError(f"{arg} is a folder but not a run folder (no {paths.CONFIG}); name a folder `rtlab train` "
+                             "wrote, e.g. runs/default/TIME")
+        else:
+            raise RtlabError(f"'{arg}' is neither a run folder nor an override; give run folders to study "
+                             "(rtlab analyze NAME runs/default/TIME) and options as KEY=VALUE (analysis.KEY=VALUE)")
+    return runs, overrides
 
 
 def prepare_folder(name: str, cfg: DictConfig, out: str | None) -> Path:
@@ -231,26 +186,27 @@ def _options_from(folder: Path, name: str, registry) -> Any:
     return opts
 
 
-def run_analysis(name: str, overrides: Sequence[str], out: str | None = None, pm=None) -> Path:
-    """``rtlab analyze NAME OVERRIDES``: compose, run (resuming), record and render; returns the folder.
+def run_analysis(name: str, arguments: Sequence[str], out: str | None = None, pm=None) -> Path:
+    """``rtlab analyze NAME [RUN …] [OVERRIDES]``: compose, run (resuming), record and render; returns the folder.
+    ``arguments`` are run folders to study and Hydra overrides, in any order (:func:`split_arguments`).
 
     Bad options are refused before the folder is made. A failing analysis is recorded like a failing hook: its
     ``analysis.json`` gets ``"status": "failed"`` and the error, ``error.txt`` the traceback, and the command
     ends with one line naming the analysis and its plugin (a bad input found at the very start, with nothing
     computed yet, leaves no folder behind).
     """
-    from framework.api import register_configs
-    from framework.api import get_plugin_manager
+    from framework.api import get_plugin_manager, register_configs
 
     pm = pm or get_plugin_manager()
     register_configs(pm.registry)
-    cfg, full = compose_analysis(name, overrides, pm.registry)
+    runs, overrides = split_arguments(arguments)
+    cfg, full = compose_analysis(name, overrides, pm.registry, runs)
     analysis = pm.registry.build(KIND, cfg[KIND])  # validates the options before anything is written
     target = Path(out) if out else None
     fresh = not (target or default_folder(name, cfg)).exists()
     folder = prepare_folder(name, cfg, out)
     atomic_write_text(folder / "plugins.json", json.dumps(pm.listing(), indent=2))
-    ctx = AnalysisContext(name, cfg, full, folder, pm)
+    ctx = AnalysisContext(name, cfg, full, folder, pm, runs)
     try:
         results = analysis.run(ctx)
     except BaseException as exc:
@@ -273,6 +229,11 @@ def run_analysis(name: str, overrides: Sequence[str], out: str | None = None, pm
 
 
 def default_folder(name: str, cfg: DictConfig) -> Path:
+    """``RUN/analyses/NAME-HASH`` for an analysis of runs (the first one's folder), else
+    ``runs/<config name>/NAME-HASH``."""
+    analysed = cfg.get("analysed") or []
+    if analysed:
+        return paths.analyses(analysed[0]) / f"{name}-{config_hash(cfg)}"
     return Path("runs") / str(cfg.name) / f"{name}-{config_hash(cfg)}"
 
 
@@ -305,8 +266,7 @@ def _as_one_line(name: str, pm, exc: BaseException, folder: Path) -> BaseExcepti
 
 # ------------------------------------------------------------------------------------------------------- command
 def configure(parser: argparse.ArgumentParser) -> None:
-    from framework.api import get_plugin_manager
-    from framework.api import describe_options, option_help
+    from framework.api import describe_options, get_plugin_manager, option_help
 
     registry = get_plugin_manager().registry
     sub = parser.add_subparsers(dest="analysis", metavar="ANALYSIS")
@@ -317,8 +277,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
         p = sub.add_parser(comp.name, help=comp.doc, formatter_class=argparse.RawDescriptionHelpFormatter,
                            description=f"{comp.doc}\n\noptions (Hydra overrides analysis.NAME=VALUE, defaults shown):"
                                        f"\n{options}")
-        p.add_argument("overrides", nargs="*", help="Hydra overrides: experiment=PRESET analysis.KEY=VALUE …")
-        p.add_argument("--out", help="output folder (default: runs/NAME/ANALYSIS-HASH; the same folder resumes)")
+        p.add_argument("arguments", nargs="*", metavar="RUN|OVERRIDE",
+                       help="run folders to study, and Hydra overrides: experiment=PRESET analysis.KEY=VALUE …")
+        p.add_argument("--out", help="output folder (default: RUN/analyses/ANALYSIS-HASH for runs, else "
+                       "runs/NAME/ANALYSIS-HASH; the same folder resumes)")
 
 
 def command(args: argparse.Namespace) -> int:
@@ -326,14 +288,9 @@ def command(args: argparse.Namespace) -> int:
         from framework.api import get_plugin_manager
 
         names = get_plugin_manager().registry.names(KIND)
-        raise RtlabError(f"name an analysis: rtlab analyze {{{','.join(names)}}} [OVERRIDES]")
-    run_analysis(args.analysis, args.overrides, args.out)
+        raise RtlabError(f"name an analysis: rtlab analyze {{{','.join(names)}}} [RUN …] [OVERRIDES]")
+    run_analysis(args.analysis, args.arguments, args.out)
     return 0
-
-
-@hookimpl
-def rtlab_register(registry):
-    declare_kind(registry)
 
 
 @hookimpl

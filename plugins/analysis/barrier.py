@@ -22,10 +22,7 @@ from typing import List
 
 import torch
 
-from framework.api import hookimpl
-from framework.api import atomic_write_text, load_checkpoint
-from framework.api import RtlabError
-from plugins.analysis import AnalysisOptions, declare_kind
+from framework.api import AnalysisOptions, atomic_write_text, hookimpl, load_checkpoint, RtlabError
 from plugins.analysis.interpolation import barrier, check_bn_mode, classifier_metrics, combine, load_point
 from plugins.analysis.sources import parse_spec, start_overrides
 from plugins.tracking.plotting import percent, pyplot, save
@@ -162,5 +159,4 @@ def render_barrier(out_dir: Path, results: dict) -> str:
 
 @hookimpl
 def rtlab_register(registry):
-    declare_kind(registry)
     registry.add("analysis", "barrier", Barrier, BarrierOptions)

@@ -22,10 +22,7 @@ from typing import List
 
 import torch
 
-from framework.api import hookimpl
-from framework.api import load_checkpoint
-from framework.api import RtlabError
-from plugins.analysis import AnalysisOptions, declare_kind
+from framework.api import AnalysisOptions, hookimpl, load_checkpoint, RtlabError
 from plugins.analysis.pruning import MASK_SUFFIX, apply_masks, attach_masks, global_magnitude_masks, prunable_names
 from plugins.analysis.sources import NetworkSpec, parse_spec, start_overrides
 from plugins.tracking.plotting import percent, pyplot, save
@@ -136,8 +133,7 @@ class IMP:
             masks = {n: state[n + MASK_SUFFIX] for n in names if n + MASK_SUFFIX in state}
             attach_masks(net, global_magnitude_masks({n: state[n] for n in names}, masks, self.opts.fraction))
             if rewind_epoch:
-                run.step = rewind_epoch * run.steps_per_epoch
-                run.epoch = rewind_epoch
+                run.start_at(rewind_epoch)
         return prepare
 
     @staticmethod
@@ -189,7 +185,6 @@ def pruned_fraction(checkpoint: Path) -> float:
 
 @hookimpl
 def rtlab_register(registry):
-    declare_kind(registry)
     registry.add("analysis", "imp", IMP, ImpOptions)
 
 

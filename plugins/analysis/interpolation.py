@@ -2,7 +2,7 @@
 
 A network's running BatchNorm statistics belong to its own weights; a point between two networks has none of
 its own. ``bn=reestimate`` (the default) recomputes them on the training images for every point
-(:func:`framework.evaluation.bn_control`); ``bn=interpolate`` combines the endpoints' buffers like the weights.
+(:func:`framework.api.bn_control`); ``bn=interpolate`` combines the endpoints' buffers like the weights.
 """
 
 from __future__ import annotations
@@ -13,9 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from framework.api import RtlabError
-from framework.api import bn_control, extract
-from framework.api import has_batchnorm
+from framework.api import bn_control, extract, has_batchnorm, RtlabError
 
 BN_MODES = ("reestimate", "interpolate")
 
@@ -53,7 +51,7 @@ def load_point(net: nn.Module, state: dict[str, torch.Tensor], bn: str, run) -> 
     """Put ``state`` into ``net`` and give it the BatchNorm statistics of ``bn`` mode."""
     net.load_state_dict(state)
     if bn == "reestimate" and has_batchnorm(net):
-        net.load_state_dict(bn_control(net, run).state_dict())
+        net.load_state_dict(bn_control(net, run.data.train.images, run.placement, run.cfg.eval.batch_size).state_dict())
 
 
 @torch.no_grad()
@@ -63,7 +61,7 @@ def classifier_metrics(net: nn.Module, images: torch.Tensor, labels: torch.Tenso
     was = net.training
     net.eval()
     try:
-        feats = extract(net.encoder, images, run)
+        feats = extract(net.encoder, images, run.placement, run.cfg.eval.batch_size)
         logits = net.classifier(feats).float()
     finally:
         net.train(was)

@@ -23,12 +23,7 @@ from typing import List, Optional
 
 import torch
 
-from framework.api import hookimpl
-from framework.api import atomic_write_text
-from framework.api import RtlabError
-from framework.api import features
-from framework.api import load_network_state
-from plugins.analysis import AnalysisOptions, declare_kind
+from framework.api import AnalysisOptions, atomic_write_text, features, hookimpl, load_network_state, RtlabError
 from plugins.analysis.interpolation import check_bn_mode, combine, load_point
 from plugins.analysis.sources import network_state, parse_spec
 from plugins.tracking.plotting import pyplot, save
@@ -169,5 +164,4 @@ def render_landscape(out_dir: Path, results: dict) -> str:
 
 @hookimpl
 def rtlab_register(registry):
-    declare_kind(registry)
     registry.add("analysis", "landscape", Landscape, LandscapeOptions)

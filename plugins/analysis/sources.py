@@ -23,8 +23,7 @@ from typing import Callable, Optional
 
 import torch
 
-from framework.api import load_checkpoint, strip_prefix
-from framework.api import RtlabError
+from framework.api import load_checkpoint, RtlabError, strip_prefix
 
 KINDS = ("random", "student", "teacher", "supervised")
 SPEC_HELP = ("a network is random[:SEED], student:SOURCE, teacher:SOURCE or supervised:SOURCE, where SOURCE is a "

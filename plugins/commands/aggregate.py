@@ -7,7 +7,7 @@ runs (seeds) of each selected metric. ``--best`` uses each run's best evaluation
 max-over-epochs) instead of its final one. Accuracies are printed in %; a group of one run prints the value alone.
 
 Below it, every selected student metric as a gain over its controls (the random-init teacher, the BN control,
-the input pixels: :data:`framework.intervals.CONTROLS`), paired run by run (same seed), with a seeded bootstrap 95 %
+the input pixels: :data:`framework.api.CONTROLS`), paired run by run (same seed), with a seeded bootstrap 95 %
 interval of the mean gain (10,000 resamples); ``*`` marks a gain whose interval excludes 0.
 """
 
@@ -20,10 +20,7 @@ import statistics
 from pathlib import Path
 from typing import Any, Iterable
 
-from framework.api import hookimpl
-from framework.api import RtlabError
-from framework.api import control_key, CONTROLS, format_gain, gain
-from framework.api import kind_of, merged, MetricKind
+from framework.api import control_key, CONTROLS, format_gain, gain, hookimpl, kind_of, merged, MetricKind, RtlabError
 
 
 def find_runs(folders: Iterable[str]) -> list[Path]:

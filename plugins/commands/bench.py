@@ -34,9 +34,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from framework.api import __version__, hookimpl
-from framework.api import RtlabError
-from framework.api import DataOptions
+from framework.api import __version__, DataOptions, hookimpl, RtlabError
 
 
 # ----------------------------------------------------------------------------------------- synthetic data source
@@ -290,9 +288,7 @@ def bench_optimizer(params: list[torch.nn.Parameter], repeats: int = 5) -> dict[
 def bench_case(case: BenchCase, batch: int, steps: int, repeats: int, device: str, precision: str,
                cached: bool = True) -> BenchResult:
     """Step throughput of rtlab vs the bare loop (and with teacher caching) for one case."""
-    from framework.api import compose
-    from framework.api import create_plugin_manager
-    from framework.api import Run
+    from framework.api import compose, create_plugin_manager, Run
 
     overrides = [
         f"backbone={case.backbone}", f"backbone.stem={case.stem}", f"head.out_dim={case.out_dim}",

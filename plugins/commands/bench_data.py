@@ -30,11 +30,8 @@ def _segment(run) -> float:
     """Seconds for one epoch of the real loop (every batch of the epoch's permutation, prefetched as in fit)."""
     _sync(run.device)
     t0 = time.perf_counter()
-    for index in run.batches():
-        run.step_metrics.add(run.step + 1, run.train_step(index))
-        run.position += 1
+    run.train_epoch()
     _sync(run.device)
-    run.epoch, run.position, run.perm = run.epoch + 1, 0, None
     return time.perf_counter() - t0
 
 
@@ -68,9 +65,7 @@ def write_jpeg_parquet(folder: str, n: int, channels: int, size: int, row_group:
 def bench_data_path(backbone: str, channels: int, size: int, out_dim: int, stem: str, batch: int, steps: int,
                     repeats: int, device: str, precision: str) -> dict[str, Any]:
     """Steps/s of each storage mode (medians of ``repeats`` interleaved segments of ``steps`` steps)."""
-    from framework.api import compose
-    from framework.api import create_plugin_manager
-    from framework.api import Run
+    from framework.api import compose, create_plugin_manager, Run
 
     overrides = [
         f"backbone={backbone}", f"backbone.stem={stem}", f"head.out_dim={out_dim}", "data=hf",

@@ -23,7 +23,7 @@ Results: ``compare.md`` and ``compare.csv`` (per method and backbone: k-NN and l
 mean ± sample std over seeds; the student's k-NN accuracy at its random init and the gain over it, paired per seed;
 wall time; training images/s; columns ``<number>_mean`` and ``<number>_sd``), the student's k-NN and linear
 accuracy as gains over its controls (random-init teacher, BN control, input pixels), paired per seed with a seeded
-bootstrap 95 % interval (``*``: the interval excludes 0; :mod:`framework.intervals`),
+bootstrap 95 % interval (``*``: the interval excludes 0; :func:`framework.api.gain`),
 ``plots/compare.png`` and ``compare.json`` (every cell). A failed cell is reported (the last line of its
 ``error.txt``; the seeds after it in its multirun are not trained) and the command exits with code 1 after writing
 everything else.
@@ -44,10 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from framework.api import hookimpl
-from framework.api import atomic_write_text
-from framework.api import RtlabError
-from framework.api import CONTROLS, format_gain, gain
+from framework.api import atomic_write_text, CONTROLS, format_gain, gain, hookimpl, RtlabError
 
 log = logging.getLogger("rtlab")
 
@@ -150,8 +147,7 @@ def train_cells(method: str, backbone: str, seeds: list[int], overrides: list[st
 def run_comparison(overrides: list[str], out: str | None = None, pm: Any = None) -> dict:
     """``rtlab compare OVERRIDES``: train the missing cells, then write the table and plot; returns the record.
     ``pm`` resolves names here; the cells are trained by ``rtlab train`` with the process-wide plugin manager."""
-    from framework.api import check_config, compose, register_configs
-    from framework.api import get_plugin_manager
+    from framework.api import check_config, compose, get_plugin_manager, register_configs
 
     pm = pm or get_plugin_manager()
     register_configs(pm.registry)

@@ -18,10 +18,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from framework.api import hookimpl
-from framework.api import atomic_write_text
-from framework.api import RtlabError
-from framework.api import from_summary, kind_of, merged
+from framework.api import atomic_write_text, from_summary, hookimpl, kind_of, merged, parse_key, parse_point, RtlabError
 from plugins.tracking.plotting import pyplot, save
 
 TARGET_STYLE = {"teacher": ("tab:orange", "-"), "teacher_bn": ("tab:red", ":"), "student": ("tab:blue", "-"),
@@ -47,11 +44,11 @@ def metric_series(evals: list[dict]) -> dict[str, dict[str, list[tuple[float, fl
     """metric → target → [(epoch, value)] from flat ``metric/target`` keys."""
     out: dict[str, dict[str, list[tuple[float, float]]]] = {}
     for row in evals:
-        for key, value in row.items():
-            if "/" not in key or not isinstance(value, (int, float)):
+        for k, value in row.items():
+            key = parse_key(k)
+            if key is None or not isinstance(value, (int, float)):
                 continue
-            metric, target = key.split("/", 1)
-            out.setdefault(metric, {}).setdefault(target, []).append((row["epoch"], float(value)))
+            out.setdefault(key.metric, {}).setdefault(key.point, []).append((row["epoch"], float(value)))
     return out
 
 
@@ -98,7 +95,7 @@ def report_run(folder: Path, registry: Any = None) -> str:
         scale = 100.0 if kind_of(metric, kinds).accuracy else 1.0  # accuracies in %, as the tables print them
         drawn: list[tuple[str, list]] = []
         for z, (target, points) in enumerate(targets.items()):
-            color, style = TARGET_STYLE.get(target, (None, "-"))
+            color, style = TARGET_STYLE.get(parse_point(target)[0], (None, "-"))
             # a series identical to one drawn before would hide it: drawn on top, thinner, and labelled as equal
             same = next((t for t, p in drawn if p == points), None)
             label = target + (f" (= {same})" if same else "")
@@ -243,13 +240,12 @@ def compare_runs(folders: list[Path], out: Path, target: str = "student") -> str
 
 def check_target(runs: list[Path], target: str) -> None:
     """Refuse, before anything is written, a ``--target`` that none of ``runs`` evaluated and no run could."""
-    from framework.api import unknown_name
-    from framework.api import BUILTIN_TARGETS
+    from framework.api import BUILTIN_TARGETS, unknown_name
 
     if not runs:
         return
     found = {t for f in runs for targets in metric_series(read_metrics(f)[0]).values() for t in targets}
-    known = {t.split("@", 1)[0] for t in found} | found | set(BUILTIN_TARGETS)
+    known = {parse_point(t)[0] for t in found} | found | set(BUILTIN_TARGETS)
     if target not in known:
         raise unknown_name("target", target, known, "(choose with --target NAME)")
 

@@ -1,7 +1,7 @@
 """``rtlab verify experiment=NAME [--seeds N]``: train a preset and check the results it expects (a regression test
 of numbers).
 
-A preset lists its expected results in a top-level ``expect:`` list (:class:`framework.expectations.Expectation`:
+A preset lists its expected results in a top-level ``expect:`` list (the expectation entries:
 ``metric``, ``value``, ``tolerance``, optional ``minus`` — another key of the same run, so the expectation is a
 paired gain —, ``where`` — the config values of the runs it is about, for a sweep —, and ``budget`` — the config
 values it was measured at). ``verify`` trains the preset as ``rtlab train -m`` would (its own sweep, or
@@ -23,8 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from framework.api import hookimpl
-from framework.api import RtlabError
+from framework.api import hookimpl, RtlabError
 
 
 class VerifyFailed(RtlabError):
@@ -104,9 +103,7 @@ def check(expectations: list[Any], cfg: Any, runs: list[tuple[dict, dict]]) -> t
 
 
 def verify(overrides: list[str], seeds: int | None = None, out: str | None = None) -> int:
-    from framework.api import train_command
-    from framework.api import check_config, compose, register_configs
-    from framework.api import get_plugin_manager
+    from framework.api import check_config, compose, get_plugin_manager, register_configs, train_command
 
     pm = get_plugin_manager()
     register_configs(pm.registry)

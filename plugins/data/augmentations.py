@@ -19,8 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import List, Optional, Tuple
 
-from framework.api import hookimpl
-from framework.api import RtlabError
+from framework.api import hookimpl, RtlabError
 from plugins.data.augment_ops import (ColorJitter, Compose, GaussianBlur, HorizontalFlip, PadCrop, RandomGrayscale,
                                  RandomResizedCrop, Solarize)
 

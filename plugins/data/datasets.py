@@ -18,10 +18,7 @@ from typing import Any, Mapping, Optional
 
 import numpy as np
 
-from framework.api import hookimpl
-from framework.api import listing_key
-from framework.api import RtlabError
-from framework.api import DataOptions
+from framework.api import DataOptions, hookimpl, listing_key, RtlabError
 
 OFFLINE_HINT = ("use local data instead: data=imagefolder data.path=DIR, data=hf data.path=/path/to/parquet_or_"
                 "saved_dataset, or a built-in (data=fashion_mnist, data=digits)")

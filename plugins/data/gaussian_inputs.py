@@ -15,9 +15,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from framework.api import hookimpl
-from framework.api import RtlabError
-from framework.api import DataOptions
+from framework.api import DataOptions, hookimpl, RtlabError
 
 CLIP = 4.0  # the noise is clipped at ±CLIP σ so that it fits uint8 pixels
 

@@ -26,9 +26,7 @@ from typing import Optional
 
 import torch
 
-from framework.api import distributed, hookimpl
-from framework.api import RtlabError
-from framework.api import forward_views
+from framework.api import distributed, forward_views, hookimpl, RtlabError
 
 PAIRINGS = ("same", "opposite", "all")
 
@@ -158,7 +156,7 @@ class Distillation:
             run.summary["teacher_cache"] = why or "on"
         return []
 
-    # The centre and the cache are training state, restored on every rank by framework/state.py. The cache must
+    # The centre and the cache are training state, restored on every rank by framework/_run/state.py. The cache must
     # travel too: a resumed run reuses the values computed before the interruption (recomputing them in other
     # batches can differ in the last bits).
     def state_dict(self):

@@ -23,8 +23,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from framework.api import hookimpl
-from framework.api import RtlabError
+from framework.api import hookimpl, RtlabError
 
 
 @dataclass

@@ -27,10 +27,7 @@ from typing import Optional
 
 import torch
 
-from framework.api import hookimpl
-from framework.api import RtlabError
-from framework.api import load_checkpoint
-from framework.api import clone, load_network_state
+from framework.api import clone, hookimpl, load_checkpoint, load_network_state, RtlabError
 
 log = logging.getLogger("rtlab")
 

@@ -10,7 +10,7 @@
   round); the student initialiser then starts the new student from it as usual.
 
 Every teacher starts in eval mode with no gradients; the updater's ``bn_mode`` decides what its batch norm does.
-The checkpoint reading is :func:`framework.models.load_network_checkpoint`, usable by any plugin.
+The checkpoint reading is :func:`framework.api.load_network_checkpoint`, usable by any plugin.
 """
 
 from __future__ import annotations
@@ -18,9 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from framework.api import hookimpl
-from framework.api import RtlabError
-from framework.api import freeze, load_network_checkpoint, load_network_state
+from framework.api import freeze, hookimpl, load_network_checkpoint, load_network_state, RtlabError
 
 WHICH = ("student", "teacher")
 

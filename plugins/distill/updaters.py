@@ -25,8 +25,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from framework.api import hookimpl
-from framework.api import RtlabError
+from framework.api import hookimpl, RtlabError
 
 BN_MODES = ("eval", "from_data", "from_student")
 

@@ -8,7 +8,7 @@ Learning via Redundancy Reduction", ICML 2021).
 * views: BYOL's asymmetric augmentation (``augment=byol``), as in the paper.
 
 Made global under data parallelism: every process gathers all processes' embeddings
-(:func:`framework.distributed.gather_with_grad`, gradients flow back to their process) and computes the loss of the
+(:func:`framework.api.distributed.gather_with_grad`, gradients flow back to their process) and computes the loss of the
 global batch — its standardisation and cross-correlation — as one process would.
 
 The teacher is never used: it stays the random init the student started from. The optimiser is the experiment's

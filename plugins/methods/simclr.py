@@ -8,7 +8,7 @@ Norouzi, Hinton, ICML 2020).
   embeddings; cosine similarities divided by ``temperature`` (0.5, the paper's CIFAR-10 setting; ImageNet: 0.1),
   averaged over all 2N anchors. Both views go through the network as one batch (shared BatchNorm statistics, as
   in the paper's code). Made global under data parallelism: every process gathers all processes' embeddings
-  (:func:`framework.distributed.gather_with_grad`, gradients flow back to their process) and scores its own anchors
+  (:func:`framework.api.distributed.gather_with_grad`, gradients flow back to their process) and scores its own anchors
   against every other embedding of the global batch, so the negatives are the global batch's 2(N − 1);
 * views: random resized crops (scale 0.08–1), flip, colour distortion of strength 1 (jitter p 0.8; 0.8, 0.8,
   0.8, 0.2), grayscale (p 0.2), Gaussian blur (p 0.5) (``augment=simclr``).
@@ -25,8 +25,7 @@ from typing import List
 import torch
 import torch.nn.functional as F
 
-from framework.api import distributed, hookimpl
-from framework.api import RtlabError
+from framework.api import distributed, hookimpl, RtlabError
 from plugins.data.augmentations import MultiCrop, TwoViewOptions
 from plugins.networks.heads import MLPHeadOptions, mlp_head
 from plugins.methods import add_method

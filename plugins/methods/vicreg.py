@@ -9,7 +9,7 @@
 * views: BYOL's asymmetric augmentation (``augment=byol``), as in the paper.
 
 Made global under data parallelism: every process gathers all processes' embeddings
-(:func:`framework.distributed.gather_with_grad`, gradients flow back to their process) and computes the three terms
+(:func:`framework.api.distributed.gather_with_grad`, gradients flow back to their process) and computes the three terms
 on the global batch (its variances and covariances) as one process would.
 
 The teacher is never used: it stays the random init the student started from. The optimiser is the experiment's

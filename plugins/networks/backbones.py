@@ -23,9 +23,7 @@ from typing import Any, Optional
 import timm
 from torch import nn
 
-from framework.api import hookimpl
-from framework.api import RtlabError
-from framework.api import BackboneOptions
+from framework.api import BackboneOptions, hookimpl, RtlabError
 from plugins.networks.norm_layers import norm_layer
 
 SMALL_INPUT = 64  # inputs up to this many pixels a side get the small-input adaptations under "auto"

@@ -34,8 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from framework.api import hookimpl
-from framework.api import RtlabError
+from framework.api import hookimpl, RtlabError
 
 
 @dataclass

@@ -42,9 +42,7 @@ from typing import Any, Iterator, Sequence
 import torch
 import torch.nn.functional as F
 
-from framework.api import hookimpl
-from framework.api import one_cpu_thread
-from framework.api import RtlabError
+from framework.api import hookimpl, one_cpu_thread, RtlabError
 
 SCREENS = ("auto", "bf16", "off")
 AUTO_MIN_TRAIN = 20_000  # screen=auto screens from this many train rows

@@ -30,10 +30,7 @@ from typing import Any, List, Sequence
 import torch
 import torch.nn.functional as F
 
-from framework.api import hookimpl
-from framework.api import one_cpu_thread
-from framework.api import RtlabError
-from framework.api import MetricKind
+from framework.api import hookimpl, MetricKind, one_cpu_thread, RtlabError
 
 
 def train_linear_probe(train: torch.Tensor, train_labels: torch.Tensor, test: torch.Tensor,

@@ -1,4 +1,4 @@
-"""Representation metrics (not accuracies: each declares its kind, see :mod:`framework.metrics`).
+"""Representation metrics (not accuracies: each declares its kind, see :class:`framework.api.MetricKind`).
 
 * ``rankme`` — RankMe, the effective rank of the embedding (Garrido et al. 2023): exp of the entropy of the
   normalised singular values p_i = σ_i / Σσ (+ 1e-7) of the train embeddings (at most 25,600 rows). Between 1
@@ -21,9 +21,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from framework.api import hookimpl
-from framework.api import MetricKind
-from framework.api import NoOptions
+from framework.api import hookimpl, MetricKind, NoOptions
 
 RANKME_ROWS = 25_600
 UNIFORMITY_ROWS = 4_096

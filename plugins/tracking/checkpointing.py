@@ -16,8 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List
 
-from framework.api import hookimpl
-from framework.api import RtlabError
+from framework.api import hookimpl, RtlabError
 
 
 @dataclass

@@ -25,8 +25,7 @@ def embedding_panel(folder: Path, registry: Any, max_points: int = MAX_POINTS) -
     from sklearn.decomposition import PCA
     from sklearn.manifold import TSNE
 
-    from framework.api import load_image_data
-    from framework.api import network_from_checkpoint
+    from framework.api import load_image_data, network_from_checkpoint
     from plugins.tracking.plotting import pyplot
 
     ckpt = folder / "checkpoints" / "final.safetensors"

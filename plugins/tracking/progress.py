@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 
-from framework.api import hookimpl
+from framework.api import hookimpl, parse_key
 
 
 @dataclass
@@ -70,7 +70,7 @@ def rtlab_evaluate_start(run, epoch):
 @hookimpl
 def rtlab_evaluate_end(run, epoch, results):
     bar = _bars.get(id(run))
-    shown = {k: v for k, v in results.items() if k.partition("/")[2].partition("@")[0] == "student"}
+    shown = {k: v for k, v in results.items() if getattr(parse_key(k), "target", None) == "student"}
     if bar is not None:
         bar.set_description("train", refresh=True)  # type: ignore[attr-defined]
     if bar is not None and shown:

@@ -3,39 +3,43 @@
 
 from __future__ import annotations
 
-from framework.api import hookimpl
-from framework.api import ACCURACY, from_summary, kind_of, MetricKind
+from framework.api import ACCURACY, from_summary, hookimpl, kind_of, layer_suffix, MetricKind, parse_key, parse_point
 
 ROW_NAMES = {"teacher": "teacher", "teacher_bn": "teacher (BN control)", "student": "student",
              "input": "input pixels"}
 
 
-def row_name(target: str) -> str:
-    """``teacher_bn`` → "teacher (BN control)"; a probe dataset's ``teacher_bn@cifar100`` → "… @ cifar100"."""
-    base, _, dataset = target.partition("@")
-    name = ROW_NAMES.get(base, base)
-    return f"{name} @ {dataset}" if dataset else name
+def row_name(point: str) -> str:
+    """``teacher_bn`` → "teacher (BN control)"; a layer and a probe dataset follow: ``student.L-2@cifar100`` →
+    "student L-2 @ cifar100"."""
+    target, layer, dataset = parse_point(point)
+    name = ROW_NAMES.get(target, target) + (f" {layer_suffix(layer)[1:]}" if layer != -1 else "")
+    return f"{name} @ {dataset}" if dataset is not None else name
+
+
+def _row_order(point: str) -> tuple:
+    """The training data's rows first, then each probe dataset's; in each, the known targets in table order, and
+    each target's embedding before its layers."""
+    target, layer, dataset = parse_point(point)
+    order = list(ROW_NAMES)
+    return (dataset or "", order.index(target) if target in order else len(order), target, layer != -1, str(layer))
 
 
 def format_table(metrics: dict[str, float], kinds: dict[str, MetricKind] | None = None) -> str:
     """``target | metric …`` rows from flat ``metric/target`` keys (accuracies in %, numbers as they are: see
-    :mod:`framework.metrics`), the training data's rows first, then each probe dataset's (``metric/target@dataset``).
+    :class:`framework.api.MetricKind`), the training data's rows first, then each probe dataset's (``metric/target@dataset``).
     """
     kinds = kinds or {}
     cols: list[str] = []
     rows: list[str] = []
-    for key in metrics:
-        if "/" not in key:
-            continue
-        metric, target = key.split("/", 1)
-        if metric not in cols:
-            cols.append(metric)
-        if target not in rows:
-            rows.append(target)
+    for key in filter(None, map(parse_key, metrics)):
+        if key.metric not in cols:
+            cols.append(key.metric)
+        if key.point not in rows:
+            rows.append(key.point)
     if not cols:
         return ""
-    order = {t: i for i, t in enumerate(ROW_NAMES)}
-    rows.sort(key=lambda t: (t.partition("@")[2], order.get(t.partition("@")[0], len(order))))
+    rows.sort(key=_row_order)
     width = max(len(row_name(r)) for r in rows)
     lines = [f"{'':{width}}  " + "  ".join(f"{c:>10}" for c in cols)]
     for r in rows:

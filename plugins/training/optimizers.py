@@ -23,8 +23,7 @@ from typing import List, Optional, Tuple
 
 import torch
 
-from framework.api import hookimpl
-from framework.api import RtlabError
+from framework.api import hookimpl, RtlabError
 
 SCHEDULES = ("constant", "cosine", "multistep")
 

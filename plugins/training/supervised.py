@@ -20,9 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from framework.api import hookimpl
-from framework.api import load_checkpoint, prefixed, strip_prefix
-from framework.api import RtlabError
+from framework.api import hookimpl, load_checkpoint, prefixed, RtlabError, strip_prefix
 
 CLASSIFIER_PREFIX = "classifier."
 
@@ -98,7 +96,7 @@ class Supervised:
         self.net = ClassifierNet(run.student.encoder, self.classifier)
         return list(self.classifier.parameters())
 
-    # The classifier trains with the student: it is training state, restored on every rank by framework/state.py.
+    # The classifier trains with the student: it is training state, restored on every rank by framework/_run/state.py.
     def state_dict(self):
         return {"classifier": self.classifier.state_dict()}
 

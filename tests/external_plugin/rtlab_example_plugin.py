@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from framework import hookimpl
-from framework.metrics import MetricKind
+from framework._base.metrics import MetricKind
 
 __version__ = "0.3.1"
 
