@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from framework import __version__
 from framework._base import paths
+from framework._base.clock import Clock
 from framework._base.commands import CommandSet
 from framework._base.errors import PluginError, RtlabError, unknown_name
 from framework._base.files import (
@@ -53,6 +54,7 @@ from framework._contract.components import (
     DatasetSource,
     Evaluator,
     HeadFactory,
+    InitScheme,
     Loss,
     Objective,
     OptimizerFactory,
@@ -102,6 +104,7 @@ from framework._nets.models import (
     load_network_checkpoint,
     load_network_state,
     network_from_checkpoint,
+    parameter_distance,
 )
 from framework._nets.placement import Placement
 from framework._run.evaluation import BUILTIN_TARGETS, features
@@ -112,30 +115,34 @@ from framework.cli.main import train_command
 
 __all__ = [
     "__version__",
-    # plugins and components
+    # writing a plugin: hooks, the registry, options, commands
     "hookimpl", "Registry", "NoOptions", "to_options", "describe_options", "option_help", "BackboneOptions",
-    "DataOptions", "PluginManager", "create_plugin_manager", "get_plugin_manager", "CommandSet",
+    "DataOptions", "AnalysisOptions", "PluginManager", "create_plugin_manager", "get_plugin_manager", "CommandSet",
     "check_recorded_plugins",
-    # component protocols
-    "Stateful", "DatasetSource", "HeadFactory", "TeacherInit", "StudentInit", "Updater", "Objective", "Loss",
-    "Augment", "OptimizerFactory", "Evaluator", "BackboneAdapter",
+    # what components are: the protocols of each kind
+    "Stateful", "DatasetSource", "HeadFactory", "InitScheme", "TeacherInit", "StudentInit", "Updater", "Objective",
+    "Loss", "Augment", "OptimizerFactory", "Evaluator", "BackboneAdapter",
     # errors
     "RtlabError", "PluginError", "unknown_name",
-    # the run
-    "RunView", "Run", "run_training", "train_command", "compose", "check_config", "register_configs", "with_values",
-    # studying runs: open a finished run, analyses
-    "load_run", "LoadedRun", "AnalysisContext", "AnalysisOptions",
-    "stream_seed",
+    # a run: what hooks receive, composing and training
+    "RunView", "Run", "Clock", "run_training", "train_command", "compose", "check_config", "register_configs",
+    "with_values", "stream_seed",
+    # studying runs: opening a finished run, analyses
+    "load_run", "LoadedRun", "AnalysisContext",
     # networks and checkpoints
-    "Network", "clone", "freeze", "has_batchnorm", "forward_views", "load_network_state",
+    "Network", "clone", "freeze", "has_batchnorm", "parameter_distance", "forward_views", "load_network_state",
     "load_network_checkpoint", "network_from_checkpoint", "load_checkpoint", "save_checkpoint", "load_weights",
-    "prefixed", "strip_prefix", "paths", "atomic_write_text", "atomic_write_bytes", "atomic_write_json", "cache_dir",
+    "prefixed", "strip_prefix",
+    # files: the run folder's names, atomic writes, the cache folder
+    "paths", "atomic_write_text", "atomic_write_bytes", "atomic_write_json", "cache_dir",
     # data
     "ImageData", "load_image_data", "listing_key", "stream_files_of",
     # devices and processes
     "Placement", "resolve_device", "resolve_dtype", "cpu_has_bf16_units", "one_cpu_thread", "distributed",
-    # evaluation and results
-    "Features", "BUILTIN_TARGETS", "features", "embed", "extract", "bn_control", "eval_mode", "layer_embedder", "MetricKind", "ACCURACY", "kind_of",
-    "from_summary", "merged", "ResultKey", "format_key", "format_point", "parse_key", "parse_point",
-    "layer_suffix", "metric_of", "CONTROLS", "control_key", "gain", "format_gain", "bootstrap_interval",
+    # features: embeddings of any network at any stage
+    "Features", "BUILTIN_TARGETS", "features", "embed", "extract", "bn_control", "eval_mode", "layer_embedder",
+    # results: metric kinds, result keys, gains over controls
+    "MetricKind", "ACCURACY", "kind_of", "from_summary", "merged", "ResultKey", "format_key", "format_point",
+    "parse_key", "parse_point", "layer_suffix", "metric_of", "CONTROLS", "control_key", "gain", "format_gain",
+    "bootstrap_interval",
 ]

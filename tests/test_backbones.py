@@ -55,7 +55,7 @@ def test_same_seed_same_network_without_touching_global_rng(pm):
 def test_paper_vgg11_without_bn_matches_the_paper_parameter_count(pm):
     model, dim = backbone(pm, "vgg11_nobn", 3, 32)
     assert dim == 512
-    assert sum(p.numel() for p in model.parameters()) == 9_220_480  # PAPER.md Table 5
+    assert sum(p.numel() for p in model.parameters()) == 9_220_480  # docs/paper.md#table-5
     assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
 

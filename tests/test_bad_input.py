@@ -45,7 +45,7 @@ CASES = {
     "unknown precision": (["train.precision=fp8"], ["train.precision must be auto, fp32, bf16, fp16 or fp64, got 'fp8'"]),
     "no cuda": (["train.device=cuda"], ["no CUDA device is available; use train.device=cpu"]),
     "unknown schedule": (["optimizer.schedule=linear"], ["optimizer.schedule must be one of constant, cosine"]),
-    "unknown init": (["backbone.init=xavier"], ["backbone.init must be 'paper' or 'timm'"]),
+    "unknown init": (["backbone.init=xavier"], ["unknown init 'xavier'", "known: paper, timm", "(choose with backbone.init=NAME)"]),
     "knn k": (["evaluator.knn.k=0"], ["evaluator.knn.k must be a positive integer or a list of distinct ones"]),
     "knn metric": (["evaluator.knn.metric=cos"], ["evaluator.knn.metric must be l2 or cosine"]),
     "head out_dim": (["head.out_dim=0"], ["head.out_dim must be positive"]),
@@ -210,6 +210,9 @@ def test_resume_when_the_configs_changed(finished_run, capsys, tmp_path):
 def test_resume_with_hydra_run_dir(finished_run, capsys, tmp_path):
     code, lines, err = run_main(capsys, ["train", f"resume={finished_run}", f"hydra.run.dir={tmp_path}"])
     assert_one_line_error(code, lines, err, ["drop hydra.run.dir"])
+    code, lines, err = run_main(capsys, ["train", "resume=auto", f"hydra.run.dir={finished_run}"])
+    assert_one_line_error(code, lines, err, [f"to continue the run in {finished_run}, write resume={finished_run} "
+                                             "and drop hydra.run.dir"])
 
 
 def test_resume_from_corrupted_state_names_the_file(finished_run, capsys, tmp_path):
@@ -240,6 +243,6 @@ def test_real_command_error_during_setup(cli, tmp_path):
     res = cli("train", *FAST, "data.label_column=y", f"hydra.run.dir={tmp_path / 'run'}")
     lines = [ln for ln in res.stderr.splitlines() if ln.startswith("rtlab: error: ")]
     assert_one_line_error(res.returncode, lines, res.stderr, ["has no column 'y'", "fix data.label_column"])
-    summary = tmp_path / "run" / "summary.json"
-    assert not summary.exists()
-    assert json.loads((tmp_path / "run" / "plugins.json").read_text())  # what it wrote before failing is intact
+    # refused while the run was being built: it never claimed the folder, so it wrote nothing there
+    assert not any((tmp_path / "run" / n).exists() for n in ("summary.json", "plugins.json", "config.yaml",
+                                                            "error.txt", ".lock"))

@@ -42,7 +42,7 @@ def test_interpolation_endpoints_and_variance_preservation():
     expected = (0.5 * teacher.weight + 0.5 * fresh.weight) / math.sqrt(0.5)
     assert torch.allclose(half.weight, expected)
     assert same.weight is not teacher.weight
-    tiny = interpolate(teacher, fresh, 1e-10, True)  # PAPER.md §2.7: float32 turns α = 1e-10 into a copy
+    tiny = interpolate(teacher, fresh, 1e-10, True)  # docs/paper.md#alpha-in-float32: float32 makes α = 1e-10 a copy
     assert float((tiny.weight - teacher.weight).detach().abs().max()) < 1e-9
     with pytest.raises(RtlabError, match=r"alpha must be in \[0, 1\]"):
         interpolate(teacher, fresh, 1.5, True)

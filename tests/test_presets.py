@@ -36,7 +36,7 @@ def test_every_paper_result_has_a_preset():
     assert set(PAPER_PRESETS) <= shipped
     for name in PAPER_PRESETS:  # the header names the paper result it targets
         header = (config_dir() / "experiment" / f"{name}.yaml").read_text().split("\n", 3)[:3]
-        assert "PAPER.md" in " ".join(header) or "DINO" in " ".join(header), name
+        assert "docs/paper.md" in " ".join(header) or "DINO" in " ".join(header), name
 
 
 @pytest.mark.parametrize("preset", PRESETS)
@@ -53,7 +53,7 @@ def test_preset_trains_two_steps(preset, tmp_path, round1):
 
 
 def test_paper_preset_is_the_papers_setting():
-    """PAPER.md §2.4–2.6, field by field."""
+    """docs/paper.md#protocol, field by field."""
     from framework._config.compose import compose
 
     cfg = OmegaConf.to_container(compose(["experiment=paper_cifar10_resnet18"]), resolve=True)

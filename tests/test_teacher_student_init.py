@@ -97,7 +97,7 @@ def test_interpolated_and_neighborhood_students_follow_their_formulas(tmp_path):
 
 
 def test_tiny_alpha_survives_only_in_float64(tmp_path):
-    """α = 1e-10 in float32 barely moves the student (PAPER.md §2.7); in float64 every weight moves."""
+    """α = 1e-10 in float32 barely moves the student (docs/paper.md#alpha-in-float32); in float64 every weight moves."""
     r32 = compose_run(tmp_path / "f32", "student.alpha=1e-10", "evaluator=[]")
     r64 = compose_run(tmp_path / "f64", "student.alpha=1e-10", "train.precision=fp64", "evaluator=[]",
                       "train.max_steps=1")

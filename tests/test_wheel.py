@@ -7,6 +7,7 @@ The wheel is built without network access (``--no-build-isolation``: the venv's 
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import subprocess
@@ -65,3 +66,46 @@ def test_the_installed_wheel_lists_plugins_and_trains_outside_the_source_tree(wh
     assert train.returncode == 0, train.stderr[-2000:]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["steps"] == 2 and "knn/student" in summary["metrics"]
+
+
+def test_a_plugin_package_written_against_the_face_works_from_the_wheel(wheel_site, tmp_path):
+    """The example plugin (tests/external_plugin, framework.api only) installed beside the wheel: its init scheme
+    (backbone.init=orthogonal), its analysis of a finished run (load_run) and its number-valued evaluator in
+    rtlab compare's table and CSV, run from outside the source tree."""
+    _, site = wheel_site
+    plugin = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
+                             "--target", str(site), str(ROOT / "tests" / "external_plugin")],
+                            capture_output=True, text=True, cwd=tmp_path)
+    assert plugin.returncode == 0, plugin.stderr[-2000:]
+    small = [*TINY, "data=digits", "data.train_size=96", "data.test_size=48", "train.threads=1"]
+
+    run = tmp_path / "run"
+    train = _run(site, tmp_path, "-m", "framework.cli", "train", *small, "backbone.init=orthogonal",
+                 "evaluator=[knn,spread]", f"hydra.run.dir={run}")
+    assert train.returncode == 0, train.stderr[-2000:]
+    script = ("import torch; from framework.api import load_run\n"
+              f"r = load_run({str(run)!r}, device='cpu')\n"
+              "conv = next(m for m in r.network('teacher').encoder.modules() if isinstance(m, torch.nn.Conv2d))\n"
+              "w = conv.weight.flatten(1)\n"
+              "g = w @ w.T if w.shape[0] <= w.shape[1] else w.T @ w\n"
+              "print(r.cfg.backbone.init, float((g - torch.eye(len(g))).abs().max()))")
+    check = _run(site, tmp_path, "-c", script)
+    assert check.returncode == 0, check.stderr[-2000:]
+    init, off = check.stdout.split()
+    assert init == "orthogonal" and float(off) < 1e-4  # the teacher's stem conv is orthogonal
+
+    analysis = _run(site, tmp_path, "-m", "framework.cli", "analyze", "ncm", str(run))
+    assert analysis.returncode == 0, analysis.stderr[-2000:]
+    (folder,) = (run / "analyses").glob("ncm-*")
+    result = json.loads((folder / "analysis.json").read_text())["results"][str(run.resolve())]
+    assert result["dataset"] == "digits" and 0.0 <= result["teacher"] <= 1.0 and 0.0 <= result["student"] <= 1.0
+
+    out = tmp_path / "cmp"
+    compare = _run(site, tmp_path, "-m", "framework.cli", "compare", *[o for o in small if "backbone" not in o],
+                   "compare.backbones=[test_resnet]", "compare.methods=[cosine_teacher]",
+                   "compare.metrics=[knn,spread]", "evaluator=[knn,spread]", "--out", str(out))
+    assert compare.returncode == 0, compare.stderr[-2000:]
+    (row,) = csv.DictReader((out / "compare.csv").open())
+    assert float(row["spread_mean"]) > 0 and 0.0 <= float(row["knn_mean"]) <= 1.0
+    header = (out / "compare.md").read_text().splitlines()[0]
+    assert "| spread |" in header and "spread (%)" not in header and "k-NN (%)" in header

@@ -7,7 +7,7 @@ Used by ``tools/gpu_check.sh`` (docs/performance.md#the-gpu-check); also runs al
 For every preset (default ``paper_cifar10_resnet18`` and ``paper_cifar10_vgg11``): a timing run (60 steps, one
 evaluation) measures the seconds per epoch and per evaluation; the preset then runs for the largest number of epochs
 (≤ its own 150) whose training and evaluations fit its share of the budget, probing about ten times. The table
-compares every probe with the paper's number (PAPER.md Tables 1 and 3). The shared CIFAR-10 copy was made from a
+compares every probe with the paper's number (Tables 1 and 3 of docs/paper.md). The shared CIFAR-10 copy was made from a
 public JPEG version of CIFAR-10: its pixels differ slightly from the PNG original the paper used.
 """
 
@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 PRESETS = ("paper_cifar10_resnet18", "paper_cifar10_vgg11")
-# PAPER.md Table 1 (linear) and Table 3 (k-NN), CIFAR10; the input rows are shared by both models
+# docs/paper.md#table-1 (linear) and #table-3 (k-NN), CIFAR10; the input rows are shared by both models
 PAPER = {
     "paper_cifar10_resnet18": {"linear/teacher": 35.50, "linear/student": 46.02, "linear/input": 39.02,
                                "knn/teacher": 37.65, "knn/student": 44.67, "knn/input": 33.61},
@@ -34,7 +34,7 @@ PAPER = {
 KEYS = [f"{probe}/{target}" for probe in ("knn", "linear") for target in ("teacher", "teacher_bn", "student",
                                                                           "input")]
 TIMING_STEPS = 60
-MAX_EPOCHS = 150  # the paper's (PAPER.md §2.5)
+MAX_EPOCHS = 150  # the paper's (docs/paper.md#optimisation)
 JPEG_NOTE = ("CIFAR-10 from the shared parquet copy, made from a public JPEG version of CIFAR-10: pixels differ "
              "slightly from the PNG original the paper used.")
 
@@ -79,7 +79,7 @@ def timing(preset: str, common: list[str], out: Path, dry_run: bool) -> tuple[fl
 
 def table(results: list[dict]) -> str:
     lines = [f"{JPEG_NOTE} Accuracies in %, last evaluation (best over epochs in brackets); paper numbers from "
-             "PAPER.md Tables 1 and 3.", "",
+             "docs/paper.md#tables (Tables 1 and 3).", "",
              "| preset | epochs | steps | wall s | probe | teacher | BN control | student (best) | input | paper "
              "teacher → student (input) |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:

@@ -17,8 +17,10 @@ class BackboneOptions:
     # small-input stem: auto (small-input stem for inputs up to 64 px) | cifar (always) | timm (the family's own
     # stem wherever the input allows it). Each family adapter says what its small-input stem is.
     stem: str = "auto"
-    init: str = "paper"  # paper: Kaiming fan-out convs, norm weight 1 / bias 0, no zero-init | timm: family default
-    # norm-layer swap (PAPER.md Fig. 11): None keeps the family's own | batchnorm | groupnorm8 | instancenorm |
+    # an init scheme (kind `init`): paper = Kaiming fan-out convs, norm weight 1 / bias 0, no zero-init | timm =
+    # the family's default | a plugin's scheme (rtlab plugins lists them)
+    init: str = "paper"
+    # norm-layer swap (docs/paper.md#fig-11): None keeps the family's own | batchnorm | groupnorm8 | instancenorm |
     # layernorm | identity, for families that take a norm layer (ResNets, the paper's CIFAR nets)
     norm: Optional[str] = None
     kwargs: Dict[str, Any] = field(default_factory=dict)  # extra timm.create_model keyword arguments
@@ -55,16 +57,16 @@ class DataOptions:
 
 @dataclass
 class TrainConfig:
-    """The training loop. Defaults are the paper's (PAPER.md §2.5)."""
+    """The training loop. Defaults are the paper's (docs/paper.md#optimisation)."""
 
     epochs: int = 100
     # a fixed number of training samples instead of epochs: epochs = max(1, sample_budget // train images), the
-    # data-size study's protocol (PAPER.md Fig. 4); None: train.epochs
+    # data-size study's protocol (docs/paper.md#fig-4); None: train.epochs
     sample_budget: Optional[int] = None
     batch_size: int = 256
     seed: int = 0  # data order and augmentation streams
     # auto (bf16 autocast on CUDA and on CPUs with bf16 units, else fp32) | fp32 | bf16 | fp16 | fp64 (networks and
-    # inputs in float64: a student at α = 1e-10 then really differs from its teacher, PAPER.md §2.7)
+    # inputs in float64: a student at α = 1e-10 then really differs from its teacher, docs/paper.md#alpha-in-float32)
     precision: str = "auto"
     channels_last: bool = True
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps

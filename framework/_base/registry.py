@@ -75,6 +75,8 @@ class NoOptions:
 CORE_KINDS = (
     Kind("backbone_adapter", "adapts a family of timm models to small inputs and an init scheme; chosen "
          "automatically from the backbone name", None, BackboneOptions),
+    Kind("init", "an initialisation scheme of backbones (paper, timm, or a plugin's); chosen with backbone.init=NAME",
+         None, select_hint="(choose with backbone.init=NAME)"),
     Kind("dataset", "a source of image datasets (hub id, local folder, built-in data)", "data", DataOptions),
     Kind("head", "the projection head on top of the encoder (student and teacher)", "head"),
     Kind("teacher", "builds the teacher network (random init, a checkpoint, …)", "teacher"),

@@ -1,153 +1,35 @@
-"""Hydra configuration: the run schema, component nodes in the ConfigStore, composition and override checks.
+"""Composing a configuration like ``rtlab train`` does, and the checks made before anything is built: override
+names, component names, value ranges, and every selected component built once (its own checks).
 
 Config groups mirror component kinds (``teacher=random``, ``loss=ce``, ``evaluator=[knn,linear]``). Every
-component's options dataclass is stored as a typed node, so struct mode catches typos for third-party
-components too. ``backbone=NAME`` accepts any timm model name: each gets a node of its family adapter's options.
+component's options dataclass is stored as a typed node (:mod:`framework._config.schema`), so struct mode catches
+typos for third-party components too. ``backbone=NAME`` accepts any timm model name.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import inspect
 import re
-from dataclasses import field
 from pathlib import Path
-from typing import Any, List, Sequence
+from typing import Any, Sequence
 
 from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
-from hydra.core.config_store import ConfigNode, ConfigStore
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import (
     ConfigAttributeError,
     ConfigKeyError,
     OmegaConfBaseException,
 )
 
-import configs
-from framework._base.errors import RtlabError, close_matches, unknown_name
-from framework._base.expectations import Expectation
-from framework._base.options import EvalConfig, TrainConfig
+from framework._base.errors import PluginError, RtlabError, close_matches, unknown_name
 from framework._base.registry import Registry, node_class
-from framework._base.seeding import stream_seed
+from framework._config.schema import BACKBONE_GROUP, config_dir, register_configs
 from framework._contract.plugin_manager import get_plugin_manager
-from framework._nets.models import adapter_for, known_backbones
+from framework._nets.models import known_backbones
 
-SCHEMA_NAME = "rtlab_schema"
-BACKBONE_GROUP = "backbone"
-
-
-def config_dir() -> Path:
-    """The directory of rtlab's YAML configs (works for source checkouts and installed wheels)."""
-    return Path(configs.__file__).resolve().parent
-
-
-def build_schema(registry: Registry) -> type:
-    """The top-level config dataclass: fixed sections, one ``Any`` slot per component group, plugin settings."""
-    fields: list[tuple[str, Any, Any]] = [
-        ("name", str, field(default="default")),
-        ("train", TrainConfig, field(default_factory=TrainConfig)),
-        ("eval", EvalConfig, field(default_factory=EvalConfig)),
-        (BACKBONE_GROUP, Any, field(default=MISSING)),
-        ("expect", List[Expectation], field(default_factory=list)),  # rtlab verify's expected results
-    ]
-    for kind in registry.kinds:
-        if kind.group is None:
-            continue
-        default = field(default_factory=dict) if kind.multi else field(default=None)
-        fields.append((kind.group, Any, default))
-    for section, cls in registry.settings.items():
-        fields.append((section, cls, field(default_factory=cls)))
-    return dataclasses.make_dataclass("RtlabConfig", fields)
-
-
-def _stream_seed(stream: str, *, _root_: DictConfig) -> int:
-    return stream_seed(int(_root_.train.seed), str(stream)) % 2 ** 31
-
-
-def register_resolvers() -> None:
-    """``${stream_seed:NAME}`` — a seed for the stream NAME derived from ``train.seed``, so one knob seeds a sweep
-    (``-m train.seed=0,1,2`` with ``teacher.seed: ${stream_seed:teacher}`` gives every run its own teacher)."""
-    if not OmegaConf.has_resolver("stream_seed"):
-        OmegaConf.register_new_resolver("stream_seed", _stream_seed)
-
-
-
-_active: list[Registry | None] = [None]  # the registry whose components the ConfigStore holds
-_preset_groups: set[str] = set()  # config groups of plugin presets stored so far (replaced per registry)
-
-
-class BackboneGroup(dict):
-    """Hydra's ``backbone`` config group: one typed node per timm model, made on first lookup.
-
-    Storing ~1,400 nodes up front costs ~0.5 s, and Hydra deep-copies its whole ConfigStore on every compose
-    (another ~1 s). This group lists every timm name but builds a node only when Hydra loads it, and is shared,
-    not copied (Hydra deep-copies each node it loads anyway).
-    """
-
-    def __init__(self, registry: Registry) -> None:
-        super().__init__()
-        self.registry = registry
-
-    @staticmethod
-    def _model(key: object) -> str | None:
-        return key[:-5] if isinstance(key, str) and key.endswith(".yaml") else None
-
-    def __contains__(self, key: object) -> bool:
-        return dict.__contains__(self, key) or self._model(key) in known_backbones()
-
-    def __getitem__(self, key: str):
-        if not dict.__contains__(self, key):
-            name = self._model(key)
-            if name not in known_backbones():
-                raise KeyError(key)
-            node = OmegaConf.structured(adapter_for(self.registry, name).options(name=name))
-            dict.__setitem__(self, key, ConfigNode(name=key, node=node, group=BACKBONE_GROUP, package=None,
-                                                   provider="rtlab"))
-        return dict.__getitem__(self, key)
-
-    def get(self, key, default=None):  # type: ignore[override]
-        return self[key] if key in self else default
-
-    def keys(self):  # type: ignore[override]
-        return [f"{n}.yaml" for n in sorted(known_backbones())]
-
-    def __iter__(self):
-        return iter(self.keys())
-
-    def __len__(self) -> int:
-        return len(self.keys())
-
-    def __deepcopy__(self, memo: dict) -> "BackboneGroup":
-        return self
-
-
-def register_configs(registry: Registry) -> None:
-    """Store the schema and every component's node in Hydra's ConfigStore; every timm model is a ``backbone``
-    option through :class:`BackboneGroup`."""
-
-    register_resolvers()
-    if _active[0] is registry:
-        return
-    cs = ConfigStore.instance()
-    cs.store(name=SCHEMA_NAME, node=build_schema(registry))
-    for kind in registry.kinds:
-        if kind.group is None:
-            continue
-        for comp in registry.components(kind.name):
-            package = f"{kind.group}.{comp.name}" if kind.multi else None
-            cs.store(group=kind.group, name=comp.name, node=node_class(comp), package=package)
-    cs.repo[BACKBONE_GROUP] = BackboneGroup(registry)  # a fresh group: this registry's adapters decide
-    for group in _preset_groups | set(registry.preset_groups):  # only this registry's presets are selectable
-        cs.repo.pop(group, None)
-    for preset in registry.presets():
-        cs.store(group=preset.group, name=preset.name, node=OmegaConf.create(preset.node()), package="_global_")
-    _preset_groups.update(registry.preset_groups)
-    _active[0] = registry
-
-
-# ----------------------------------------------------------------------------------------------- override checks
 _HYDRA_FLAGS = re.compile(r"^(hydra/|hydra\.|\+hydra|~hydra)")
 
 
@@ -264,11 +146,51 @@ def check_config(cfg: DictConfig, registry: Registry) -> None:
                 registry.get(kind.name, name)
         elif isinstance(node, DictConfig) and "name" in node:
             registry.get(kind.name, node.name)
+    init = OmegaConf.select(cfg, "backbone.init", default=None)
+    if isinstance(init, str) and registry.names("init"):
+        registry.get("init", init)
     try:
         OmegaConf.resolve(cfg)
     except Exception as exc:
         raise RtlabError(f"invalid configuration: {_one_line(str(exc))}") from None
     check_ranges(cfg)
+    check_components(cfg, registry)
+
+
+def check_components(cfg: DictConfig, registry: Registry) -> None:
+    """Build every selected component once, so that an option value a component refuses (its factory or its
+    options' ``__post_init__`` raises :class:`RtlabError`) stops the command here, before any run folder exists.
+    Factories are cheap and free of side effects by contract (heavy work belongs in ``build``/``setup``); one that
+    needs more than its options (a head's ``in_dim``) is built when the run is."""
+    selected: list[tuple[str, Any]] = []
+    for kind in registry.kinds:
+        node = cfg.get(kind.group) if kind.group else None
+        if node is None:
+            continue
+        nodes = list(node.values()) if kind.multi else [node]
+        selected += [(kind.name, n) for n in nodes if isinstance(n, DictConfig) and "name" in n]
+    init = OmegaConf.select(cfg, "backbone.init", default=None)
+    if isinstance(init, str) and registry.names("init"):
+        selected.append(("init", {"name": init}))
+    for kind, node in selected:
+        comp = registry.get(kind, node["name"])
+        if _needs_more_than_options(comp.factory):
+            continue
+        try:
+            registry.build(kind, node)
+        except (RtlabError, PluginError):
+            raise
+        except Exception as exc:  # a bug in the plugin: say whose
+            raise PluginError(comp.plugin, f"the {kind} factory '{comp.name}'", exc) from exc
+
+
+def _needs_more_than_options(factory: Any) -> bool:
+    try:
+        params = inspect.signature(factory).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    required = [p for p in params if p.default is p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    return len(required) > 1
 
 
 # (setting, valid?, what it must be) — checked before anything is built

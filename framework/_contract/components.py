@@ -32,6 +32,15 @@ class Stateful(Protocol):
         """Restore what :meth:`state_dict` returned (tensors arrive on the CPU)."""
 
 
+class InitScheme(Protocol):
+    """Kind ``init`` (chosen with ``backbone.init=NAME``): how a freshly created backbone is initialised."""
+
+    base: str  # the family init the backbone adapter applies first: "paper" (no zero-init residuals) or "timm"
+
+    def apply(self, model: nn.Module) -> None:
+        """Re-initialise ``model`` in place (under the run's seed: the global RNG is seeded when this runs)."""
+
+
 class DatasetSource(Protocol):
     """Kind ``dataset`` (config group ``data``). Options subclass :class:`framework.api.DataOptions`."""
 

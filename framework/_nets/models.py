@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -99,9 +100,11 @@ def create_backbone(registry: Registry, options: Any, in_chans: int, input_size:
     if opts.name not in known_backbones():
         raise unknown_name("backbone", opts.name, known_backbones(), "(list them with: rtlab backbones PATTERN)")
     adapter = adapter_for(registry, opts.name).factory
+    scheme = registry.build("init", {"name": opts.init})
     h, w = input_size
-    try:
-        model = adapter.create(opts, in_chans, input_size)
+    try:  # the family's own (base) init first, then the scheme's
+        model = adapter.create(dataclasses.replace(opts, init=getattr(scheme, "base", "timm")), in_chans, input_size)
+        scheme.apply(model)
     except RtlabError:
         raise
     except (TypeError, ValueError, AssertionError, RuntimeError) as exc:

@@ -50,7 +50,8 @@ def plan(cfg: Any, train_images: int) -> Clock:
 
 def setup(run: "Run") -> None:
     """Build ``run``: checks, data on its device, teacher and student, objective, optimiser, evaluators; a resumed
-    run then restores its training state. Nothing is written into the run folder before the run claims it."""
+    run then restores its training state. Nothing is written into the run folder before the run claims it, at the
+    end: a setting any component refuses (its factory or its options raise :class:`RtlabError`) leaves no trace."""
     cfg = run.cfg
     run.folder.acquire(run.resume)
     _threads(run)
@@ -59,8 +60,6 @@ def setup(run: "Run") -> None:
     if cfg.train.sample_budget is not None and cfg.train.sample_budget <= 0:
         raise RtlabError(f"train.sample_budget must be a positive number of samples, got "
                          f"{cfg.train.sample_budget}")
-    if not run.resume:  # a fresh folder is ours once acquire found no other run in it
-        run.claim()
     _data(run)
     _networks(run)
     _training(run)
@@ -72,9 +71,11 @@ def setup(run: "Run") -> None:
             net.head.compile()
     run.init_student = {k: v.detach().clone() for k, v in run.student.named_parameters()}
     run.summary["teacher_student_distance_init"] = parameter_distance(run.student, run.teacher)
-    if run.resume:  # a resumed folder is ours once its training state fits this run
+    # the folder becomes the run's only now: every component was built (their options checked) and a resumed run's
+    # state fits it, so a refused run leaves the folder as it was
+    if run.resume:
         run.state.restore(run)
-        run.claim()
+    run.claim()
     if run.teacher_frozen:  # checked here once; the guard skips it while it cannot change
         check_parameters([("teacher", run.teacher)], run.clock.step, run.state.last_good())
 

@@ -100,7 +100,11 @@ def plan_resume(value: str, overrides: Sequence[str], registry: Registry, config
                 ) -> ResumePlan:
     """The folder and overrides for ``resume=value`` given the new ``overrides`` (see the module notes);
     ``config_dirs`` are the ``-cd`` folders of this command (give the run's own again when it had some)."""
+    given = [o.split("=", 1)[1] for o in overrides if o.lstrip("+~").split("=", 1)[0] == "hydra.run.dir" and "=" in o]
     if any(k.startswith("hydra.run.dir") for k in _keys(overrides)):
+        if value == AUTO and given:  # the user named the folder: that folder is the one to continue
+            raise RtlabError(f"resume=auto looks for the run folder itself; to continue the run in {given[0]}, "
+                             f"write resume={given[0]} and drop hydra.run.dir")
         raise RtlabError("resume= picks the run folder itself; drop hydra.run.dir")
     if value == AUTO:
         return _plan_auto(overrides, registry, config_dirs)

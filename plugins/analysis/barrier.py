@@ -1,4 +1,4 @@
-"""``rtlab analyze barrier``: linear mode connectivity of supervised runs from a common start (PAPER.md §7, Fig. 9).
+"""``rtlab analyze barrier``: linear mode connectivity of supervised runs from a common start (docs/paper.md#fig-9).
 
 For every start (``analysis.starts``, network specifications such as ``student:@distilled`` or ``random``),
 ``analysis.runs`` supervised runs are trained that differ only in ``train.seed`` — the order of the data and the

@@ -1,4 +1,4 @@
-"""``rtlab analyze imp``: iterative magnitude pruning with rewinding (lottery tickets; PAPER.md §6, Fig. 8).
+"""``rtlab analyze imp``: iterative magnitude pruning with rewinding (lottery tickets; docs/paper.md#lottery-tickets).
 
 For every rewind target the algorithm reads as in Frankle et al. (2019): train the dense network from the start
 (round 0); then, each round, prune ``fraction`` of the remaining weights globally by magnitude, rewind the

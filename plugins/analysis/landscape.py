@@ -1,4 +1,4 @@
-"""``rtlab analyze landscape``: the objective and the probes on a plane of parameter space (PAPER.md Fig. 5).
+"""``rtlab analyze landscape``: the objective and the probes on a plane of parameter space (docs/paper.md#fig-5).
 
 The plane passes through three networks θ₀, θ₁, θ₂ (``analysis.points``, network specifications — the paper's
 "shared view" is the teacher, the student distilled from α ≈ 0 and the student distilled from α = 1):

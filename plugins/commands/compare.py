@@ -6,7 +6,11 @@ cells share: data, budget, optimiser, probes. The ``compare`` section says what 
 * ``compare.methods`` — method names (``method=NAME`` presets, :mod:`plugins.methods`); empty: every registered
   method, those of third-party plugins included;
 * ``compare.backbones`` — backbone names; empty: the configuration's backbone;
-* ``compare.seeds`` — ``train.seed`` of each cell (it seeds teacher, student, data order and augmentation);
+* ``compare.seeds`` — ``train.seed`` of each cell; it seeds the data order and augmentation, and the teacher's and
+  student's init too: a ``teacher.seed``/``student.seed`` the user did not set follows it (``${stream_seed:…}``),
+  so every seed has its own random teacher;
+* ``compare.metrics`` — the student's metrics in the table, CSV and plot (default ``[knn,linear]``): any metric an
+  evaluator declares (``rankme``, a plugin's ``erank``…), accuracies in %, numbers as they are;
 * ``compare.overrides`` — extra overrides per method (``{dino: [augment.local_views=2]}``): sizing a method for the
   budget without changing the others (entries of methods not compared are ignored); on the command line:
   ``'+compare.overrides.dino=["augment.local_views=2"]'``;
@@ -19,11 +23,11 @@ trained again, so re-running the command (or adding a method or a seed) trains o
 without one (an interrupted or failed cell) is trained again from the start. ``OUT`` is
 ``runs/<name>/compare-<hash of the shared configuration>`` unless ``--out`` is given.
 
-Results: ``compare.md`` and ``compare.csv`` (per method and backbone: k-NN and linear accuracy of the student,
-mean ± sample std over seeds; the student's k-NN accuracy at its random init and the gain over it, paired per seed;
-wall time; training images/s; columns ``<number>_mean`` and ``<number>_sd``), the student's k-NN and linear
-accuracy as gains over its controls (random-init teacher, BN control, input pixels), paired per seed with a seeded
-bootstrap 95 % interval (``*``: the interval excludes 0; :func:`framework.api.gain`),
+Results: ``compare.md`` and ``compare.csv`` (per method and backbone: every compared metric of the student, mean ±
+sample std over seeds; its value at the random init and the gain over it, paired per seed; wall time; training
+images/s; columns ``<number>_mean`` and ``<number>_sd``), each metric as gains over the student's controls
+(random-init teacher, BN control, input pixels), paired per seed with a seeded bootstrap 95 % interval (``*``: the
+interval excludes 0; :func:`framework.api.gain`),
 ``plots/compare.png`` and ``compare.json`` (every cell). A failed cell is reported (the last line of its
 ``error.txt``; the seeds after it in its multirun are not trained) and the command exits with code 1 after writing
 everything else.
@@ -44,7 +48,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from framework.api import atomic_write_text, CONTROLS, format_gain, gain, hookimpl, RtlabError
+from framework.api import (
+    atomic_write_text,
+    control_key,
+    CONTROLS,
+    format_gain,
+    format_key,
+    gain,
+    hookimpl,
+    kind_of,
+    MetricKind,
+    paths,
+    RtlabError,
+)
 
 log = logging.getLogger("rtlab")
 
@@ -53,16 +69,27 @@ CELLS = "cells"
 # overrides the grid sets for every cell: the user gives them through compare.* instead
 GRID_KEYS = ("method", "backbone", "train.seed")
 LAUNCHERS = ("basic", "joblib")
-# per cell: the student's k-NN and linear accuracy, its k-NN accuracy before training and the gain over it (paired
-# per seed), wall time, training images/s
-NUMBERS = ("knn", "linear", "knn_init", "knn_gain", "wall_time_s", "images_per_s")
-# the student's gains over its controls (the same run's teacher, BN control and pixels), per cell
-GAINS = tuple(f"{m}_minus_{c}" for m in ("knn", "linear") for c in CONTROLS)
+METRICS = ("knn", "linear")  # compare.metrics by default
+RUN_NUMBERS = ("wall_time_s", "images_per_s")  # per cell besides the metrics
+SEEDED = ("teacher", "student")  # sections whose `seed` follows train.seed per cell unless set (stream_seed)
+
+
+def numbers(metrics: list[str]) -> tuple[str, ...]:
+    """Per cell: every compared metric of the student, its value before training and the gain over it (paired per
+    seed), then wall time and training images/s."""
+    return (*metrics, *(f"{m}_{x}" for m in metrics for x in ("init", "gain")), *RUN_NUMBERS)
+
+
+def gain_names(metrics: list[str]) -> tuple[str, ...]:
+    """The student's gains over its controls (the same run's teacher, BN control and pixels), per cell."""
+    return tuple(f"{m}_minus_{c}" for m in metrics for c in CONTROLS)
 
 
 @dataclass
 class CompareSettings:
     methods: List[str] = field(default_factory=list)  # [] = every registered method
+    # the student's metrics in the table, CSV and plot: any metric an evaluator declares (knn, linear, rankme, …)
+    metrics: List[str] = field(default_factory=lambda: list(METRICS))
     backbones: List[str] = field(default_factory=list)  # [] = the configuration's backbone
     seeds: List[int] = field(default_factory=lambda: [0])  # train.seed of the cells
     overrides: Dict[str, List[str]] = field(default_factory=dict)  # method → extra overrides of its cells
@@ -119,6 +146,21 @@ def cell_overrides(user: list[str], method: str, backbone: str, extra: list[str]
     return [*shared, f"method={method}", *extra, f"backbone={backbone}"]
 
 
+def seed_streams(cfg: Any, given: list[str]) -> list[str]:
+    """``teacher.seed=${stream_seed:teacher}`` (and the student's) where the cell's teacher or student takes a seed
+    that is neither set by the user nor already derived from ``train.seed``: every seed of the comparison then has
+    its own random teacher and student init, as in the presets (a fixed seed would repeat one teacher)."""
+    from omegaconf import OmegaConf
+
+    out = []
+    for section in SEEDED:
+        node = cfg.get(section)
+        set_by_user = any(o.lstrip("+~").startswith(f"{section}.seed=") for o in given)
+        if node is not None and "seed" in node and not set_by_user and not OmegaConf.is_interpolation(node, "seed"):
+            out.append(f"{section}.seed=${{stream_seed:{section}}}")
+    return out
+
+
 def check_cell(folder: Path, want: Any) -> None:
     """A finished cell must have been trained with the configuration this comparison would give it."""
     from omegaconf import OmegaConf
@@ -164,10 +206,20 @@ def run_comparison(overrides: list[str], out: str | None = None, pm: Any = None)
     folder.mkdir(parents=True, exist_ok=True)
     cells = [Cell(m, b, s) for m in methods for b in backbones for s in seeds]
     trained = reused = 0
+    refused: dict[Cell, str] = {}
+    if not list(settings.metrics) or len(set(settings.metrics)) != len(settings.metrics):
+        raise RtlabError(f"compare.metrics must list distinct metric names (compare.metrics=[knn,linear]), got "
+                         f"{list(settings.metrics)}")
     for m in methods:
         extra = list(settings.overrides.get(m, []))
         for b in backbones:
             want = cell_overrides(overrides, m, b, extra)
+            want += seed_streams(compose(want, pm.registry), [*overrides, *extra])
+            try:  # a setting a component of this method refuses: its cells fail here, the others are trained
+                check_config(compose(want, pm.registry), pm.registry)
+            except RtlabError as exc:
+                refused.update({Cell(m, b, s): str(exc) for s in seeds})
+                continue
             todo = []
             for s in seeds:
                 cell_dir = Cell(m, b, s).folder(folder)
@@ -182,8 +234,9 @@ def run_comparison(overrides: list[str], out: str | None = None, pm: Any = None)
             if todo:
                 train_cells(m, b, todo, want, folder, settings)  # failures are read from the cells below
                 trained += sum((Cell(m, b, s).folder(folder) / "summary.json").exists() for s in todo)
-    results = [cell_result(c, c.folder(folder)) for c in cells]
-    rows = summarise(results, methods, backbones)
+    metrics = [str(m) for m in settings.metrics]
+    results = [cell_result(c, c.folder(folder), metrics, refused.get(c)) for c in cells]
+    rows = summarise(results, methods, backbones, metrics)
     record = {"methods": methods, "backbones": backbones, "seeds": seeds, "overrides": overrides,
               "trained": trained, "reused": reused, "cells": results, "rows": rows}
     write_results(folder, record)
@@ -192,8 +245,8 @@ def run_comparison(overrides: list[str], out: str | None = None, pm: Any = None)
     failed = [r for r in results if r["status"] != "done"]
     if failed:
         names = ", ".join(f"{r['method']}/{r['backbone']}/seed {r['seed']}" for r in failed)
-        raise CellsFailed(f"{len(failed)} cell(s) did not finish ({names}); see error.txt in their folders under "
-                          f"{folder / CELLS}; the table holds the others")
+        raise CellsFailed(f"{len(failed)} cell(s) did not finish ({names}); compare.json says why (and error.txt "
+                          f"in their folders under {folder / CELLS}); the table holds the others")
     return record
 
 
@@ -217,29 +270,31 @@ def _eval_at_init(folder: Path) -> dict:
     return {}
 
 
-def cell_result(cell: Cell, folder: Path) -> dict:
-    """One cell's numbers (status ``done``), or its failure (``failed``: the last line of ``error.txt``)."""
+def cell_result(cell: Cell, folder: Path, metrics: list[str], refused: str | None = None) -> dict:
+    """One cell's numbers (status ``done``), or its failure (``failed``: why its settings were refused, or the last
+    line of ``error.txt``)."""
     base = {"method": cell.method, "backbone": cell.backbone, "seed": cell.seed, "folder": str(folder)}
-    summary_file = folder / "summary.json"
+    summary_file = paths.summary(folder)
+    if refused is not None:
+        return {**base, "status": "failed", "error": refused}
     if not summary_file.exists():
-        error = folder / "error.txt"
+        error = paths.error(folder)
         why = error.read_text().strip().splitlines()[-1] if error.exists() else "not trained"
         return {**base, "status": "failed", "error": why}
     summary = json.loads(summary_file.read_text())
-    metrics = summary.get("metrics", {})
-    init = _eval_at_init(folder)
-    knn, knn_init = metrics.get("knn/student"), init.get("knn/student")
-    gains = {}
-    for m in ("knn", "linear"):
+    final, init = summary.get("metrics", {}), _eval_at_init(folder)
+    values: dict[str, Any] = {}
+    for m in metrics:
+        key = format_key(m, "student")
+        own, before = final.get(key), init.get(key)
+        values.update({m: own, f"{m}_init": before,
+                       f"{m}_gain": own - before if own is not None and before is not None else None})
         for c in CONTROLS:
-            own, control = metrics.get(f"{m}/student"), metrics.get(f"{m}/{c}")
-            gains[f"{m}_minus_{c}"] = own - control if own is not None and control is not None else None
-    return {**base, "status": "done", **gains, "knn": knn, "linear": metrics.get("linear/student"),
-            "knn_init": knn_init,
-            "knn_gain": knn - knn_init if knn is not None and knn_init is not None else None,
-            "wall_time_s": summary.get("wall_time_s"),
+            control = final.get(control_key(key, c) or "")
+            values[f"{m}_minus_{c}"] = own - control if own is not None and control is not None else None
+    return {**base, "status": "done", **values, "wall_time_s": summary.get("wall_time_s"),
             "images_per_s": summary.get("images_per_s"), "steps": summary.get("steps"),
-            "errors": [e["error"] for e in summary.get("errors", [])]}
+            "kinds": summary.get("metric_kinds", {}), "errors": [e["error"] for e in summary.get("errors", [])]}
 
 
 def _stats(values: list) -> tuple[float, float, int] | None:
@@ -249,62 +304,89 @@ def _stats(values: list) -> tuple[float, float, int] | None:
     return statistics.fmean(vals), statistics.stdev(vals) if len(vals) > 1 else 0.0, len(vals)
 
 
-def summarise(results: list[dict], methods: list[str], backbones: list[str]) -> list[dict]:
+def summarise(results: list[dict], methods: list[str], backbones: list[str], metrics: list[str] = METRICS
+              ) -> list[dict]:
     """One row per (method, backbone): mean, std and count of every number over the finished seeds."""
     rows = []
+    metrics = list(metrics)
     for m in methods:
         for b in backbones:
             done = [r for r in results if r["method"] == m and r["backbone"] == b and r["status"] == "done"]
             failed = sum(r["method"] == m and r["backbone"] == b and r["status"] != "done" for r in results)
             row = {"method": m, "backbone": b, "runs": len(done), "failed": failed}
-            for key in NUMBERS:
+            for key in numbers(metrics):
                 row[key] = _stats([r.get(key) for r in done])
-            row["gains"] = {key: gain([r[key] for r in done if r.get(key) is not None]) for key in GAINS}
+            row["gains"] = {key: gain([r[key] for r in done if r.get(key) is not None]) for key in gain_names(metrics)}
+            row["metrics"] = metrics
+            row["kinds"] = {k: v for r in done for k, v in r.get("kinds", {}).items()}
             rows.append(row)
     return rows
 
 
-def _pct(stat: tuple | None, std: bool = True) -> str:
+def _value(stat: tuple | None, kind: MetricKind, std: bool = True) -> str:
+    """``81.20 ± 0.40`` for an accuracy (in %), ``37.6 ± 1.2`` for a number; no ± for one seed."""
     if stat is None:
         return "–"
-    return f"{100 * stat[0]:.2f} ± {100 * stat[1]:.2f}" if std and stat[2] > 1 else f"{100 * stat[0]:.2f}"
+    scale, fmt = (100.0, "{:.2f}") if kind.accuracy else (1.0, "{:.4g}")
+    text = fmt.format(scale * stat[0])
+    return f"{text} ± {fmt.format(scale * stat[1])}" if std and stat[2] > 1 else text
 
 
 def _num(stat: tuple | None, digits: int = 0) -> str:
     return "–" if stat is None else f"{stat[0]:.{digits}f}"
 
 
+def _kinds(rows: list[dict]) -> dict[str, MetricKind]:
+    return {name: MetricKind(**kind) for r in rows for name, kind in r.get("kinds", {}).items()}
+
+
+def _title(metric: str, kinds: dict[str, MetricKind]) -> str:
+    label = {"knn": "k-NN"}.get(metric, metric)
+    return f"{label} (%)" if kind_of(metric, kinds).accuracy else label
+
+
 def markdown(rows: list[dict]) -> str:
-    lines = ["| method | backbone | seeds | k-NN (%) | linear (%) | k-NN at init (%) | k-NN gain (points) | "
-             "wall time (s) | images/s |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    metrics = rows[0].get("metrics", list(METRICS)) if rows else list(METRICS)
+    kinds = _kinds(rows)
+    heads = [_title(m, kinds) for m in metrics]
+    heads += [f"{_title(m, kinds)} at init" for m in metrics] + [f"{_title(m, kinds).replace(' (%)', '')} gain" +
+                                                                (" (points)" if kind_of(m, kinds).accuracy else "")
+                                                                for m in metrics]
+    lines = ["| method | backbone | seeds | " + " | ".join(heads) + " | wall time (s) | images/s |",
+             "|---|---|---|" + "---|" * len(heads) + "---|---|"]
     for r in rows:
         seeds = f"{r['runs']}" + (f" ({r['failed']} failed)" if r["failed"] else "")
-        lines.append(f"| {r['method']} | {r['backbone']} | {seeds} | {_pct(r['knn'])} | {_pct(r['linear'])} | "
-                     f"{_pct(r['knn_init'])} | {_pct(r['knn_gain'])} | {_num(r['wall_time_s'], 1)} | "
-                     f"{_num(r['images_per_s'])} |")
-    lines += ["", "Student gains over its controls (points, paired per seed): mean [bootstrap 95 % interval], "
-              "* the interval excludes 0.", "",
-              "| method | backbone | " + " | ".join(f"{m} − {c}" for m in ("k-NN", "linear") for c in CONTROLS) + " |",
-              "|---|---|" + "---|" * len(GAINS)]
+        cells = [_value(r[m], kind_of(m, kinds)) for m in metrics]
+        cells += [_value(r[f"{m}_{x}"], kind_of(m, kinds)) for x in ("init", "gain") for m in metrics]
+        lines.append(f"| {r['method']} | {r['backbone']} | {seeds} | " + " | ".join(cells) +
+                     f" | {_num(r['wall_time_s'], 1)} | {_num(r['images_per_s'])} |")
+    gains = gain_names(metrics)
+    lines += ["", "Student gains over its controls (points for accuracies, paired per seed): mean [bootstrap 95 % "
+              "interval], * the interval excludes 0.", "",
+              "| method | backbone | " + " | ".join(f"{_title(m, kinds).replace(' (%)', '')} − {c}"
+                                                  for m in metrics for c in CONTROLS) + " |",
+              "|---|---|" + "---|" * len(gains)]
     for r in rows:
         lines.append(f"| {r['method']} | {r['backbone']} | "
-                     + " | ".join(format_gain(r["gains"][k], True) for k in GAINS) + " |")
+                     + " | ".join(format_gain(r["gains"][k], kind_of(k.rsplit("_minus_", 1)[0], kinds).accuracy)
+                                  for k in gains) + " |")
     return "\n".join(lines)
 
 
 def csv_text(rows: list[dict]) -> str:
+    metrics = rows[0].get("metrics", list(METRICS)) if rows else list(METRICS)
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     # `_sd`: the seeds' sample standard deviation (not `_std`, which names the standardised probe elsewhere)
-    writer.writerow(["method", "backbone", "runs", "failed", *(f"{k}_{s}" for k in NUMBERS for s in ("mean", "sd")),
-                     *(f"{k}_{s}" for k in GAINS for s in ("mean", "lo", "hi"))])
+    writer.writerow(["method", "backbone", "runs", "failed",
+                     *(f"{k}_{s}" for k in numbers(metrics) for s in ("mean", "sd")),
+                     *(f"{k}_{s}" for k in gain_names(metrics) for s in ("mean", "lo", "hi"))])
     for r in rows:
         cells: list[Any] = [r["method"], r["backbone"], r["runs"], r["failed"]]
-        for key in NUMBERS:
+        for key in numbers(metrics):
             stat = r[key]
             cells += ["", ""] if stat is None else [f"{stat[0]:.6g}", f"{stat[1]:.6g}" if stat[2] > 1 else ""]
-        for key in GAINS:
+        for key in gain_names(metrics):
             g = r["gains"][key]
             cells += [f"{g[s]:.6g}" if g["n"] and g[s] is not None else "" for s in ("mean", "lo", "hi")]
         writer.writerow(cells)
@@ -312,31 +394,35 @@ def csv_text(rows: list[dict]) -> str:
 
 
 def plot(rows: list[dict], path: Path) -> Path:
-    """k-NN and linear accuracy per method (one bar per backbone, seed std as error bars), and images/s."""
+    """Every compared metric per method (one bar per backbone, seed std as error bars; the value at init as a mark),
+    and training images/s."""
     from plugins.tracking.plotting import pyplot, save
 
     plt = pyplot()
+    metrics, kinds = rows[0].get("metrics", list(METRICS)), _kinds(rows)
     methods = list(dict.fromkeys(r["method"] for r in rows))
     backbones = list(dict.fromkeys(r["backbone"] for r in rows))
-    fig, axes = plt.subplots(1, 3, figsize=(3 * (1.5 + 0.55 * len(methods) * len(backbones) ** 0.5), 4))
+    panels = [*metrics, "images_per_s"]
+    fig, axes = plt.subplots(1, len(panels), figsize=(len(panels) * (1.5 + 0.55 * len(methods) * len(backbones) ** 0.5),
+                                                      4))
     width = 0.8 / len(backbones)
-    for ax, key, title in zip(axes, ("knn", "linear", "images_per_s"),
-                              ("k-NN accuracy (%)", "linear accuracy (%)", "training images/s")):
-        scale = 1.0 if key == "images_per_s" else 100.0
+    for ax, key in zip(axes, panels):
+        accuracy = key != "images_per_s" and kind_of(key, kinds).accuracy
+        scale = 100.0 if accuracy else 1.0
         for k, b in enumerate(backbones):
             stats = [next((r[key] for r in rows if r["method"] == m and r["backbone"] == b), None) for m in methods]
             xs = [i + (k - (len(backbones) - 1) / 2) * width for i in range(len(methods))]
             ax.bar(xs, [scale * s[0] if s else 0 for s in stats], width, yerr=[scale * s[1] if s else 0 for s in stats],
                    capsize=3, label=b)
-            if key == "knn":
-                init = [next((r["knn_init"] for r in rows if r["method"] == m and r["backbone"] == b), None)
+            if key in metrics:
+                init = [next((r[f"{key}_init"] for r in rows if r["method"] == m and r["backbone"] == b), None)
                         for m in methods]
                 ax.scatter(xs, [scale * s[0] if s else float("nan") for s in init], marker="_", s=200, color="k",
                            zorder=3, label="at init" if k == 0 else None)
         ax.set_xticks(range(len(methods)), methods, rotation=30, ha="right")
-        ax.set_title(title)
+        ax.set_title("training images/s" if key == "images_per_s" else _title(key, kinds).replace("(%)", "accuracy (%)"))
         ax.set_ylim(bottom=0)  # bars start at 0: their heights compare
-        if key != "images_per_s":
+        if accuracy:
             ax.set_ylim(0, 100)
     axes[0].legend(fontsize=8)
     return save(fig, path)

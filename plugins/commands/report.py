@@ -2,7 +2,7 @@
 
 * a training run (a folder with ``metrics.jsonl``): probe accuracy vs. epoch for every target — teacher, its BN
   control, student, input; targets evaluated once (a frozen teacher, the pixels) are dashed horizontal lines
-  (PAPER.md Fig. 1) — and the training loss; written to ``RUN/plots/`` and ``RUN/report.md``;
+  (docs/paper.md#fig-1) — and the training loss; written to ``RUN/plots/`` and ``RUN/report.md``;
 * an analysis folder (``analysis.json``): its own plots and summary, drawn again by the analysis;
 * several runs, or a multirun folder (numbered job folders): each run as above, plus one figure per metric with
   the student curve of every run, labelled by the overrides that tell the runs apart, and a table of final and

@@ -1,7 +1,7 @@
 """Augmentations (kind ``augment``), batched on the training device with the ops of :mod:`plugins.data.augment_ops`.
 
 * ``identity`` — one view, the image itself (the paper's "None (1 x 32²)");
-* ``flip_crop`` — random horizontal flip and zero-padded random crop (the supervised CIFAR recipe, PAPER.md §6);
+* ``flip_crop`` — random horizontal flip and zero-padded random crop (the supervised CIFAR recipe, docs/paper.md#fig-8);
 * ``multicrop`` — ``global_views`` large crops and ``local_views`` small ones (DINO's multi-crop), each with a
   random horizontal flip; colour augmentation is off unless its probabilities are set;
 * ``dino`` — ``multicrop`` with DINO's defaults: 2 global crops (scale 0.4–1) and 10 local crops (scale 0.05–0.4,

@@ -1,4 +1,4 @@
-"""Dataset source ``gaussian``: images of pure Gaussian noise, the paper's "random inputs" (PAPER.md Fig. 4).
+"""Dataset source ``gaussian``: images of pure Gaussian noise, the paper's "random inputs" (docs/paper.md#fig-4).
 
 ``train_size`` (default 50,000) training and ``test_size`` (default 1,000) test images of ``channels`` x
 ``image_size`` x ``image_size`` pixels (default 3 x 32 x 32, CIFAR's shape; Fashion-MNIST's is 1 x 28), drawn with

@@ -3,8 +3,8 @@
 Plugins (each registered by its module name):
 
 * ``teachers`` — teacher initialisers (kind ``teacher``): random, from a checkpoint, …;
-* ``students`` — student initialisers (kind ``student``): random, close to the teacher (PAPER.md §2.2);
+* ``students`` — student initialisers (kind ``student``): random, close to the teacher (docs/paper.md#student-init);
 * ``updaters`` — teacher updaters (kind ``updater``): frozen, EMA, previous epoch;
-* ``distillation`` — the ``distillation`` objective (PAPER.md §2.1, §2.4), with its centre as module state;
+* ``distillation`` — the ``distillation`` objective (docs/paper.md#objective), with its centre as module state;
 * ``losses`` — losses between student and teacher outputs (kind ``loss``).
 """

@@ -1,4 +1,4 @@
-"""Teacher–student distillation (PAPER.md §2.1, §2.4): objective ``distillation``.
+"""Teacher–student distillation (docs/paper.md#objective): objective ``distillation``.
 
 The teacher (no gradients) sees the global views — all views unless the augmentation says which are global
 (``global_views``, e.g. DINO's two large crops) — and the student sees every view; views of one size go through

@@ -1,6 +1,6 @@
 """Losses between the student's and the teacher's outputs of one view pair (kind ``loss``).
 
-* ``ce`` — cross-entropy H(softmax(t/τ_t), softmax(s/τ_s)): the paper's loss (PAPER.md §2.1); for a frozen teacher
+* ``ce`` — cross-entropy H(softmax(t/τ_t), softmax(s/τ_s)): the paper's (docs/paper.md#objective); for a frozen teacher
   it has the gradient of KL(teacher‖student);
 * ``mse`` — mean squared error between the tempered outputs, on the logits (``space=logits``) or on the softmax
   probabilities (``space=probabilities``);

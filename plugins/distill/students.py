@@ -1,4 +1,4 @@
-"""Student initialisers (PAPER.md §2.2).
+"""Student initialisers (docs/paper.md#student-init).
 
 * ``copy`` — θ_S = θ_T (α = 0; the non-contrastive convention);
 * ``interpolated`` — θ_S(α) = ((1 − α)·θ_T + α·θ̃)/δ with θ̃ a fresh init from ``seed`` and
@@ -8,10 +8,10 @@
   ``interpolated`` with ε = α/(1 − α));
 * ``independent`` — θ_S = θ̃ (α = 1; classical self-distillation);
 * ``checkpoint`` — the encoder (and optionally the head) of the student or teacher of an rtlab checkpoint, e.g. a
-  distilled student as the start of supervised training (PAPER.md §6).
+  distilled student as the start of supervised training (docs/paper.md#lottery-tickets).
 
 The mixing is computed in float64 and rounded once to the networks' dtype. In float32, α = 1e-10 leaves
-(1 − α) = 1 and δ = 1, so the student is numerically almost a copy (PAPER.md §2.7): only weights with
+(1 − α) = 1 and δ = 1, so the student is numerically almost a copy (docs/paper.md#alpha-in-float32): only weights with
 |w| ≲ 1e-4 change. ``train.precision=fp64`` keeps the networks in float64, where the perturbation survives. The
 run records the initial teacher–student distance (``teacher_student_distance_init`` in ``summary.json`` and
 ``teacher_student_distance`` in the epoch-0 evaluation), and a student that is bit-identical to its teacher

@@ -1,12 +1,12 @@
 """Teacher initialisers.
 
-* ``random`` — a network at a fresh random initialisation, determined by ``seed`` alone (PAPER.md §2.1);
+* ``random`` — a network at a fresh random initialisation, determined by ``seed`` alone (docs/paper.md#objective);
 * ``checkpoint`` — a trained network: the ``student`` or ``teacher`` of an earlier rtlab run (``path`` = its run
   folder or one of its checkpoints), a plain weights file — safetensors, or a torch ``.pt``/``.pth``/``.bin``
   state dict, read with ``torch.load(weights_only=True)`` so that no pickled code runs — holding a whole network
   or a bare timm backbone (whose head then starts at ``seed``'s init), or timm's pretrained weights for the backbone
   (``pretrained=true``; needs the Hugging Face Hub);
-* ``restart`` — the converged student of an earlier run becomes the new frozen teacher (PAPER.md Fig. 18's second
+* ``restart`` — the converged student of an earlier run becomes the new frozen teacher (docs/paper.md#fig-18: the second
   round); the student initialiser then starts the new student from it as usual.
 
 Every teacher starts in eval mode with no gradients; the updater's ``bn_mode`` decides what its batch norm does.
@@ -94,7 +94,7 @@ class RestartTeacherOptions:
 
 
 class RestartTeacher:
-    """The converged student of the previous round becomes the frozen teacher (PAPER.md Fig. 18)."""
+    """The converged student of the previous round becomes the frozen teacher (docs/paper.md#fig-18)."""
 
     def __init__(self, opts: RestartTeacherOptions) -> None:
         if not opts.path:

@@ -6,7 +6,7 @@
 * ``prev_epoch`` — at the end of every ``every``-th epoch the teacher becomes a **copy** of the student (the
   reference code aliased the tensors, which made teacher and student one network from then on).
 
-Every updater has ``bn_mode``, what the teacher's batch norm does (PAPER.md §2.4):
+Every updater has ``bn_mode``, what the teacher's batch norm does (docs/paper.md#teacher-loss-and-batch-norm):
 
 * ``eval`` (default, the paper) — the teacher runs in eval mode; its running statistics never change, so a random
   teacher's BN is the identity map;

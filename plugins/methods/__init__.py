@@ -31,7 +31,7 @@ GROUP = "method"
 def add_method(registry: Any, name: str, choices: dict[str, str], values: dict | None = None, doc: str = ""):
     """Register method ``name``: ``choices`` maps config groups to component names, ``values`` holds settings
     (nested, e.g. ``{"updater": {"bn_mode": "from_data"}}``); ``doc`` is one line with the paper reference."""
-    return registry.add_preset(GROUP, name, choices, values, doc)
+    return registry.add_preset(GROUP, name, choices, {**(values or {}), "method": name}, doc)
 
 
 def method_names(registry: Any) -> list[str]:

@@ -1,5 +1,5 @@
 """Method ``random_teacher`` — distillation from a frozen random teacher (Sarnthein, Bachmann, Anagnostidis,
-Hofmann, "Random Teachers are Good Teachers", ICML 2023; PAPER.md §2).
+Hofmann, "Random Teachers are Good Teachers", ICML 2023; docs/paper.md#protocol).
 
 The paper's setting, component by component (each one rtlab's default, named here so that the method stays the
 paper's whatever the defaults become): a randomly initialised teacher (``teacher=random``) that is never updated

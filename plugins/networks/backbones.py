@@ -4,7 +4,8 @@
 :mod:`plugins.networks.norm_layers`) of families that take a ``norm_layer`` (timm ResNets, the paper's CIFAR nets); the
 others refuse it.
 
-Init schemes (``backbone.init``):
+Init schemes (``backbone.init``; components of kind ``init``, so a plugin adds its own: it names the family init
+it starts from, ``base``, and ``apply(model)`` re-initialises after it):
 
 * ``paper`` (default) — the paper's torchvision-style init: every conv Kaiming-normal (fan-out, ReLU) with zero
   bias, every norm layer weight 1 / bias 0, and no zero-initialised residual branches (timm's
@@ -58,8 +59,9 @@ def _check_norm_swapped(model: nn.Module, opts: BackboneOptions) -> nn.Module:
 
 
 def _check_init(opts: BackboneOptions) -> None:
-    if opts.init not in ("paper", "timm"):
-        raise RtlabError(f"backbone.init must be 'paper' or 'timm', got '{opts.init}'")
+    if opts.init not in ("paper", "timm"):  # the base of the chosen init scheme (framework.api InitScheme)
+        raise RtlabError(f"an init scheme must start from the family's 'paper' or 'timm' init, got base "
+                         f"'{opts.init}'; fix the scheme's base attribute")
     if opts.stem not in ("auto", "cifar", "timm"):
         raise RtlabError(f"backbone.stem must be auto, cifar or timm, got '{opts.stem}'")
 
@@ -92,6 +94,23 @@ def _upsample_hint(input_size: tuple[int, int]) -> str:
     side = max(input_size)
     bigger = next((s for s in (32, 64, 96, 128, 160, 224) if s > side), 224)
     return f"upsample the images with data.image_size={bigger} (or larger) or pick another backbone"
+
+
+# ---------------------------------------------------------------------------------------------- init schemes
+@dataclass
+class FamilyInitOptions:
+    pass
+
+
+class FamilyInit:
+    """``backbone.init=paper|timm``: the family adapters implement both (they know which layers a family zero-inits
+    and how its grouped convs count fan-out), so the scheme itself adds nothing after them."""
+
+    def __init__(self, opts: Any) -> None:
+        self.base = opts.name
+
+    def apply(self, model: nn.Module) -> None:
+        pass
 
 
 # ----------------------------------------------------------------------------------------------------- generic
@@ -383,6 +402,9 @@ def calibrate_bn_gains_(model: nn.Module, in_chans: int, input_size: tuple[int, 
 
 @hookimpl
 def rtlab_register(registry):
+    registry.add("init", "paper", FamilyInit, FamilyInitOptions, doc="the paper's init: Kaiming fan-out convs, norm "
+                 "weight 1 / bias 0, no zero-initialised residual branches (each family adapter knows its details)")
+    registry.add("init", "timm", FamilyInit, FamilyInitOptions, doc="the family's own timm init, unchanged")
     registry.add("backbone_adapter", "efficientnet", EfficientNetAdapter(), EfficientNetBackboneOptions)
     registry.add("backbone_adapter", "timm", GenericAdapter(), TimmBackboneOptions)
     registry.add("backbone_adapter", "resnet", ResNetAdapter(), ResNetBackboneOptions)

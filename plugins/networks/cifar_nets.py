@@ -9,7 +9,7 @@
   1x1-conv + BN projection shortcuts where the shape changes, global average pooling to a 64-d embedding.
   ResNet20 has 271,824 and ResNet56 855,120 parameters without classifier, as the paper's Table 5.
 
-All of them take ``norm_layer`` (``backbone.norm``, PAPER.md Fig. 11): VGGs then put it after every conv.
+All of them take ``norm_layer`` (``backbone.norm``, docs/paper.md#fig-11): VGGs then put it after every conv.
 """
 
 from __future__ import annotations

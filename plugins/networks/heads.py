@@ -1,4 +1,4 @@
-"""The DINO projection head with the paper's L2 bottleneck (PAPER.md §2.3, App. B.2).
+"""The DINO projection head with the paper's L2 bottleneck (docs/paper.md#architectures, App. B.2).
 
 ``f(x) = V·(W h + b) / ‖W h + b‖₂`` where ``h`` is the MLP output: MLP (GELU, no norm) → linear into the
 bottleneck (``lin1``) → feature normalisation (``fn1``) → last linear layer (``lin2``). Every part is switchable:
@@ -7,7 +7,7 @@ bottleneck (``lin1``) → feature normalisation (``fn1``) → last linear layer 
 * ``bottleneck_bias`` / ``last_bias`` — biases of ``lin1`` / ``lin2``;
 * ``bottleneck_weight_norm`` (``wn1``) / ``weight_norm`` (``wn2``) — unit-norm rows of ``lin1`` / ``lin2``, gain
   fixed at 1. ``weight_norm`` is **off by default**: in the released reference code weight normalisation was a
-  no-op, so the published numbers were produced without it (PAPER.md §2.7). ``weight_norm=true`` gives the model
+  no-op, so the published numbers were made without it (docs/paper.md#weight-norm). ``weight_norm=true`` gives the model
   the paper's text describes;
 * ``feature_norm`` (``fn1``) — the L2 normalisation of the bottleneck output;
 * ``output_norm`` (``fn2``) — an L2 normalisation of the output itself;

@@ -1,4 +1,4 @@
-"""Normalisation layers for the norm-layer swap (``backbone.norm``, PAPER.md Fig. 11), as the reference code
+"""Normalisation layers for the norm-layer swap (``backbone.norm``, docs/paper.md#fig-11), as the reference code
 defines them. Each takes the channel count first, as timm's ``norm_layer`` arguments do.
 
 * ``batchnorm`` — ``BatchNorm2d`` (batch statistics in training, running statistics in eval mode);

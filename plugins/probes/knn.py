@@ -1,6 +1,6 @@
 """k-nearest-neighbour probe on frozen embeddings, chunked on the device.
 
-* ``metric=l2`` + ``vote=majority`` (default) — the paper's probe (PAPER.md §3): L2 distance on raw features,
+* ``metric=l2`` + ``vote=majority`` (default) — the paper's (docs/paper.md#evaluation-protocol): L2 on raw features,
   unweighted majority vote of the k = 20 nearest train embeddings (ties go to the smallest label);
 * ``metric=cosine`` + ``vote=weighted`` — DINO's: cosine similarity, votes weighted by exp(sim / T), T = 0.07.
 

@@ -1,4 +1,4 @@
-"""Linear probe on frozen embeddings (PAPER.md §3), on the device.
+"""Linear probe on frozen embeddings (docs/paper.md#evaluation-protocol), on the device.
 
 A fresh ``nn.Linear(D, classes)`` (PyTorch's default init, seeded by ``eval.seed``) is trained with AdamW
 (lr 1e-3, betas (0.9, 0.999), weight decay 0.01 — PyTorch's AdamW defaults, as the reference code) for 10

@@ -3,6 +3,6 @@
 Plugins (each registered by its module name):
 
 * ``optimizers`` — optimisers with lr/wd schedules, gradient clipping, last-layer freezing (kind ``optimizer``);
-* ``supervised`` — supervised training as one more objective (PAPER.md §6), used by the IMP and LMC analyses;
+* ``supervised`` — supervised training as one more objective (docs/paper.md#fig-8), used by the IMP and LMC analyses;
 * ``collapse_guard`` — warns when the student's embeddings stop varying across images.
 """

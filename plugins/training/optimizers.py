@@ -1,7 +1,7 @@
 """Optimisers with their learning-rate and weight-decay schedules, gradient clipping and last-layer freezing.
 
 * ``adamw`` — the paper's optimiser: lr 1e-3, betas (0.9, 0.999), eps 1e-8, weight decay 0 (AdamW ≡ Adam);
-* ``sgd`` — momentum SGD (the supervised recipe of PAPER.md §6: lr 0.1, momentum 0.9, wd 1e-4, multistep).
+* ``sgd`` — momentum SGD (the supervised recipe of docs/paper.md#fig-8: lr 0.1, momentum 0.9, wd 1e-4, multistep).
 
 Options shared by both (their defaults switch each effect off):
 

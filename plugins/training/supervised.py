@@ -1,4 +1,4 @@
-"""Supervised training as one more objective of the same loop (PAPER.md §6: the IMP and LMC fine-tuning).
+"""Supervised training as one more objective of the same loop (docs/paper.md#fig-8: the IMP and LMC fine-tuning).
 
 * objective ``supervised`` — cross-entropy of a fresh linear classifier on the student's encoder against the
   labels of the batch (``run.data.train.labels[index]``). The classifier is created by the objective (seeded by
