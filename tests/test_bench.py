@@ -58,3 +58,18 @@ def test_bench_data_path_times_every_storage_mode(cli, tmp_path):
     assert set(r["steps_per_s"]) == {"device", "host", "disk", "stream"} and all(v > 0 for v in r["steps_per_s"].values())
     assert r["over_device"]["device"] == 1.0 and len(r["segments_s"]["disk"]) == 1
     assert "vs device" in res.stdout
+
+
+def test_bench_extract_times_rtlab_extraction_against_a_bare_forward(cli, tmp_path):
+    out = tmp_path / "bench.json"
+    res = cli("bench", "--extract", "--backbone", "test_resnet", "--input", "3x16x16", "--extract-images", "64", "32",
+              "--repeats", "2", "--threads", "1", "--precision", "fp32", "--out", str(out),
+              env={"OMP_NUM_THREADS": "1"})
+    assert res.returncode == 0, res.stderr[-2000:]
+    (r,) = json.loads(out.read_text())["extraction"]
+    assert r["backbone"] == "test_resnet" and r["images"] == 96 and r["dtype"] == "float32" and r["device"] == "cpu"
+    assert len(r["segments"]["rtlab"]) == len(r["segments"]["bare"]) == 2
+    assert r["rtlab_img_s"] > 0 and r["bare_img_s"] > 0 and r["rtlab_over_bare"] > 0
+    assert "bare no_grad forward" in res.stdout
+    bad = cli("bench", "--extract", "--backbone", "test_resnet", "--extract-images", "0", "8")
+    assert bad.returncode == 2 and "--extract-images needs two positive counts" in bad.stderr

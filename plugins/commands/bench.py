@@ -89,11 +89,11 @@ class BenchCase:
 
 PRESETS = {
     # CPU: the acceptance cases of the performance issue, at a batch a 2-core machine runs in seconds.
-    "cpu": dict(batch=64, steps=4, repeats=3, knn=(50_000, 10_000, 512), cases=[
+    "cpu": dict(batch=64, steps=4, repeats=3, knn=(50_000, 10_000, 512), extract=(4096, 1024), cases=[
         BenchCase("resnet18", 3, 32, 65536, "cifar"), BenchCase("resnet18", 3, 32, 4096, "cifar"),
         BenchCase("resnet10t", 1, 28, 65536, "timm"), BenchCase("resnet10t", 1, 28, 4096, "timm")]),
     # GPU: CIFAR-scale, the paper's batch.
-    "gpu": dict(batch=256, steps=20, repeats=5, knn=(50_000, 10_000, 512), cases=[
+    "gpu": dict(batch=256, steps=20, repeats=5, knn=(50_000, 10_000, 512), extract=(50_000, 10_000), cases=[
         BenchCase("resnet18", 3, 32, 65536, "cifar"), BenchCase("resnet18", 3, 32, 4096, "cifar"),
         BenchCase("vgg11_nobn", 3, 32, 65536, "auto"), BenchCase("resnet10t", 1, 28, 65536, "timm")]),
 }
@@ -456,6 +456,66 @@ def bench_linear(n_train: int, n_test: int, dim: int, device: str, classes: int 
             "sklearn_s": round(sklearn_s, 3), "rtlab_acc": round(acc, 4), "sklearn_acc": round(sk_acc, 4)}
 
 
+# -------------------------------------------------------------------------------------------- feature extraction
+def bench_extraction(n_train: int, n_test: int, batch: int, repeats: int, device: str, precision: str,
+                     backbone: str = "resnet18", stem: str = "cifar") -> dict[str, Any]:
+    """rtlab's feature extraction of the teacher (``framework.api.features``: both splits, as an evaluation does)
+    against a bare ``torch.no_grad()`` forward of the same network over the same uint8 images, at the same batch
+    and precision, in ``repeats`` back-to-back pairs of alternating order; the ratio is the median of the pairs'
+    ratios."""
+    import tempfile
+
+    from framework.api import Run, compose, create_plugin_manager, features
+
+    overrides = [f"backbone={backbone}", f"backbone.stem={stem}", "data=random_images",
+                 f"data.num_train={n_train}", f"data.num_test={n_test}", "data.cache=false", f"eval.batch_size={batch}",
+                 f"train.device={device}", f"train.precision={precision}", "train.epochs=0", "evaluator=[]",
+                 "checkpoint.final=false", "tensorboard.enabled=false", "progress.enabled=false"]
+    pm = create_plugin_manager(autoload=False)
+    cfg = compose(overrides, pm.registry)
+    with tempfile.TemporaryDirectory() as tmp:
+        run = Run(cfg, tmp, pm).setup()
+        net = run.teacher.eval()
+        images = [run.data.train.images, run.data.test.images]
+        mean = torch.tensor(run.data.mean, device=run.device).view(1, -1, 1, 1)
+        std = torch.tensor(run.data.std, device=run.device).view(1, -1, 1, 1)
+        dtype = run.amp_dtype
+
+        def bare() -> None:
+            with torch.no_grad(), torch.autocast(run.device.type, dtype=dtype or torch.float32,
+                                                 enabled=dtype is not None):
+                for split in images:
+                    for i in range(0, len(split), batch):
+                        x = (split[i:i + batch].float().div_(255.0) - mean) / std
+                        if cfg.train.channels_last:
+                            x = x.contiguous(memory_format=torch.channels_last)
+                        net.encoder(x).float()
+
+        def timed(fn) -> float:
+            _sync(run.device)
+            t0 = time.perf_counter()
+            fn()
+            _sync(run.device)
+            return time.perf_counter() - t0
+
+        timed(bare)  # warm-up
+        rtlab_s, bare_s = [], []
+        for i in range(repeats):  # pairs in alternating order (ABBA…), so a drifting load hits both alike
+            if i % 2:
+                bare_s.append(timed(bare))
+            rtlab_s.append(timed(lambda: features(run, "teacher")))
+            if not i % 2:
+                bare_s.append(timed(bare))
+        dev = str(run.device)
+    n = n_train + n_test
+    return {"backbone": backbone, "images": n, "batch": batch, "device": dev,
+            "dtype": str(dtype).replace("torch.", "") if dtype else "float32",
+            "rtlab_img_s": round(_median_rate(rtlab_s, n), 1), "bare_img_s": round(_median_rate(bare_s, n), 1),
+            # the median of the pairs' ratios: each pair ran back to back, under (nearly) the same load
+            "rtlab_over_bare": round(statistics.median(r / b for r, b in zip(rtlab_s, bare_s)), 3),
+            "segments": {"rtlab": rtlab_s, "bare": bare_s}}
+
+
 # --------------------------------------------------------------------------------------------------- command
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu", help="case list and sizes")
@@ -483,6 +543,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="measure SSL methods instead: each method's step (experiment=compare_cifar10_cpu with "
                         "its per-method overrides, random images) against a bare loop with lightly's loss; no names: "
                         "every registered method")
+    parser.add_argument("--extract", action="store_true", help="measure feature extraction instead: rtlab's "
+                        "evaluation path for the teacher against a bare torch.no_grad() forward, img/s (first case's "
+                        "backbone, or --backbone)")
+    parser.add_argument("--extract-images", type=int, nargs=2, metavar=("N_TRAIN", "N_TEST"),
+                        help="images embedded per --extract segment (preset's by default: cpu 4096 1024, gpu 50000 "
+                        "10000, CIFAR-10's size)")
     parser.add_argument("--out", type=Path, help="write the results as JSON to this file")
 
 
@@ -526,6 +592,19 @@ def run_bench(args: argparse.Namespace) -> int:
         report["data_path"] = bench_data_path(case.backbone, case.channels, case.size, case.out_dim, case.stem,
                                               batch, steps, repeats, args.device, args.precision[0])
         print_data_path(report["data_path"])
+        return _write(report, args.out)
+    if args.extract:
+        case = _cases(args)[0]
+        n_train, n_test = args.extract_images or preset["extract"]
+        if min(n_train, n_test) <= 0:
+            raise RtlabError(f"--extract-images needs two positive counts, got {n_train} {n_test}")
+        report["extraction"] = []
+        for precision in args.precision:
+            r = bench_extraction(n_train, n_test, 1024, repeats, args.device, precision, case.backbone, case.stem)
+            report["extraction"].append(r)
+            print(f"extraction {r['backbone']} {r['images']} images, batch {r['batch']}, {r['dtype']} on "
+                  f"{r['device']}: rtlab {r['rtlab_img_s']} img/s, bare no_grad forward {r['bare_img_s']} img/s, "
+                  f"rtlab/bare time {r['rtlab_over_bare']}", flush=True)
         return _write(report, args.out)
     from framework.api import resolve_device, resolve_dtype
 
