@@ -38,21 +38,8 @@ from typing import Any, Protocol, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
-from framework.api import (
-    AnalysisContext,
-    AnalysisOptions,
-    atomic_write_text,
-    check_config,
-    check_recorded_plugins,
-    compose,
-    hookimpl,
-    LOCK_NAME,
-    load_run,
-    paths,
-    RtlabError,
-    RunLock,
-    with_values,
-)
+from framework.api import (AnalysisContext, AnalysisOptions, atomic_write_text, check_config, check_recorded_plugins,
+                           compose, hookimpl, load_run, LOCK_NAME, paths, RtlabError, RunLock, with_values)
 
 log = logging.getLogger("rtlab")
 
@@ -148,11 +135,11 @@ def prepare_folder(name: str, cfg: DictConfig, out: str | None) -> Path:
         if old.get("config_hash") != digest or old.get("analysis") != name:
             raise RtlabError(f"{folder} holds a {old.get('analysis')} analysis of another configuration; choose "
                              "another --out folder (or delete that one)")
-    elif any((folder / n).exists() for n in ("metrics.jsonl", "summary.json", "checkpoints")):
+    elif any(p.exists() for p in (paths.metrics(folder), paths.summary(folder), Path(folder) / paths.CHECKPOINTS)):
         raise RtlabError(f"{folder} holds a training run, not an analysis; give the analysis its own folder with "
                          "--out DIR")
     folder.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(folder / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    atomic_write_text(paths.config(folder), OmegaConf.to_yaml(cfg, resolve=True))
     if not record.exists():
         write_record(folder, {"analysis": name, "config_hash": digest, "status": "running"})
     return folder
@@ -175,7 +162,7 @@ def render_folder(folder: Path, registry) -> str:
     if record.get("status") != "done":
         raise RtlabError(f"the analysis in {folder} has not finished ({record.get('status')}); run its command "
                          "again to resume it")
-    config = OmegaConf.to_container(OmegaConf.load(Path(folder) / "config.yaml"))
+    config = OmegaConf.to_container(OmegaConf.load(paths.config(folder)))
     check_recorded_plugins(Path(folder), registry, config)
     analysis = registry.build(KIND, _options_from(folder, record["analysis"], registry))
     text = analysis.render(Path(folder), record["results"])
@@ -185,7 +172,7 @@ def render_folder(folder: Path, registry) -> str:
 
 def _options_from(folder: Path, name: str, registry) -> Any:
     comp = registry.get(KIND, name)
-    saved = OmegaConf.load(Path(folder) / "config.yaml").get(KIND) or {}
+    saved = OmegaConf.load(paths.config(folder)).get(KIND) or {}
     known = {f.name for f in dataclasses.fields(comp.options)}
     opts = comp.options(**{k: v for k, v in OmegaConf.to_container(saved).items() if k in known})
     setattr(opts, "name", name)
@@ -265,7 +252,7 @@ def default_folder(name: str, cfg: DictConfig) -> Path:
 def _record_failure(folder: Path, name: str, pm, exc: BaseException, fresh: bool) -> None:
     import traceback
 
-    own = {"config.yaml", RESULTS_FILE, "plugins.json", LOCK_NAME}
+    own = {paths.CONFIG, RESULTS_FILE, paths.PLUGINS, LOCK_NAME}
     if fresh and isinstance(exc, RtlabError) and {p.name for p in folder.iterdir()} <= own:
         shutil.rmtree(folder, ignore_errors=True)  # refused before computing anything: leave no trace
         return

@@ -22,7 +22,7 @@ from typing import List
 
 import torch
 
-from framework.api import AnalysisOptions, atomic_write_text, hookimpl, load_checkpoint, RtlabError
+from framework.api import AnalysisOptions, atomic_write_text, hookimpl, load_checkpoint, paths, RtlabError
 from plugins.analysis.interpolation import barrier, check_bn_mode, classifier_metrics, combine, load_point
 from plugins.analysis.sources import parse_spec, start_overrides
 from plugins.tracking.plotting import percent, pyplot, save
@@ -68,7 +68,7 @@ class Barrier:
             for k in range(self.opts.runs):
                 folder = f"{start.slug}/run_{k}"
                 ctx.train(folder, [*overrides, f"train.seed={seed + k}"])
-                finals[start.name].append(ctx.out_dir / folder / "checkpoints" / "final")
+                finals[start.name].append(paths.final(ctx.out_dir / folder))
         run = ctx.evaluation_run()
         if not isinstance(run.objective, Supervised):
             raise RtlabError("rtlab analyze barrier needs objective=supervised (use experiment=paper_fig9_lmc_cpu)")

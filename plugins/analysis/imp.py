@@ -22,7 +22,7 @@ from typing import List
 
 import torch
 
-from framework.api import AnalysisOptions, hookimpl, load_checkpoint, RtlabError
+from framework.api import AnalysisOptions, hookimpl, load_checkpoint, paths, RtlabError
 from plugins.analysis.pruning import MASK_SUFFIX, apply_masks, attach_masks, global_magnitude_masks, prunable_names
 from plugins.analysis.sources import NetworkSpec, parse_spec, start_overrides
 from plugins.tracking.plotting import percent, pyplot, save
@@ -109,14 +109,14 @@ class IMP:
         if target.epoch == 0:
             rewind = start_overrides(target.start, ctx.pretrained)
         else:
-            point = ctx.out_dir / dense_folder / "checkpoints" / f"epoch_{target.epoch}"
+            point = paths.checkpoint(ctx.out_dir / dense_folder, f"epoch_{target.epoch}")
             rewind = start_overrides(parse_spec(f"supervised:{point}"), ctx.pretrained)
-        previous = ctx.out_dir / dense_folder / "checkpoints" / "final"
+        previous = paths.final(ctx.out_dir / dense_folder)
         for r in range(1, self.opts.rounds + 1):
             folder = f"{target.slug}/round_{r:02d}"
             summary = ctx.train(folder, [*rewind, "eval.before=false", "checkpoint.every=0", "checkpoint.epochs=[]"],
                                 prepare=self._prepare(previous, target.epoch))
-            previous = ctx.out_dir / folder / "checkpoints" / "final"
+            previous = paths.final(ctx.out_dir / folder)
             rows.append(self._row(r, pruned_fraction(previous), summary))
         return rows
 

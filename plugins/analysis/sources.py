@@ -23,7 +23,7 @@ from typing import Callable, Optional
 
 import torch
 
-from framework.api import load_checkpoint, RtlabError, strip_prefix
+from framework.api import load_checkpoint, paths, RtlabError, strip_prefix
 
 KINDS = ("random", "student", "teacher", "supervised")
 SPEC_HELP = ("a network is random[:SEED], student:SOURCE, teacher:SOURCE or supervised:SOURCE, where SOURCE is a "
@@ -75,7 +75,7 @@ def resolve_source(source: str, pretrained: Callable[[str], Path]) -> Path:
     """The checkpoint a source names; ``pretrained(NAME)`` returns (training it first) a pretrain run's folder."""
     if source.startswith("@"):
         name, _, checkpoint = source[1:].partition("/")
-        return pretrained(name) / "checkpoints" / (checkpoint or "final")
+        return paths.checkpoint(pretrained(name), checkpoint or paths.FINAL)
     return Path(source).expanduser()
 
 

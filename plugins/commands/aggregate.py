@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from framework.api import (control_key, CONTROLS, format_gain, gain, hookimpl, kind_of, load_run, merged, metric_of,
-                           MetricKind, protocols, RtlabError)
+                           MetricKind, paths, protocols, RtlabError)
 
 
 def find_runs(folders: Iterable[str]) -> list[Path]:
@@ -36,7 +36,7 @@ def find_runs(folders: Iterable[str]) -> list[Path]:
         root = Path(folder)
         if not root.exists():
             raise RtlabError(f"{root} does not exist; give run or multirun folders")
-        runs += sorted(p.parent for p in root.rglob("summary.json") if (p.parent / "config.yaml").exists())
+        runs += sorted(p.parent for p in root.rglob(paths.SUMMARY) if paths.config(p.parent).exists())
     if not runs:
         raise RtlabError(f"no finished runs (summary.json + config.yaml) under {', '.join(map(str, folders))}")
     return runs
@@ -70,8 +70,8 @@ def aggregate(runs: list[Path], by: list[str], patterns: list[str], best: bool =
     groups: dict[tuple, list[dict[str, float]]] = {}
     declared: dict[tuple, dict[str, Any]] = {}
     for run in runs:
-        config = OmegaConf.to_container(OmegaConf.load(run / "config.yaml"))
-        summary = json.loads((run / "summary.json").read_text())
+        config = OmegaConf.to_container(OmegaConf.load(paths.config(run)))
+        summary = json.loads(paths.summary(run).read_text())
         values = dict(summary.get("metrics", {}))
         if best:
             values.update(summary.get("best", {}))
@@ -184,7 +184,7 @@ def _run(args) -> int:
     if args.json:
         print(json.dumps({"by": args.by, "metrics": names, "groups": table}, indent=2, default=str))
     else:
-        kinds = merged(json.loads((run / "summary.json").read_text()) for run in runs)
+        kinds = merged(json.loads(paths.summary(run).read_text()) for run in runs)
         print(markdown(args.by, names, table, kinds))
         print("\nprotocols:\n" + "\n".join(f"- {line}" for line in protocol_lines(args.by, table)))
         gains = gains_markdown(args.by, table, kinds)

@@ -52,22 +52,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from framework.api import (
-    atomic_write_text,
-    control_key,
-    CONTROLS,
-    format_gain,
-    format_key,
-    gain,
-    hookimpl,
-    kind_of,
-    MetricKind,
-    paths,
-    protocols,
-    RtlabError,
-    RunInterrupted,
-    RunLock,
-)
+from framework.api import (atomic_write_text, control_key, CONTROLS, format_gain, format_key, gain, hookimpl, kind_of,
+                           MetricKind, paths, protocols, RtlabError, RunInterrupted, RunLock)
 
 log = logging.getLogger("rtlab")
 
@@ -177,7 +163,7 @@ def check_cell(folder: Path, want: Any) -> None:
     """A finished cell must have been trained with the configuration this comparison would give it."""
     from omegaconf import OmegaConf
 
-    saved = folder / "config.yaml"
+    saved = paths.config(folder)
     if saved.exists() and shared_hash(OmegaConf.load(saved)) != shared_hash(want):
         raise RtlabError(f"cell {folder} was trained with another configuration; delete it or compare into another "
                          "folder (--out DIR)")
@@ -231,13 +217,13 @@ def run_comparison(overrides: list[str], out: str | None = None, pm: Any = None,
     guard = RunLock(folder, lambda who: f"comparison folder {folder} is in use by another rtlab compare ({who}); "
                     "wait for it to finish (it trains these cells), or stop it and run this command again").acquire()
     try:
-        return _compare_in(folder, cfg, overrides, settings, methods, backbones, seeds, pm)
+        return _compare_in(folder, cfg, overrides, settings, methods, backbones, seeds, pm, mixed_protocols)
     finally:
         guard.release()
 
 
 def _compare_in(folder: Path, cfg: Any, overrides: list[str], settings: Any, methods: list[str],
-                backbones: list[str], seeds: list[int], pm: Any) -> dict:
+                backbones: list[str], seeds: list[int], pm: Any, mixed_protocols: bool) -> dict:
     """The comparison in ``folder``, which this process holds (see :func:`run_comparison`)."""
     from framework.api import check_config, clear_unfinished, compose, refuse_if_live
 
@@ -257,7 +243,7 @@ def _compare_in(folder: Path, cfg: Any, overrides: list[str], settings: Any, met
             todo = []
             for s in seeds:
                 cell_dir = Cell(m, b, s).folder(folder)
-                if (cell_dir / "summary.json").exists():
+                if paths.summary(cell_dir).exists():
                     check_cell(cell_dir, compose([*want, f"train.seed={s}"], pm.registry))
                     reused += 1
                     continue
@@ -274,7 +260,7 @@ def _compare_in(folder: Path, cfg: Any, overrides: list[str], settings: Any, met
                 raise RunInterrupted(f"a signal stopped the comparison in {folder} while it trained {m} on {b}; what "
                                      "the cell saved is kept: run the same command again to go on")
             if todo:  # failures are read from the cells below
-                trained += sum((Cell(m, b, s).folder(folder) / "summary.json").exists() for s in todo)
+                trained += sum(paths.summary(Cell(m, b, s).folder(folder)).exists() for s in todo)
     metrics = [str(m) for m in settings.metrics]
     results = [cell_result(c, c.folder(folder), metrics, refused.get(c), pm.registry) for c in cells]
     notes = protocol_notes(results, metrics, mixed_protocols)
@@ -299,7 +285,7 @@ class CellsFailed(RtlabError):
 # ---------------------------------------------------------------------------------------------------- results
 def _eval_at_init(folder: Path) -> dict:
     """The evaluation before training (epoch 0) from the cell's ``metrics.jsonl`` ({} when there was none)."""
-    path = folder / "metrics.jsonl"
+    path = paths.metrics(folder)
     if not path.exists():
         return {}
     for line in path.read_text().splitlines():

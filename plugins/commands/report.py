@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from framework.api import atomic_write_text, from_summary, hookimpl, kind_of, merged, parse_key, parse_point, RtlabError
+from framework.api import (atomic_write_text, from_summary, hookimpl, kind_of, merged, parse_key, parse_point, paths,
+                           RtlabError)
 from plugins.tracking.plotting import pyplot, save
 
 TARGET_STYLE = {"teacher": ("tab:orange", "-"), "teacher_bn": ("tab:red", ":"), "student": ("tab:blue", "-"),
@@ -30,7 +31,7 @@ CONTROL_BANDS = ("teacher", "teacher_bn", "input")  # drawn as bands behind the 
 def read_metrics(folder: Path) -> tuple[list[dict], list[dict]]:
     """(evaluation rows, training rows) of a run's ``metrics.jsonl``; a torn last line is ignored."""
     evals, train = [], []
-    path = Path(folder) / "metrics.jsonl"
+    path = paths.metrics(folder)
     with open(path, encoding="utf-8") as f:
         for line in f:
             try:
@@ -54,7 +55,7 @@ def metric_series(evals: list[dict]) -> dict[str, dict[str, list[tuple[float, fl
 
 
 def is_run(folder: Path) -> bool:
-    return (folder / "metrics.jsonl").exists()
+    return paths.metrics(folder).exists()
 
 
 def is_analysis(folder: Path) -> bool:
@@ -105,7 +106,7 @@ def progress(folder: Path, rows: list[dict]) -> Progress:
 
     from framework.api import live_owner
 
-    if (folder / "summary.json").exists():
+    if paths.summary(folder).exists():
         return Progress("finished")
     epochs = [r["epoch"] for r in rows if isinstance(r.get("epoch"), (int, float))]
     total = _planned_epochs(folder)
@@ -119,7 +120,7 @@ def _planned_epochs(folder: Path) -> int | None:
     try:
         from omegaconf import OmegaConf
 
-        train = OmegaConf.load(folder / "config.yaml").get("train") or {}
+        train = OmegaConf.load(paths.config(folder)).get("train") or {}
         return None if train.get("sample_budget") is not None else int(train.get("epochs"))
     except Exception:  # noqa: BLE001 - a missing or hand-edited config only loses the "of M"
         return None
@@ -219,7 +220,7 @@ def _plot_training(folder: Path, train: list[dict]) -> None:
 
 def _summary(folder: Path) -> dict[str, Any]:
     try:
-        return json.loads((folder / "summary.json").read_text())
+        return json.loads(paths.summary(folder).read_text())
     except (FileNotFoundError, json.JSONDecodeError):
         return {}
 

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from framework.api import hookimpl, RtlabError
+from framework.api import hookimpl, paths, RtlabError
 
 
 class VerifyFailed(RtlabError):
@@ -60,13 +60,13 @@ def _runs(out: Path, comparison: bool) -> list[tuple[dict, dict]]:
         record = json.loads((out / "compare.json").read_text())
         for cell in record["cells"]:
             if cell["status"] == "done":
-                summary = json.loads((Path(cell["folder"]) / "summary.json").read_text())
-                config = OmegaConf.to_container(OmegaConf.load(Path(cell["folder"]) / "config.yaml"))
+                summary = json.loads(paths.summary(cell["folder"]).read_text())
+                config = OmegaConf.to_container(OmegaConf.load(paths.config(cell["folder"])))
                 config.update({"method": cell["method"], "backbone": cell["backbone"]})
                 found.append((config, summary.get("metrics", {})))
         return found
-    for summary_file in sorted(out.rglob("summary.json")):
-        config_file = summary_file.parent / "config.yaml"
+    for summary_file in sorted(out.rglob(paths.SUMMARY)):
+        config_file = paths.config(summary_file.parent)
         if config_file.exists():
             config = OmegaConf.to_container(OmegaConf.load(config_file))
             found.append((config, json.loads(summary_file.read_text()).get("metrics", {})))

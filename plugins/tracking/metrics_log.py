@@ -12,12 +12,12 @@ import json
 import os
 import time
 
-from framework.api import hookimpl, metric_of
+from framework.api import hookimpl, metric_of, paths
 from plugins.tracking.per_run import PerRun
 
 
 def _path(run):
-    return run.out_dir / "metrics.jsonl"
+    return paths.metrics(run.out_dir)
 
 
 _files = PerRun(lambda run: open(_path(run), "a", encoding="utf-8"), lambda f: f.close())

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from framework.api import hookimpl
+from framework.api import hookimpl, paths
 from plugins.tracking.per_run import PerRun
 
 
@@ -45,7 +45,7 @@ def rtlab_register(registry):
 def rtlab_run_start(run):
     w = _writer(run)
     if w is not None:
-        w.add_text("config", "```\n" + (run.out_dir / "config.yaml").read_text() + "\n```", 0)
+        w.add_text("config", "```\n" + paths.config(run.out_dir).read_text() + "\n```", 0)
 
 
 @hookimpl
