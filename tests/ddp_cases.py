@@ -36,7 +36,13 @@ CASES = {
     "dclw": ["method=dclw", *_PROJECTOR],
     "tico": ["method=tico", *_PROJECTOR],  # the running covariance of the global batch
     "wmse": ["method=wmse", "head.hidden_dims=[32]", "head.out_dim=4", "objective.w_size=8"],  # whitened globally
-    "mmcr": ["method=mmcr", *_PROJECTOR, "augment.global_views=3"],  # nuclear norm of the global centroids
+    # MMCR's two terms apart: at step 1 the momentum network is the student's copy, so each image's 2k rows are
+    # k rows twice and its matrix has zero singular values, where the nuclear norm's gradient (a subgradient) is
+    # any direction in their null space: float noise of the reductions' order picks another one on two processes
+    # (train/loss 4e-5 apart from step 2 on, measured). Apart, each term is exact: the global batch's centroids
+    # with the momentum views, and each image's nuclear norm over the online views.
+    "mmcr": ["method=mmcr", *_PROJECTOR, "augment.global_views=3", "objective.lmbda=0"],
+    "mmcr_local": ["method=mmcr", *_PROJECTOR, "augment.global_views=3", "objective.momentum_views=false"],
     # the online probe trains on the global batch's embeddings: its logged loss and accuracy follow one process
     "online_probe": ["method=simclr", *_PROJECTOR, "evaluator=[online_linear]"],
 }

@@ -94,6 +94,7 @@ def test_the_handler_before_the_run_is_called_after_the_state_is_written(tmp_pat
 
 
 def test_a_second_ctrl_c_stops_at_once(tmp_path):
+    before = signal.getsignal(signal.SIGINT)  # default_int_handler, or SIG_IGN under `nohup ... &`
     run = compose_run(tmp_path / "run", *RUN)
     run.pm.register(SignalAt(2, signal.SIGINT, signal.SIGINT), name="signal_at")
     try:
@@ -103,7 +104,7 @@ def test_a_second_ctrl_c_stops_at_once(tmp_path):
         run.pm.unregister(name="signal_at")
         run.preemption.uninstall()
         run.release()
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGINT) is before  # the handler from before the run is back
 
 
 @pytest.mark.slow
