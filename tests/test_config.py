@@ -61,6 +61,8 @@ def test_third_party_component_gets_a_typed_config_node_without_yaml(pm):
     ("train.epochs=many", "invalid value for train.epochs: Value 'many' of type 'str' could not be converted"),
     ("train.epoch=3", "unknown config key 'train.epoch'; did you mean train.epochs?"),
     ("evaluator.knn.kk=3", "unknown config key 'evaluator.knn.kk'; did you mean evaluator.knn.k?"),
+    ("backbone.kwargs={class_token:true}", "unknown config key 'backbone.kwargs.class_token'; backbone.kwargs takes "
+     "new keys only with '+': '+backbone.kwargs.class_token=VALUE'"),
 ])
 def test_bad_overrides_fail_with_one_line(pm, override, expected):
     with pytest.raises(RtlabError) as exc:
