@@ -102,7 +102,7 @@ def _explain(exc: BaseException, overrides: Sequence[str], registry: Registry, c
 
         close = close_matches(key, known)
         hint = f"; did you mean {', '.join(f'{parent}.{c}' if parent else c for c in close)}?" if close else ""
-        if not close and "To append to your config use +" in str(exc):  # a free-form dict such as backbone.kwargs
+        if not close and getattr(cause, "object_type", None) is dict:  # a free-form dict such as backbone.kwargs
             hint = f"; {parent or 'the config'} takes new keys only with '+': '+{full_key}=VALUE', one key each"
         where = f" (keys of {parent}: {', '.join(known)})" if known and len(known) <= 25 else ""
         return f"unknown config key '{full_key}'{hint}{where}"

@@ -404,18 +404,21 @@ def _kinds(rows: list[dict]) -> dict[str, MetricKind]:
     return {name: MetricKind(**kind) for r in rows for name, kind in r.get("kinds", {}).items()}
 
 
+def _label(metric: str) -> str:
+    return {"knn": "k-NN"}.get(metric, metric)
+
+
 def _title(metric: str, kinds: dict[str, MetricKind]) -> str:
-    label = {"knn": "k-NN"}.get(metric, metric)
-    return f"{label} (%)" if kind_of(metric, kinds).accuracy else label
+    """The metric's column title: its label, with (%) for an accuracy."""
+    return f"{_label(metric)} (%)" if kind_of(metric, kinds).accuracy else _label(metric)
 
 
 def markdown(rows: list[dict], notes: list[str] = ()) -> str:
     metrics = rows[0].get("metrics", list(METRICS)) if rows else list(METRICS)
     kinds = _kinds(rows)
     heads = [_title(m, kinds) for m in metrics]
-    heads += [f"{_title(m, kinds)} at init" for m in metrics] + [f"{_title(m, kinds).replace(' (%)', '')} gain" +
-                                                                (" (points)" if kind_of(m, kinds).accuracy else "")
-                                                                for m in metrics]
+    heads += [f"{_title(m, kinds)} at init" for m in metrics]
+    heads += [f"{_label(m)} gain" + (" (points)" if kind_of(m, kinds).accuracy else "") for m in metrics]
     lines = ["| method | backbone | seeds | " + " | ".join(heads) + " | wall time (s) | images/s |",
              "|---|---|---|" + "---|" * len(heads) + "---|---|"]
     for r in rows:
@@ -427,7 +430,7 @@ def markdown(rows: list[dict], notes: list[str] = ()) -> str:
     gains = gain_names(metrics)
     lines += ["", "Student gains over its controls (points for accuracies, paired per seed): mean [bootstrap 95 % "
               "interval], * the interval excludes 0.", "",
-              "| method | backbone | " + " | ".join(f"{_title(m, kinds).replace(' (%)', '')} − {c}"
+              "| method | backbone | " + " | ".join(f"{_label(m)} − {c}"
                                                   for m in metrics for c in GAIN_CONTROLS) + " |",
               "|---|---|" + "---|" * len(gains)]
     for r in rows:

@@ -72,11 +72,10 @@ def log_hparams(writer, run, summary) -> None:
     from omegaconf import OmegaConf
     from torch.utils.tensorboard.summary import hparams
 
-    from plugins.tracking.trackers import flatten
+    from plugins.tracking.trackers import final_values, flatten
 
     options = flatten(OmegaConf.to_container(run.cfg, resolve=True))
-    final = {f"final/{k}": float(v) for k, v in (summary.get("metrics") or {}).items()
-             if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    final = final_values(summary)
     for part in hparams(options, final):
         writer.file_writer.add_summary(part)
     for tag, value in final.items():

@@ -101,18 +101,22 @@ def tracked_values(record: dict[str, Any]) -> dict[str, float]:
     are (``train/loss``, ``epoch``), an evaluation's under ``eval/`` (``eval/knn/student``, ``eval/epoch``); the
     step is the record's ``step``, not a value."""
     prefix = "eval/" if record.get("kind") == "eval" else ""
-    return {f"{prefix}{k}": float(v) for k, v in record.items()
-            if k not in ("kind", "time", "step") and isinstance(v, (int, float)) and not isinstance(v, bool)}
+    return {f"{prefix}{k}": float(v) for k, v in record.items() if k not in ("kind", "time", "step") and _number(v)}
 
 
 def summary_values(summary: dict[str, Any]) -> dict[str, float]:
     """The numbers of ``summary.json`` a tracker shows as the run's summary: ``final/<metric>`` (the final
     evaluation), ``best/<metric>`` (the best student value over the epochs) and the run's scalars (``steps``,
     ``wall_time_s``, ``images_per_s``, …)."""
-    out = {f"final/{k}": float(v) for k, v in (summary.get("metrics") or {}).items() if _number(v)}
+    out = final_values(summary)
     out.update({f"best/{k}": float(v) for k, v in (summary.get("best") or {}).items() if _number(v)})
     out.update({k: float(v) for k, v in summary.items() if _number(v)})
     return out
+
+
+def final_values(summary: dict[str, Any]) -> dict[str, float]:
+    """``final/<metric>``: the numbers of the final evaluation in ``summary.json``."""
+    return {f"final/{k}": float(v) for k, v in (summary.get("metrics") or {}).items() if _number(v)}
 
 
 def _number(v: Any) -> bool:
